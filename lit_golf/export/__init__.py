@@ -1,0 +1,1 @@
+"""Export: calibration Hessians, GPTQ, the artifact format, code size and the byte budget."""

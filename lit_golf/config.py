@@ -1,0 +1,91 @@
+"""Model configuration: every architectural knob of the record GPT, with the record's values as defaults.
+
+Kept apart from `model.py` so the LightningCLI, the artifact header and the evaluation code can
+describe a model without importing its implementation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+
+@dataclass
+class GPTConfig:
+    """Architecture of the record GPT (openai/parameter-golf 2026-04-14 record)."""
+
+    vocab_size: int = 8192
+    num_layers: int = 11
+    model_dim: int = 512
+    num_heads: int = 8
+    num_kv_heads: int = 4
+    mlp_mult: float = 4.0
+    tied_embed_init_std: float = 0.005
+    logit_softcap: float = 30.0
+    rope_base: float = 10000.0
+    rope_dims: int = 16
+    qk_gain_init: float = 5.0
+    xsa_last_n: int = 11
+    ln_scale: bool = True
+    skip_gates: bool = True
+    parallel_start_layer: int = 8
+    parallel_final_lane: str = "mean"
+    num_loops: int = 2
+    loop_start: int = 3
+    loop_end: int = 5
+    attention_backend: str = "auto"
+    fused_mlp: bool = True
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.model_dim % self.num_heads:
+            problems.append(f"model_dim={self.model_dim} is not divisible by num_heads={self.num_heads}")
+        elif self.head_dim % 2:
+            problems.append(f"head_dim={self.head_dim} must be even for RoPE")
+        if self.num_heads % self.num_kv_heads:
+            problems.append(f"num_heads={self.num_heads} is not divisible by num_kv_heads={self.num_kv_heads}")
+        if self.rope_dims % 2 or self.rope_dims > self.model_dim // max(self.num_heads, 1):
+            problems.append(f"rope_dims={self.rope_dims} must be even and at most head_dim")
+        if self.logit_softcap <= 0:
+            problems.append(f"logit_softcap={self.logit_softcap} must be positive")
+        if self.num_loops and not (0 <= self.loop_start <= self.loop_end < self.num_layers):
+            problems.append(
+                f"loop_start={self.loop_start}..loop_end={self.loop_end} must lie inside 0..{self.num_layers - 1}"
+            )
+        if self.parallel_final_lane not in ("mean", "attn", "mlp"):
+            problems.append(f"parallel_final_lane={self.parallel_final_lane!r} must be 'mean', 'attn' or 'mlp'")
+        if problems:
+            raise ValueError("invalid GPTConfig: " + "; ".join(problems))
+
+    @property
+    def head_dim(self) -> int:
+        return self.model_dim // self.num_heads
+
+    @property
+    def kv_dim(self) -> int:
+        return self.num_kv_heads * self.head_dim
+
+    @property
+    def hidden_dim(self) -> int:
+        return int(self.mlp_mult * self.model_dim)
+
+    def layer_schedule(self, looping: bool) -> tuple[list[int], list[int]]:
+        """Encoder and decoder block order; with looping, blocks loop_start..loop_end repeat num_loops times."""
+        if not looping or self.num_loops == 0:
+            half = self.num_layers // 2
+            return list(range(half)), list(range(half, self.num_layers))
+        loop = list(range(self.loop_start, self.loop_end + 1))
+        order = list(range(self.loop_start)) + loop * (self.num_loops + 1)
+        order += list(range(self.loop_end + 1, self.num_layers))
+        half = len(order) // 2
+        return order[:half], order[half:]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> GPTConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown GPTConfig fields {unknown}; known fields: {sorted(known)}")
+        return cls(**values)

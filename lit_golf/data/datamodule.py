@@ -1,0 +1,262 @@
+"""`GolfDataModule`: packed training steps, exact validation windows, byte tables and calibration data."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from functools import cached_property
+
+import numpy as np
+import torch
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, IterableDataset
+
+from lit_golf.data.packing import TrainSteps, TrainStream
+from lit_golf.data.shards import BOS_ID, ShardError, find_shards, read_shard, tokenizer_path
+from lit_golf.data.tokenizer import ByteLUTs, build_byte_luts, load_tokenizer
+
+
+def grad_accum_steps_for(train_batch_tokens: int, world_size: int, tokens_per_microbatch: int) -> int:
+    """Micro-batches per optimizer step; a one-line error with the arithmetic and fixes when it does not divide."""
+    per_step = world_size * tokens_per_microbatch
+    if train_batch_tokens % per_step == 0:
+        return train_batch_tokens // per_step
+    lower = train_batch_tokens // per_step * per_step
+    multiples = [m for m in (lower, lower + per_step) if m > 0]
+    fixes = [f"train_batch_tokens={m}" for m in multiples]
+    if train_batch_tokens % world_size == 0:
+        per_rank = train_batch_tokens // world_size
+        accum = -(-per_rank // tokens_per_microbatch)
+        while per_rank % accum:
+            accum += 1
+        fixes.append(f"tokens_per_microbatch={per_rank // accum}")
+    raise ValueError(
+        f"train_batch_tokens={train_batch_tokens} is not a multiple of world_size * tokens_per_microbatch = "
+        f"{world_size} * {tokens_per_microbatch} = {per_step}: use " + " or ".join(fixes)
+    )
+
+
+def truncate_at_document(tokens: np.ndarray, max_tokens: int | None) -> np.ndarray:
+    """The longest prefix of at most `max_tokens` that ends where a document ends (or exactly
+    `max_tokens` when the first document alone is longer)."""
+    if max_tokens is None or tokens.size <= max_tokens:
+        return tokens
+    boundaries = np.flatnonzero(tokens[1 : max_tokens + 1] == BOS_ID) + 1
+    return tokens[: int(boundaries[-1])] if boundaries.size else tokens[:max_tokens]
+
+
+def rank_window_range(num_windows: int, rank: int, world_size: int) -> tuple[int, int]:
+    """Contiguous, balanced share `[lo, hi)` of the windows for one rank (no padding, no duplicates)."""
+    return rank * num_windows // world_size, (rank + 1) * num_windows // world_size
+
+
+class ValWindows(IterableDataset):
+    """One rank's share of the validation windows, as `(inputs [b, L], targets [b, L])` batches.
+
+    Windows tile `tokens[:-1]` (targets `tokens[1:]`) back to back, so every token but the first is
+    predicted exactly once over all ranks; the final shorter window comes as a batch of its own.
+    It is an IterableDataset so that Lightning never wraps it in a DistributedSampler, which would
+    pad and duplicate windows.
+    """
+
+    def __init__(self, tokens: torch.Tensor, seq_len: int, batch_seqs: int, rank: int = 0, world_size: int = 1):
+        super().__init__()
+        self.tokens, self.seq_len, self.batch_seqs = tokens, seq_len, batch_seqs
+        predictions = tokens.numel() - 1
+        self.full_windows = predictions // seq_len
+        self.tail = predictions % seq_len
+        num_windows = self.full_windows + (self.tail > 0)
+        self.lo, self.hi = rank_window_range(num_windows, rank, world_size)
+
+    def batch_ranges(self) -> list[tuple[int, int]]:
+        """`(first window, end window)` per batch; the partial window is always alone."""
+        full_end = min(self.hi, self.full_windows)
+        ranges = [(a, min(a + self.batch_seqs, full_end)) for a in range(self.lo, full_end, self.batch_seqs)]
+        if self.tail and self.lo <= self.full_windows < self.hi:
+            ranges.append((self.full_windows, self.full_windows + 1))
+        return ranges
+
+    def __len__(self) -> int:
+        return len(self.batch_ranges())
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        length = self.seq_len
+        for first, end in self.batch_ranges():
+            start = first * length
+            stop = min(end * length, self.tokens.numel() - 1)
+            rows = end - first
+            yield self.tokens[start:stop].view(rows, -1), self.tokens[start + 1 : stop + 1].view(rows, -1)
+
+
+class GolfDataModule(LightningDataModule):
+    """FineWeb-format shards for training and bits-per-byte evaluation.
+
+    Args:
+        data_dir: holds `datasets/fineweb10B_sp<V>/` and `tokenizers/fineweb_<V>_bpe.model`.
+        vocab_size: tokenizer vocabulary; shards and tokenizer are checked against it.
+        train_seq_len: longest attention segment; longer documents are cut into pieces of this length.
+        train_batch_tokens: tokens per optimizer step over all ranks.
+        tokens_per_microbatch: tokens of one forward/backward on one rank.
+        eval_seq_len: validation window length.
+        val_batch_seqs: validation windows per batch.
+        cu_bucket: `cu_seqlens` is padded to a multiple of this (fewer recompilations).
+        cu_min_len: and to at least this length, so that ordinary packs share one compiled shape
+            (the compile warm-up covers it; a pack with more segments gets the next bucket).
+        seed: shard order of each training epoch.
+        max_val_tokens: keep only the first documents of validation, at most this many tokens
+            (quick runs and smoke tests; the score is then not comparable to a full evaluation).
+        calibration_seed: default seed of `calibration_batches` (GPTQ Hessians).
+    """
+
+    def __init__(
+        self,
+        data_dir: str = "data",
+        vocab_size: int = 8192,
+        train_seq_len: int = 2048,
+        train_batch_tokens: int = 786432,
+        tokens_per_microbatch: int = 98304,
+        eval_seq_len: int = 2048,
+        val_batch_seqs: int = 16,
+        cu_bucket: int = 64,
+        cu_min_len: int = 256,
+        seed: int = 1337,
+        max_val_tokens: int | None = None,
+        calibration_seed: int = 0,
+    ):
+        super().__init__()
+        positive = dict(
+            vocab_size=vocab_size, train_seq_len=train_seq_len, train_batch_tokens=train_batch_tokens,
+            tokens_per_microbatch=tokens_per_microbatch, eval_seq_len=eval_seq_len,
+            val_batch_seqs=val_batch_seqs, cu_bucket=cu_bucket,
+        )
+        if max_val_tokens is not None:
+            positive["max_val_tokens"] = max_val_tokens
+        for name, value in positive.items():
+            if value <= 0:
+                raise ValueError(f"GolfDataModule: {name}={value} must be positive")
+        self.save_hyperparameters()
+        self.data_dir, self.vocab_size = data_dir, vocab_size
+        self.train_seq_len, self.train_batch_tokens = train_seq_len, train_batch_tokens
+        self.tokens_per_microbatch, self.eval_seq_len = tokens_per_microbatch, eval_seq_len
+        self.val_batch_seqs, self.cu_bucket, self.seed = val_batch_seqs, cu_bucket, seed
+        self.cu_min_len = cu_min_len
+        self.max_val_tokens, self.calibration_seed = max_val_tokens, calibration_seed
+        self._distributed: tuple[int, int] | None = None
+
+    # -- distribution -------------------------------------------------------------------------
+
+    def set_distributed(self, rank: int, world_size: int) -> None:
+        """Fix rank and world size explicitly (tests, benchmarks); otherwise they come from the trainer."""
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank={rank} must lie in 0..world_size-1={world_size - 1}")
+        self._distributed = (rank, world_size)
+
+    @property
+    def rank(self) -> int:
+        return self._rank_and_world()[0]
+
+    @property
+    def world_size(self) -> int:
+        return self._rank_and_world()[1]
+
+    def _rank_and_world(self) -> tuple[int, int]:
+        if self._distributed is not None:
+            return self._distributed
+        if self.trainer is not None:
+            return self.trainer.global_rank, self.trainer.world_size
+        return 0, 1
+
+    @property
+    def grad_accum_steps(self) -> int:
+        return grad_accum_steps_for(self.train_batch_tokens, self.world_size, self.tokens_per_microbatch)
+
+    # -- Lightning hooks ----------------------------------------------------------------------
+
+    def setup(self, stage: str | None = None) -> None:
+        """Fail before training starts on wrong arithmetic, missing shards or a mismatched tokenizer."""
+        if stage in (None, "fit"):
+            _ = self.grad_accum_steps
+            find_shards(self.data_dir, "train", self.vocab_size)
+        find_shards(self.data_dir, "val", self.vocab_size)
+        self.byte_luts()
+
+    def train_stream(self) -> TrainStream:
+        return TrainStream(
+            find_shards(self.data_dir, "train", self.vocab_size),
+            tokens_per_microbatch=self.tokens_per_microbatch,
+            grad_accum_steps=self.grad_accum_steps,
+            train_seq_len=self.train_seq_len,
+            rank=self.rank,
+            world_size=self.world_size,
+            cu_bucket=self.cu_bucket,
+            cu_min_len=self.cu_min_len,
+            seed=self.seed,
+            vocab_size=self.vocab_size,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """One item = one optimizer step: a list of `grad_accum_steps` micro-batches."""
+        return DataLoader(TrainSteps(self.train_stream()), batch_size=None, num_workers=0)
+
+    def val_dataloader(self) -> DataLoader:
+        windows = ValWindows(self.val_tokens(), self.eval_seq_len, self.val_batch_seqs, self.rank, self.world_size)
+        return DataLoader(windows, batch_size=None, num_workers=0)
+
+    def test_dataloader(self) -> DataLoader:
+        """One item per rank: `test` runs the whole (phased, multi-rank) evaluation in a single step."""
+        return DataLoader([self.rank], batch_size=None, num_workers=0)
+
+    def compiled_cu_lengths(self) -> list[int]:
+        """The `cu_seqlens` length(s) ordinary training packs have, which the compile warm-up covers."""
+        return [max(-(-self.cu_min_len // self.cu_bucket) * self.cu_bucket, self.cu_bucket)]
+
+    # -- data for evaluation and export -------------------------------------------------------
+
+    def val_tokens(self) -> torch.Tensor:
+        """All validation tokens (int64), cut to `max_val_tokens` at a document boundary."""
+        return self._val_tokens
+
+    @cached_property
+    def _val_tokens(self) -> torch.Tensor:
+        files = find_shards(self.data_dir, "val", self.vocab_size)
+        tokens = np.concatenate([read_shard(f, self.vocab_size) for f in files])
+        tokens = truncate_at_document(tokens, self.max_val_tokens)
+        if tokens.size < 2:
+            raise ShardError(f"validation shards in {files[0].parent} hold {tokens.size} tokens: need at least 2")
+        return torch.from_numpy(tokens.astype(np.int64))
+
+    def byte_luts(self) -> ByteLUTs:
+        """Byte tables of `<data_dir>/tokenizers/fineweb_<V>_bpe.model` (checked against vocab_size)."""
+        return self._byte_luts
+
+    @cached_property
+    def _byte_luts(self) -> ByteLUTs:
+        sp = load_tokenizer(tokenizer_path(self.data_dir, self.vocab_size), self.vocab_size)
+        return build_byte_luts(sp, self.vocab_size)
+
+    def calibration_batches(
+        self, num_batches: int, seq_len: int, batch_seqs: int, seed: int | None = None
+    ) -> Iterator[torch.Tensor]:
+        """`num_batches` int64 batches `[batch_seqs, seq_len]` of distinct random windows of the TRAIN shards.
+
+        Windows sit on a grid of `seq_len` in each shard and are drawn without replacement, in a
+        shuffled order fixed by `seed` (default `calibration_seed`); validation is never touched.
+        """
+        files = find_shards(self.data_dir, "train", self.vocab_size)
+        shards = [read_shard(f, self.vocab_size) for f in files]
+        per_shard = np.array([s.size // seq_len for s in shards])
+        wanted, available = num_batches * batch_seqs, int(per_shard.sum())
+        if wanted > available:
+            raise ValueError(
+                f"calibration wants {num_batches} x {batch_seqs} windows of {seq_len} tokens but the train shards "
+                f"in {files[0].parent} hold only {available}: ask for fewer batches or download more shards"
+            )
+        rng = np.random.default_rng(self.calibration_seed if seed is None else seed)
+        picks = rng.choice(available, size=wanted, replace=False)
+        shard_ends = np.cumsum(per_shard)
+        for batch in picks.reshape(num_batches, batch_seqs):
+            rows = []
+            for window in batch:
+                index = int(np.searchsorted(shard_ends, window, side="right"))
+                start = (int(window) - int(shard_ends[index] - per_shard[index])) * seq_len
+                rows.append(shards[index][start : start + seq_len])
+            yield torch.from_numpy(np.stack(rows).astype(np.int64))

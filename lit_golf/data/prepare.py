@@ -1,0 +1,415 @@
+"""`lit-golf prepare-data`: tokenize a document corpus into upstream-format shards.
+
+Every document becomes `[BOS] + sp.encode(text)`; the first `--num-val-docs` documents form the
+validation stream and the rest the training stream. Each stream is cut into shards of exactly
+`--shard-tokens` tokens (a document may continue in the next shard), which reproduces the
+published FineWeb export token for token when given the same documents and tokenizer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import json
+import lzma
+import multiprocessing
+import os
+import shutil
+import sys
+import tempfile
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+import sentencepiece as spm
+from tqdm import tqdm
+
+from lit_golf.data.shards import (
+    BOS_ID,
+    SPLITS,
+    dataset_dir,
+    shard_glob,
+    shard_name,
+    tokenizer_path,
+    write_shard,
+)
+
+DEFAULT_NUM_VAL_DOCS = 50_000
+DEFAULT_SHARD_TOKENS = 100_000_000
+DEFAULT_TOKENIZER_TRAIN_DOCS = 100_000
+CHUNK_DOCS = 256
+MAX_VOCAB = 1 << 16
+COMPRESSED_SUFFIXES = {".gz": gzip.open, ".xz": lzma.open}
+JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
+
+
+class PrepareError(ValueError):
+    """Bad input to prepare-data; the message names the file or option and the fix."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading documents
+
+
+def open_text(path: Path) -> TextIO:
+    opener = COMPRESSED_SUFFIXES.get(path.suffix, open)
+    return opener(path, "rt", encoding="utf-8")
+
+
+def _document_format(path: Path) -> str:
+    name = path.name[: -len(path.suffix)] if path.suffix in COMPRESSED_SUFFIXES else path.name
+    if name.endswith(JSONL_SUFFIXES):
+        return "jsonl"
+    if name.endswith(".txt"):
+        return "txt"
+    raise PrepareError(
+        f"input {path} has an unknown format: use .jsonl (one JSON object with a text field per line) "
+        "or .txt (one document per line), optionally compressed as .gz or .xz"
+    )
+
+
+def _read_file(path: Path, text_field: str) -> Iterator[str]:
+    fmt = _document_format(path)
+    with open_text(path) as f:
+        for line_no, line in enumerate(f, start=1):
+            if fmt == "txt":
+                line = line.rstrip("\n")
+                if line:
+                    yield line
+                continue
+            if not line.strip():
+                continue
+            try:
+                text = json.loads(line)[text_field]
+            except (json.JSONDecodeError, KeyError, TypeError) as err:
+                raise PrepareError(
+                    f"{path}:{line_no} is not a JSON object with a {text_field!r} string ({err}): "
+                    "fix the line or pass --text-field"
+                ) from None
+            if not isinstance(text, str):
+                raise PrepareError(f"{path}:{line_no} field {text_field!r} is not a string: fix the line")
+            yield text
+
+
+def iter_documents(paths: Iterable[Path], text_field: str = "text", max_docs: int | None = None) -> Iterator[str]:
+    """Documents of all inputs in order, at most `max_docs` of them."""
+    count = 0
+    for path in paths:
+        for text in _read_file(path, text_field):
+            if max_docs is not None and count >= max_docs:
+                return
+            yield text
+            count += 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenizer
+
+
+def sentencepiece_trainer_options(vocab_size: int) -> dict:
+    """The upstream FineWeb tokenizer recipe (BPE, byte fallback, no dummy prefix, fixed special ids)."""
+    return dict(
+        model_type="bpe",
+        vocab_size=vocab_size,
+        character_coverage=0.999,
+        byte_fallback=True,
+        split_digits=True,
+        normalization_rule_name="nmt_nfkc",
+        add_dummy_prefix=False,
+        pad_id=0,
+        bos_id=BOS_ID,
+        eos_id=2,
+        unk_id=3,
+        hard_vocab_limit=False,
+    )
+
+
+def train_tokenizer(docs: Iterable[str], vocab_size: int, model_path: Path) -> Path:
+    """Train a SentencePiece BPE model on `docs` and write it to `model_path` (plus its .vocab)."""
+    texts = (doc.replace("\x00", " ").strip() for doc in docs)
+    model_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=model_path.parent) as tmp:
+        prefix = Path(tmp) / "sp"
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=(t for t in texts if t),
+            model_prefix=str(prefix),
+            minloglevel=2,
+            **sentencepiece_trainer_options(vocab_size),
+        )
+        actual = int(spm.SentencePieceProcessor(model_file=f"{prefix}.model").vocab_size())
+        if actual != vocab_size:
+            raise PrepareError(
+                f"the training documents only support a vocabulary of {actual}, not --vocab-size {vocab_size}: "
+                "pass a smaller --vocab-size or more text (--tokenizer-train-docs)"
+            )
+        os.replace(f"{prefix}.model", model_path)
+        os.replace(f"{prefix}.vocab", model_path.with_suffix(".vocab"))
+    return model_path
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# Parallel tokenization
+
+_worker_sp: spm.SentencePieceProcessor | None = None
+
+
+def _init_worker(model_path: str) -> None:
+    global _worker_sp
+    _worker_sp = spm.SentencePieceProcessor(model_file=model_path)
+
+
+def encode_chunk(texts: list[str]) -> tuple[np.ndarray, int]:
+    """`[BOS] + ids` of each text, concatenated as uint16, and the texts' UTF-8 byte count."""
+    encoded = _worker_sp.encode(texts)
+    out = np.empty(sum(len(ids) for ids in encoded) + len(encoded), dtype=np.uint16)
+    pos = 0
+    for ids in encoded:
+        out[pos] = BOS_ID
+        out[pos + 1 : pos + 1 + len(ids)] = ids
+        pos += 1 + len(ids)
+    return out, sum(len(t.encode("utf-8")) for t in texts)
+
+
+def split_into_chunks(docs: Iterable[str], num_val_docs: int, chunk_docs: int = CHUNK_DOCS):
+    """Yield `(split, texts)` chunks in document order; no chunk straddles the val/train boundary."""
+    chunk: list[str] = []
+    split = "val" if num_val_docs > 0 else "train"
+    for index, text in enumerate(docs):
+        doc_split = "val" if index < num_val_docs else "train"
+        if chunk and (doc_split != split or len(chunk) == chunk_docs):
+            yield split, chunk
+            chunk = []
+        split = doc_split
+        chunk.append(text)
+    if chunk:
+        yield split, chunk
+
+
+def encode_in_order(chunks: Iterable[tuple[str, list[str]]], model_path: Path, workers: int):
+    """Yield `(split, n_docs, tokens, n_bytes)` per chunk, in input order.
+
+    At most `2 * workers` chunks are in flight, so memory stays bounded on corpora of any size
+    (`Pool.imap` would read the whole input ahead).
+    """
+    if workers <= 1:
+        _init_worker(str(model_path))
+        for split, texts in chunks:
+            yield (split, len(texts), *encode_chunk(texts))
+        return
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(workers, initializer=_init_worker, initargs=(str(model_path),)) as pool:
+        pending: deque = deque()
+        for split, texts in chunks:
+            pending.append((split, len(texts), pool.apply_async(encode_chunk, (texts,))))
+            if len(pending) >= 2 * workers:
+                split_done, n_docs, result = pending.popleft()
+                yield (split_done, n_docs, *result.get())
+        while pending:
+            split_done, n_docs, result = pending.popleft()
+            yield (split_done, n_docs, *result.get())
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing shards
+
+
+@dataclass
+class SplitStats:
+    docs: int = 0
+    tokens: int = 0
+    bytes: int = 0
+    shards: int = 0
+
+
+class ShardSink:
+    """Accumulates one split's token stream and writes it as shards of exactly `shard_tokens`."""
+
+    def __init__(self, directory: Path, split: str, shard_tokens: int):
+        self.directory, self.split = directory, split
+        self.buffer = np.empty(shard_tokens, dtype=np.uint16)
+        self.fill = 0
+        self.stats = SplitStats()
+
+    def add(self, tokens: np.ndarray, docs: int, text_bytes: int) -> None:
+        self.stats.docs += docs
+        self.stats.tokens += tokens.size
+        self.stats.bytes += text_bytes
+        pos = 0
+        while pos < tokens.size:
+            take = min(self.buffer.size - self.fill, tokens.size - pos)
+            self.buffer[self.fill : self.fill + take] = tokens[pos : pos + take]
+            self.fill += take
+            pos += take
+            if self.fill == self.buffer.size:
+                self.flush()
+
+    def flush(self) -> None:
+        if self.fill:
+            write_shard(self.directory / shard_name(self.split, self.stats.shards), self.buffer[: self.fill])
+            self.stats.shards += 1
+            self.fill = 0
+
+
+# ---------------------------------------------------------------------------------------------
+# The command
+
+
+def _tokenizer_vocab(path: Path) -> int:
+    if not path.is_file():
+        raise PrepareError(f"tokenizer {path} does not exist: pass an existing --tokenizer or use --train-tokenizer")
+    try:
+        return int(spm.SentencePieceProcessor(model_file=str(path)).vocab_size())
+    except (RuntimeError, OSError):
+        raise PrepareError(f"tokenizer {path} is not a SentencePiece model: pass a .model file") from None
+
+
+def _target_vocab(args: argparse.Namespace) -> int:
+    """Vocabulary of the tokenizer to be used, known before anything is written."""
+    if args.train_tokenizer:
+        return args.vocab_size
+    vocab = _tokenizer_vocab(Path(args.tokenizer))
+    if args.vocab_size is not None and args.vocab_size != vocab:
+        raise PrepareError(
+            f"tokenizer {args.tokenizer} has vocab {vocab} but --vocab-size is {args.vocab_size}: drop --vocab-size "
+            "or pass the matching tokenizer"
+        )
+    if vocab > MAX_VOCAB:
+        raise PrepareError(f"tokenizer {args.tokenizer} has vocab {vocab}: shards store uint16 ids (<= {MAX_VOCAB})")
+    return vocab
+
+
+def _install_tokenizer(args: argparse.Namespace, inputs: list[Path], out: Path, vocab: int) -> Path:
+    """Train the tokenizer into `<out>/tokenizers/`, or copy the given one there; return its path."""
+    target = tokenizer_path(out, vocab)
+    if args.train_tokenizer:
+        print(f"training a {vocab}-token SentencePiece BPE tokenizer -> {target}", file=sys.stderr)
+        docs = iter_documents(inputs, args.text_field, min(args.tokenizer_train_docs, args.max_docs or sys.maxsize))
+        return train_tokenizer(docs, vocab, target)
+    source = Path(args.tokenizer)
+    if not (target.exists() and target.samefile(source)):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+    return target
+
+
+def _check_args(args: argparse.Namespace, inputs: list[Path]) -> None:
+    for path in inputs:
+        if not path.is_file():
+            raise PrepareError(f"input {path} does not exist: pass an existing --input file")
+        _document_format(path)
+    if args.train_tokenizer == (args.tokenizer is not None):
+        raise PrepareError("pass exactly one of --tokenizer PATH or --train-tokenizer --vocab-size V")
+    if args.train_tokenizer and args.vocab_size is None:
+        raise PrepareError("--train-tokenizer needs --vocab-size V (e.g. 1024 or 8192)")
+    if args.vocab_size is not None and not (260 < args.vocab_size <= MAX_VOCAB):
+        raise PrepareError(
+            f"--vocab-size {args.vocab_size} must exceed 260 (256 byte tokens + 4 specials) and fit uint16 shards "
+            f"(<= {MAX_VOCAB})"
+        )
+    for name in ("num_val_docs", "shard_tokens", "workers", "max_docs"):
+        value = getattr(args, name)
+        if value is not None and value < (0 if name == "num_val_docs" else 1):
+            raise PrepareError(f"--{name.replace('_', '-')} must be positive, got {value}")
+
+
+def _clear_or_refuse(directory: Path, overwrite: bool) -> None:
+    existing = [p for split in SPLITS for p in directory.glob(shard_glob(split))]
+    if existing and not overwrite:
+        raise PrepareError(
+            f"{directory} already holds {len(existing)} shards: pass --overwrite to replace them or choose another --out"
+        )
+    for path in existing:
+        path.unlink()
+
+
+def prepare(args: argparse.Namespace) -> dict:
+    """Run prepare-data for parsed arguments; returns the manifest it wrote."""
+    inputs = [Path(p) for p in args.input]
+    _check_args(args, inputs)
+    out = Path(args.out)
+    vocab_size = _target_vocab(args)
+    target_dir = dataset_dir(out, vocab_size)
+    _clear_or_refuse(target_dir, args.overwrite)  # before anything in `out` is replaced
+    model_path = _install_tokenizer(args, inputs, out, vocab_size)
+    target_dir.mkdir(parents=True, exist_ok=True)
+
+    sinks = {split: ShardSink(target_dir, split, args.shard_tokens) for split in SPLITS}
+    docs = iter_documents(inputs, args.text_field, args.max_docs)
+    chunks = split_into_chunks(docs, args.num_val_docs)
+    with tqdm(total=args.max_docs, unit="doc", desc="tokenizing", disable=args.quiet) as bar:
+        for split, n_docs, tokens, text_bytes in encode_in_order(chunks, model_path, args.workers):
+            sinks[split].add(tokens, n_docs, text_bytes)
+            bar.update(n_docs)
+    for sink in sinks.values():
+        sink.flush()
+
+    manifest = {
+        "vocab_size": vocab_size,
+        "bos_id": BOS_ID,
+        "tokenizer": {"path": str(model_path.relative_to(out)), "sha256": sha256_of(model_path)},
+        "shard_tokens": args.shard_tokens,
+        "num_val_docs": args.num_val_docs,
+        "inputs": [str(p) for p in inputs],
+        "splits": {split: asdict(sink.stats) for split, sink in sinks.items()},
+    }
+    (target_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return manifest
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lit-golf prepare-data",
+        description="Tokenize documents (.jsonl with a text field, or .txt one per line; plain, .gz or .xz) "
+        "into upstream-format shards under OUT/datasets/fineweb10B_sp<V>/.",
+    )
+    parser.add_argument("--input", action="append", required=True, help="document file; repeat for several")
+    parser.add_argument("--out", default="data", help="data directory to write (default: data)")
+    parser.add_argument("--tokenizer", help="existing SentencePiece model (copied to OUT/tokenizers/)")
+    parser.add_argument("--train-tokenizer", action="store_true", help="train a BPE tokenizer on the first documents")
+    parser.add_argument("--vocab-size", type=int, help="vocabulary of the tokenizer to train (or check)")
+    parser.add_argument(
+        "--tokenizer-train-docs", type=int, default=DEFAULT_TOKENIZER_TRAIN_DOCS,
+        help=f"documents used to train the tokenizer (default: {DEFAULT_TOKENIZER_TRAIN_DOCS})",
+    )
+    parser.add_argument("--text-field", default="text", help="JSON field holding the text (default: text)")
+    parser.add_argument(
+        "--num-val-docs", type=int, default=DEFAULT_NUM_VAL_DOCS,
+        help=f"the first N documents are validation (default: {DEFAULT_NUM_VAL_DOCS})",
+    )
+    parser.add_argument(
+        "--shard-tokens", type=int, default=DEFAULT_SHARD_TOKENS,
+        help=f"tokens per shard (default: {DEFAULT_SHARD_TOKENS})",
+    )
+    parser.add_argument("--max-docs", type=int, help="stop after this many documents")
+    parser.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1, help="tokenizer processes (default: CPU count)"
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace shards already in the output directory")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def cli_main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        manifest = prepare(args)
+    except PrepareError as err:
+        print(f"lit-golf prepare-data: error: {err}", file=sys.stderr)
+        return 2
+    summary = ", ".join(
+        f"{split}: {s['docs']} docs, {s['tokens']} tokens, {s['shards']} shards" for split, s in manifest["splits"].items()
+    )
+    print(f"wrote {dataset_dir(args.out, manifest['vocab_size'])} ({summary})")
+    return 0

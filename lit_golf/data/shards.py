@@ -1,0 +1,131 @@
+"""The upstream token-shard format and the data-directory layout.
+
+A shard is a 256-entry little-endian int32 header (magic 20240520, version 1, token count, zeros)
+followed by that many little-endian uint16 token ids. Every document starts with BOS (id 1) and
+there is no EOS, so document boundaries are simply the BOS positions.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+SHARD_MAGIC = 20240520
+SHARD_VERSION = 1
+HEADER_INTS = 256
+HEADER_BYTES = HEADER_INTS * 4
+TOKEN_DTYPE = np.dtype("<u2")
+BOS_ID = 1
+SPLITS = ("train", "val")
+
+
+class ShardError(ValueError):
+    """A shard file is malformed or missing; the message names the file and the fix."""
+
+
+def dataset_dir(data_dir: str | Path, vocab_size: int) -> Path:
+    return Path(data_dir) / "datasets" / f"fineweb10B_sp{vocab_size}"
+
+
+def tokenizer_filename(vocab_size: int) -> str:
+    return f"fineweb_{vocab_size}_bpe.model"
+
+
+def tokenizer_path(data_dir: str | Path, vocab_size: int) -> Path:
+    return Path(data_dir) / "tokenizers" / tokenizer_filename(vocab_size)
+
+
+def shard_name(split: str, index: int) -> str:
+    return f"fineweb_{split}_{index:06d}.bin"
+
+
+def shard_glob(split: str) -> str:
+    return f"fineweb_{split}_*.bin"
+
+
+def find_shards(data_dir: str | Path, split: str, vocab_size: int) -> list[Path]:
+    """All shards of one split, sorted by name; an error suggests how to get data when none exist."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    pattern = dataset_dir(data_dir, vocab_size) / shard_glob(split)
+    files = sorted(pattern.parent.glob(pattern.name))
+    if not files:
+        raise ShardError(
+            f"no files match {pattern}: run `lit-golf download --variant sp{vocab_size}` or "
+            "`lit-golf prepare-data`, or pass the right --data_dir / --vocab_size"
+        )
+    return files
+
+
+def _header(tokens: int) -> np.ndarray:
+    header = np.zeros(HEADER_INTS, dtype="<i4")
+    header[:3] = (SHARD_MAGIC, SHARD_VERSION, tokens)
+    return header
+
+
+def write_shard(path: str | Path, tokens: np.ndarray) -> None:
+    """Write `tokens` (any integer array with ids < 65536) atomically as one shard."""
+    tokens = np.asarray(tokens)
+    if tokens.size and (int(tokens.min()) < 0 or int(tokens.max()) > np.iinfo(TOKEN_DTYPE).max):
+        raise ShardError(f"cannot write {path}: token ids must lie in 0..65535 to fit the uint16 shard format")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    with open(partial, "wb") as f:
+        f.write(_header(tokens.size).tobytes())
+        f.write(tokens.astype(TOKEN_DTYPE, copy=False).tobytes())
+    os.replace(partial, path)
+
+
+def read_header(path: str | Path) -> int:
+    """Validate a shard's header and size against each other; return its token count."""
+    path = Path(path)
+    if not path.is_file():
+        raise ShardError(f"shard {path} does not exist: run `lit-golf download` or `lit-golf prepare-data`")
+    size = path.stat().st_size
+    header = np.fromfile(path, dtype="<i4", count=HEADER_INTS)
+    if header.size < HEADER_INTS:
+        raise ShardError(
+            f"shard {path} is truncated ({size} bytes, shorter than its {HEADER_BYTES}-byte header): "
+            "delete it and download or prepare it again"
+        )
+    if int(header[0]) != SHARD_MAGIC:
+        raise ShardError(
+            f"shard {path} has wrong magic {int(header[0])} (expected {SHARD_MAGIC}): it is not a token shard; "
+            "regenerate it with `lit-golf prepare-data`"
+        )
+    if int(header[1]) != SHARD_VERSION:
+        raise ShardError(
+            f"shard {path} has unsupported version {int(header[1])} (expected {SHARD_VERSION}): "
+            "regenerate it with `lit-golf prepare-data`"
+        )
+    tokens = int(header[2])
+    expected = HEADER_BYTES + tokens * TOKEN_DTYPE.itemsize
+    if tokens < 0 or size != expected:
+        raise ShardError(
+            f"shard {path} is truncated or corrupt: header declares {tokens} tokens ({expected} bytes) "
+            f"but the file has {size} bytes; delete it and download or prepare it again"
+        )
+    return tokens
+
+
+def read_shard(path: str | Path, vocab_size: int | None = None) -> np.ndarray:
+    """Memory-map a validated shard as a read-only uint16 array.
+
+    With `vocab_size`, also checks (one vectorized pass) that no token id is out of range, which
+    would otherwise surface later as an opaque embedding index error on the GPU.
+    """
+    tokens = read_header(path)
+    if tokens == 0:
+        return np.zeros(0, dtype=TOKEN_DTYPE)
+    data = np.memmap(path, dtype=TOKEN_DTYPE, mode="r", offset=HEADER_BYTES, shape=(tokens,))
+    if vocab_size is not None:
+        top = int(data.max())
+        if top >= vocab_size:
+            raise ShardError(
+                f"shard {path} contains token id {top} >= vocab_size={vocab_size}: it was made with a larger "
+                "tokenizer; pass the matching --vocab_size or re-prepare the data"
+            )
+    return data

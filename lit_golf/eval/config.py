@@ -1,0 +1,83 @@
+"""Evaluation settings: every number of plain, sliding and test-time-training evaluation, record defaults."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+LORA_SITES = ("q", "k", "v", "o", "mlp", "head")
+
+
+@dataclass
+class EvalConfig:
+    """Plain/sliding evaluation and phased LoRA test-time training (2026-04-14 record values)."""
+
+    # plain and sliding-window evaluation
+    eval_seq_len: int = 2048
+    eval_batch_seqs: int = 32
+    sliding_enabled: bool = False
+    sliding_stride: int = 64
+    # per-document LoRA test-time training
+    ttt_enabled: bool = True
+    ttt_lora_rank: int = 96
+    ttt_lora_targets: tuple[str, ...] = LORA_SITES
+    ttt_lr: float = 1e-4
+    ttt_beta1: float = 0.0
+    ttt_beta2: float = 0.999
+    ttt_weight_decay: float = 0.5
+    ttt_eps: float = 1e-10
+    ttt_chunk_size: int = 48
+    ttt_context_len: int = 2048
+    ttt_batch_docs: int = 64
+    ttt_grad_steps: int = 1
+    # context windows are padded up to a multiple of this (capped at ttt_context_len): few static shapes
+    ttt_window_bucket: int = 256
+    # at most this many row positions (rows x width) per forward/backward, bounding activation memory
+    ttt_tokens_per_pass: int = 32768
+    # multi-phase global SGD of the base model on already-scored documents
+    phased_enabled: bool = True
+    phased_prefix_docs: int = 2000
+    phased_num_phases: int = 3
+    global_sgd_lr: float = 1e-3
+    global_sgd_momentum: float = 0.9
+    global_sgd_chunk_tokens: int = 32768
+    global_sgd_batch_seqs: int = 32
+    global_sgd_grad_clip: float = 1.0
+    global_sgd_epochs: int = 1
+    # data
+    bos_id: int = 1
+    max_docs: int | None = None
+
+    def __post_init__(self) -> None:
+        self.ttt_lora_targets = tuple(self.ttt_lora_targets)
+        positive = (
+            "eval_seq_len", "eval_batch_seqs", "sliding_stride", "ttt_lora_rank", "ttt_chunk_size",
+            "ttt_context_len", "ttt_batch_docs", "ttt_grad_steps", "ttt_window_bucket", "ttt_tokens_per_pass",
+            "phased_num_phases", "global_sgd_chunk_tokens", "global_sgd_batch_seqs",
+        )
+        problems = [f"{name}={getattr(self, name)} must be positive" for name in positive if getattr(self, name) <= 0]
+        unknown = sorted(set(self.ttt_lora_targets) - set(LORA_SITES))
+        if unknown:
+            problems.append(f"ttt_lora_targets has unknown sites {unknown}; choose from {list(LORA_SITES)}")
+        if self.sliding_stride > self.eval_seq_len:
+            problems.append(f"sliding_stride={self.sliding_stride} must not exceed eval_seq_len={self.eval_seq_len}")
+        if self.ttt_chunk_size > self.ttt_context_len:
+            problems.append(
+                f"ttt_chunk_size={self.ttt_chunk_size} must not exceed ttt_context_len={self.ttt_context_len}"
+            )
+        negative = [name for name in ("phased_prefix_docs", "global_sgd_epochs", "ttt_weight_decay") if getattr(self, name) < 0]
+        problems += [f"{name}={getattr(self, name)} must not be negative" for name in negative]
+        if self.max_docs is not None and self.max_docs <= 0:
+            problems.append(f"max_docs={self.max_docs} must be positive or None (all documents)")
+        if problems:
+            raise ValueError("invalid EvalConfig: " + "; ".join(problems))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> EvalConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown EvalConfig fields {unknown}; known fields: {sorted(known)}")
+        return cls(**values)

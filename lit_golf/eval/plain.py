@@ -1,0 +1,88 @@
+"""Plain and sliding-window evaluation: every validation target scored exactly once, no adaptation.
+
+Both cut the token stream into windows, run each window as one dense causal row and score a tail of
+it: plain windows are disjoint `eval_seq_len` blocks scored whole (the last one may be shorter);
+sliding windows end `stride` tokens apart and score only their last `stride` targets (the first
+window scores all of its), so every target but the first few sees `eval_seq_len - stride` tokens of
+context. Windows are split between ranks in contiguous runs; the metric sums across ranks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from lit_golf.eval.config import EvalConfig
+from lit_golf.eval.metric import BitsPerByte
+from lit_golf.eval.runtime import autocast, eval_mode, rank_and_world
+from lit_golf.eval.valset import ValSet
+
+
+@dataclass
+class Windows:
+    """Window `i` feeds inputs `[start, start + length)` and scores its positions `>= score_from`."""
+
+    start: torch.Tensor
+    length: torch.Tensor
+    score_from: torch.Tensor
+
+    @classmethod
+    def from_scored_ranges(cls, lo: torch.Tensor, hi: torch.Tensor, context: int) -> Windows:
+        """Windows scoring targets `[lo, hi)` each, reaching back at most `context` inputs from `hi`."""
+        start = torch.minimum(lo, (hi - context).clamp(min=0))
+        return cls(start, hi - start, lo - start)
+
+    def shard(self, rank: int, world: int) -> Windows:
+        n = self.start.numel()
+        part = slice(n * rank // world, n * (rank + 1) // world)
+        return Windows(self.start[part], self.length[part], self.score_from[part])
+
+    def to(self, device: torch.device) -> Windows:
+        return Windows(self.start.to(device), self.length.to(device), self.score_from.to(device))
+
+
+def plain_windows(num_targets: int, seq_len: int) -> Windows:
+    """Disjoint blocks of `seq_len` targets, the last one partial; each window is its own context."""
+    lo = torch.arange(0, num_targets, seq_len)
+    hi = (lo + seq_len).clamp(max=num_targets)
+    return Windows(lo, hi - lo, torch.zeros_like(lo))
+
+
+def sliding_windows(num_targets: int, seq_len: int, stride: int) -> Windows:
+    """The first window scores its `seq_len` targets, each later one the next `stride` with full context."""
+    first = min(seq_len, num_targets)
+    lo = torch.cat((torch.zeros(1, dtype=torch.int64), torch.arange(first, num_targets, stride)))
+    hi = torch.cat((lo[1:], torch.tensor([num_targets])))
+    return Windows.from_scored_ranges(lo, hi, seq_len)
+
+
+@torch.no_grad()
+def score_windows(
+    model: nn.Module, val: ValSet, windows: Windows, batch_seqs: int, metric: BitsPerByte | None = None
+) -> BitsPerByte:
+    """Score this rank's share of `windows` into `metric` (created on the data's device if not given)."""
+    metric = metric if metric is not None else BitsPerByte().to(val.device)
+    rank, world = rank_and_world()
+    mine = windows.shard(rank, world).to(val.device)
+    width = int(windows.length.max()) if windows.length.numel() else 0
+    with eval_mode(model):
+        for first in range(0, mine.start.numel(), batch_seqs):
+            rows = slice(first, first + batch_seqs)
+            batch = val.gather(mine.start[rows], mine.length[rows], width)
+            columns = torch.arange(width, device=val.device)
+            scored = batch.valid & (columns[None, :] >= mine.score_from[rows, None])
+            with autocast(val.device):
+                nll = model(batch.inputs, batch.targets, reduction="none")
+            metric.update(nll, batch.target_bytes, scored)
+    return metric
+
+
+def eval_plain(model: nn.Module, val: ValSet, cfg: EvalConfig, metric: BitsPerByte | None = None) -> BitsPerByte:
+    return score_windows(model, val, plain_windows(val.num_targets, cfg.eval_seq_len), cfg.eval_batch_seqs, metric)
+
+
+def eval_sliding(model: nn.Module, val: ValSet, cfg: EvalConfig, metric: BitsPerByte | None = None) -> BitsPerByte:
+    windows = sliding_windows(val.num_targets, cfg.eval_seq_len, cfg.sliding_stride)
+    return score_windows(model, val, windows, cfg.eval_batch_seqs, metric)

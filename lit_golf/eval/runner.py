@@ -1,0 +1,74 @@
+"""`evaluate`: plain (+ sliding) evaluation, then phased LoRA TTT on a copy of the model, as one dict of numbers."""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import torch
+import torch.nn as nn
+
+from lit_golf.data.tokenizer import ByteLUTs
+from lit_golf.eval.config import EvalConfig
+from lit_golf.eval.documents import find_documents, truncate_to_documents
+from lit_golf.eval.metric import BitsPerByte
+from lit_golf.eval.plain import eval_plain, eval_sliding
+from lit_golf.eval.runtime import Stopwatch, model_device, rank_and_world
+from lit_golf.eval.ttt import TTTTrace, run_phased_ttt
+from lit_golf.eval.valset import ValSet
+
+log = logging.getLogger("lit_golf")
+
+
+def evaluate(
+    model: nn.Module,
+    val_tokens: torch.Tensor,
+    luts: ByteLUTs,
+    cfg: EvalConfig | None = None,
+    *,
+    progress: bool = True,
+    trace: TTTTrace | None = None,
+) -> dict[str, float]:
+    """Score `val_tokens` with `model` (left unchanged) on every rank of the current process group.
+
+    Returns `val_bpb`, `val_loss`, `val_tokens`, `val_bytes`; with sliding, `sliding_*` alike; with
+    TTT, `ttt_*` alike plus `ttt_gain` (plain minus TTT bpb), `ttt_docs`, `ttt_tokens_per_second`;
+    `time_<section>_s` per section and `eval_seconds` in total. Safe to call under
+    `torch.inference_mode()` (Lightning's test loop): TTT needs autograd, so it is switched back on.
+    """
+    cfg = cfg or EvalConfig()
+    device = model_device(model)
+    stopwatch = Stopwatch(device)
+    results: dict[str, float] = {}
+    with torch.inference_mode(False), stopwatch.section("eval"):
+        tokens = torch.as_tensor(val_tokens).to(device=device, dtype=torch.int64)
+        val = ValSet.build(truncate_to_documents(tokens, cfg.bos_id, cfg.max_docs), luts, device)
+        with stopwatch.section("plain"):
+            results.update(_scores("val", eval_plain(model, val, cfg)))
+        if cfg.sliding_enabled:
+            with stopwatch.section("sliding"):
+                results.update(_scores("sliding", eval_sliding(model, val, cfg)))
+        if cfg.ttt_enabled:
+            ttt_model = copy.deepcopy(model)
+            with stopwatch.section("ttt"):
+                metric = run_phased_ttt(ttt_model, val, cfg, stopwatch=stopwatch, progress=progress, trace=trace)
+            del ttt_model
+            results.update(_scores("ttt", metric))
+            results["ttt_gain"] = results["val_bpb"] - results["ttt_bpb"]
+            results["ttt_docs"] = len(find_documents(val.tokens, cfg.bos_id))
+            results["ttt_tokens_per_second"] = results["ttt_tokens"] / stopwatch.seconds["ttt"]
+    results.update({f"time_{name}_s": seconds for name, seconds in stopwatch.seconds.items() if name != "eval"})
+    results["eval_seconds"] = stopwatch.seconds["eval"]
+    if rank_and_world()[0] == 0:
+        log.info("evaluation: %s", " ".join(f"{k}={v:.6g}" for k, v in results.items()))
+    return results
+
+
+def _scores(prefix: str, metric: BitsPerByte) -> dict[str, float]:
+    totals = metric.totals()
+    return {
+        f"{prefix}_bpb": totals["bpb"],
+        f"{prefix}_loss": totals["loss"],
+        f"{prefix}_tokens": int(totals["tokens"]),
+        f"{prefix}_bytes": int(totals["bytes"]),
+    }

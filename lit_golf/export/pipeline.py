@@ -1,0 +1,230 @@
+"""Trained GPT -> `artifact.ptz` + `artifact.json`: Hessians, GPTQ per matrix, packing, size table, budget.
+
+`export_model` is the whole pipeline for one process; the Lightning callback splits it into
+`collect_hessians` (all ranks) and `build_artifact` (rank 0); `export_from_checkpoint` serves
+`lit-golf export --ckpt PATH`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+import lit_golf
+from lit_golf.config import GPTConfig
+from lit_golf.export.budget import SizeRow, check_budget, size_table, total_bytes
+from lit_golf.export.code_size import CodeSize, measure_code
+from lit_golf.export.config import GROUPS, ExportConfig
+from lit_golf.export.gptq import dequantize, gptq_quantize, output_error
+from lit_golf.export.hessians import collect_hessians
+from lit_golf.export.serialize import PASSTHROUGH, StoredTensor, pack, write_artifact
+from lit_golf.model import GPT, unbank_state_dict
+
+log = logging.getLogger("lit_golf")
+
+ARTIFACT_NAME = "artifact.ptz"
+REPORT_NAME = "artifact.json"
+
+
+@dataclass
+class ExportReport:
+    """What an export wrote and how many bytes each part takes."""
+
+    artifact_path: Path
+    json_path: Path
+    rows: list[SizeRow]
+    code: CodeSize
+    budget_bytes: int
+    table: str
+    relative_errors: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def total_bytes(self) -> int:
+        return total_bytes(self.rows)
+
+    def check_budget(self) -> None:
+        """Raise `ArtifactTooLarge` (summary line + table) when model + code exceed the budget."""
+        check_budget(self.rows, self.budget_bytes, self.table)
+
+
+def _passthrough(tensor: torch.Tensor) -> torch.Tensor:
+    tensor = tensor.detach().cpu()
+    return tensor.to(torch.float16) if tensor.is_floating_point() else tensor.clone()
+
+
+@torch.no_grad()
+def quantize_model(
+    gpt: GPT, hessians: dict[str, torch.Tensor], cfg: ExportConfig
+) -> tuple[dict[str, StoredTensor], dict[str, float]]:
+    """Unbanked state dict of `gpt` as stored tensors, and each group's relative output error.
+
+    Matrices from `gpt.quantized_matrices()` with more than `cfg.passthrough_max_numel` elements are
+    GPTQ-quantized with their group's bits and clip sigmas; every other tensor is kept as float16.
+    """
+    matrices = {m.state_key: m for m in gpt.quantized_matrices()}
+    stored: dict[str, StoredTensor] = {}
+    sums = {group: [0.0, 0.0] for group in GROUPS}
+    for key, tensor in unbank_state_dict(gpt.state_dict(), gpt.config).items():
+        matrix = matrices.get(key)
+        if matrix is None or tensor.numel() <= cfg.passthrough_max_numel:
+            stored[key] = StoredTensor(PASSTHROUGH, _passthrough(tensor))
+            continue
+        bits, clip_sigmas = cfg.group_quantization(matrix.group)
+        hessian = hessians[matrix.name]
+        codes, scale = gptq_quantize(tensor, hessian, bits, clip_sigmas, cfg.gptq_block_size, cfg.damping)
+        error, signal = output_error(tensor, dequantize(codes, scale), hessian)
+        sums[matrix.group][0] += error
+        sums[matrix.group][1] += signal
+        stored[key] = StoredTensor(matrix.group, codes.cpu(), scale.cpu(), bits)
+    errors = {group: err / sig for group, (err, sig) in sums.items() if sig > 0}
+    return stored, errors
+
+
+def artifact_header(gpt: GPT, cfg: ExportConfig) -> dict:
+    """What the loader needs besides the tensors: architecture, looping state, quantization, versions."""
+    quantization = {}
+    for group in GROUPS:
+        bits, clip_sigmas = cfg.group_quantization(group)
+        quantization[group] = {"bits": bits, "clip_sigmas": clip_sigmas}
+    return {
+        "gpt_config": gpt.config.to_dict(),
+        "looping_active": bool(gpt.looping_active),
+        "quantization": quantization,
+        "lit_golf_version": lit_golf.__version__,
+        "torch_version": torch.__version__.split("+")[0],
+    }
+
+
+def _size_rows(stored: dict[str, StoredTensor], parts: dict, errors: dict[str, float], code: CodeSize) -> list[SizeRow]:
+    rows = []
+    for part in (*GROUPS, PASSTHROUGH):
+        if part not in parts:
+            continue
+        members = [s for s in stored.values() if (s.group if s.quantized else PASSTHROUGH) == part]
+        rows.append(SizeRow(part, parts[part].compressed, parts[part].raw, len(members),
+                            sum(s.data.numel() for s in members), errors.get(part)))
+    rows.append(SizeRow("header", parts["header"].compressed, parts["header"].raw))
+    rows.append(SizeRow("code", code.compressed_bytes, code.minified_bytes, len(code.files)))
+    return rows
+
+
+def build_artifact(gpt: GPT, hessians: dict[str, torch.Tensor], cfg: ExportConfig, out_dir: str | Path) -> ExportReport:
+    """Quantize `gpt`, write `artifact.ptz` and `artifact.json` into `out_dir`, and report the sizes.
+
+    Does not check the budget (the caller decides when to fail: `report.check_budget()`), so an
+    oversized artifact is still on disk for inspection.
+    """
+    out_dir = Path(out_dir)
+    stored, errors = quantize_model(gpt, hessians, cfg)
+    blob, parts = pack(artifact_header(gpt, cfg), stored, cfg.compressor, cfg.brotli_quality)
+    artifact_path = write_artifact(out_dir / ARTIFACT_NAME, blob)
+    code = measure_code(cfg.compressor, cfg.brotli_quality)
+    rows = _size_rows(stored, parts, errors, code)
+    report = ExportReport(artifact_path, out_dir / REPORT_NAME, rows, code, cfg.budget_bytes,
+                          size_table(rows, cfg.budget_bytes), errors)
+    summary = {
+        "artifact": ARTIFACT_NAME,
+        "artifact_bytes": len(blob),
+        "code_bytes": code.compressed_bytes,
+        "total_bytes": report.total_bytes,
+        "budget_bytes": cfg.budget_bytes,
+        "margin_bytes": cfg.budget_bytes - report.total_bytes,
+        "parts": [asdict(row) for row in rows],
+        "code_files": code.files,
+        "table": report.table.splitlines(),
+        "export_config": cfg.to_dict(),
+        "gpt_config": gpt.config.to_dict(),
+        "looping_active": bool(gpt.looping_active),
+    }
+    report.json_path.write_text(json.dumps(summary, indent=2) + "\n")
+    return report
+
+
+def export_model(gpt: GPT, batches: Iterable, cfg: ExportConfig, out_dir: str | Path | None = None) -> ExportReport:
+    """Single-process export: Hessians on `batches`, GPTQ, write files, then the budget check (raises)."""
+    hessians = collect_hessians(gpt, batches)
+    report = build_artifact(gpt, hessians, cfg, out_dir or cfg.out_dir or "artifact")
+    report.check_budget()
+    return report
+
+
+def calibration_batches(datamodule, cfg: ExportConfig, rank: int = 0, world_size: int = 1) -> Iterable:
+    """This rank's share of the datamodule's calibration batches (every `world_size`-th from `rank`).
+
+    Assumes `datamodule.calibration_batches(n, seq_len, batch_seqs, seed)` yields the same batches on
+    every rank (seeded), so the shares are disjoint and together cover all `n`.
+    """
+    if not hasattr(datamodule, "calibration_batches"):
+        raise ValueError(
+            f"{type(datamodule).__name__} has no calibration_batches(n, seq_len, batch_seqs, seed); "
+            "GPTQ export needs a GolfDataModule (trainer.datamodule) for its calibration data"
+        )
+    batches = datamodule.calibration_batches(cfg.calibration_batches, cfg.calibration_seq_len,
+                                             cfg.calibration_batch_seqs, cfg.calibration_seed)
+    return itertools.islice(batches, rank, None, world_size)
+
+
+def gpt_from_checkpoint(ckpt_path: str | Path, fallback_config: GPTConfig | None = None) -> GPT:
+    """The inner GPT of a Lightning checkpoint written by `GolfLightningModule`.
+
+    Assumes what that module saves: hyperparameters with the GPTConfig as a dict under 'gpt' (used
+    when present, else `fallback_config`), weights under 'state_dict' with the prefix 'gpt.' (a
+    'gpt._orig_mod.' prefix from a compiled model is accepted too), and optionally a top-level
+    'looping_active'; without it the model is exported looping when the config loops (the record
+    turns looping on mid-training, so a finished run ends with it on).
+    """
+    ckpt_path = Path(ckpt_path)
+    if not ckpt_path.is_file():
+        raise FileNotFoundError(f"checkpoint {ckpt_path} does not exist; pass --ckpt PATH of a fit run's .ckpt")
+    # weights_only=False: Lightning checkpoints hold plain Python hyperparameters; the file is the user's own.
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise ValueError(f"{ckpt_path} is not a Lightning checkpoint (no 'state_dict'); pass a fit run's .ckpt")
+    saved = ckpt.get("hyper_parameters", {}).get("gpt")
+    if isinstance(saved, GPTConfig):
+        config = saved
+    elif isinstance(saved, dict):
+        config = GPTConfig.from_dict(saved)
+    else:
+        config = fallback_config or GPTConfig()
+    state = {}
+    for prefix in ("gpt._orig_mod.", "gpt."):
+        state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+        if state:
+            break
+    if not state:
+        raise ValueError(f"{ckpt_path} has no 'gpt.*' weights; was it written by GolfLightningModule?")
+    gpt = GPT(config)
+    try:
+        gpt.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
+        raise ValueError(f"{ckpt_path} does not fit GPTConfig {config}: {first}") from None
+    gpt.looping_active = bool(ckpt.get("looping_active", config.num_loops > 0))
+    return gpt
+
+
+def export_from_checkpoint(
+    module: nn.Module | None, datamodule, ckpt_path: str | Path | None, out_dir: str | Path, cfg: ExportConfig,
+    device: torch.device | str | None = None,
+) -> ExportReport:
+    """`lit-golf export`: GPTQ-export the GPT stored in `ckpt_path` with `datamodule`'s calibration batches.
+
+    `module` (a GolfLightningModule or None) only supplies the GPTConfig when the checkpoint has none.
+    Runs on CUDA when available. Raises `ArtifactTooLarge` after writing the files when over budget.
+    """
+    if ckpt_path is None:
+        raise ValueError("export needs a checkpoint: pass --ckpt PATH (a .ckpt written by `lit-golf fit`)")
+    gpt = gpt_from_checkpoint(ckpt_path, getattr(module, "gpt_config", None))
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    gpt.to(device)
+    report = export_model(gpt, calibration_batches(datamodule, cfg), cfg, out_dir)
+    log.info("artifact %s\n%s", report.artifact_path, report.table)
+    return report

@@ -1,0 +1,424 @@
+"""The record GPT as a plain `nn.Module` (no Lightning), with one forward path for training, eval and TTT.
+
+Shape of the network (defaults in `GPTConfig`): tied token embedding whose output is RMS-normed and
+kept as `x0`; an encoder and a decoder half of blocks joined U-Net style (each encoder output is
+mixed back into the mirrored decoder input through a learned weight and a sigmoid gate); from
+`parallel_start_layer` on, the decoder carries two residual lanes (attention reads lane 0, the MLP
+reads lane 1, a 2x2 matrix routes both outputs into both lanes); depth recurrence replays blocks
+`loop_start..loop_end` when `looping_active` is set.
+
+The large matrices live in four banks (so the optimizer can orthogonalize them in batches) and are
+sliced per layer at use; they are cast to the activation dtype there, so the trainer may keep them in
+bf16 while the small "scalar" parameters stay fp32. Identity "taps" mark the input of every
+quantized matrix for calibration hooks, and the optional `lora` argument adds test-time-training
+deltas at fixed sites without a second copy of the forward code.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import NamedTuple, Protocol
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from lit_golf.attention import AttentionBackend, select_backend
+from lit_golf.config import GPTConfig
+
+LORA_SITES = ("q", "k", "v", "o", "mlp", "head")
+
+FusedMLPFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class LoRA(Protocol):
+    """What the model needs from a test-time-training adapter."""
+
+    def delta(self, site: str, slot: int, x: torch.Tensor) -> torch.Tensor | None: ...
+
+
+class LayerWeights(NamedTuple):
+    """One block's slices of the banks."""
+
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    o: torch.Tensor
+    up: torch.Tensor
+    down: torch.Tensor
+
+
+class StepContext(NamedTuple):
+    """Per-forward inputs shared by every block."""
+
+    cos: torch.Tensor
+    sin: torch.Tensor
+    cu_seqlens: torch.Tensor | None
+    max_seqlen: int
+    lora: LoRA | None
+
+
+def with_lora(out: torch.Tensor, ctx: StepContext, site: str, slot: int, x: torch.Tensor) -> torch.Tensor:
+    """`out` plus the adapter's delta at `site` for the block in execution `slot` (unchanged without LoRA)."""
+    if ctx.lora is None:
+        return out
+    delta = ctx.lora.delta(site, slot, x)
+    return out if delta is None else out + delta
+
+
+def rms_norm(x: torch.Tensor) -> torch.Tensor:
+    return F.rms_norm(x, (x.size(-1),))
+
+
+# ----------------------------------------------------------------------------- rotary embedding
+
+
+def rotary_tables(
+    seq_len: int, rope_dims: int, base: float, device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin `[1, T, 1, rope_dims/2]`, computed in fp32 and rounded to the activation dtype."""
+    inv_freq = 1.0 / base ** (torch.arange(0, rope_dims, 2, device=device, dtype=torch.float32) / rope_dims)
+    angles = torch.outer(torch.arange(seq_len, device=device, dtype=torch.float32), inv_freq)
+    return angles.cos()[None, :, None, :].to(dtype), angles.sin()[None, :, None, :].to(dtype)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the first `2 * cos.size(-1)` dims of each head (split in halves); the rest pass through."""
+    half = cos.size(-1)
+    x1, x2, rest = x[..., :half], x[..., half : 2 * half], x[..., 2 * half :]
+    return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin, rest), dim=-1)
+
+
+def remove_value_direction(y: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """XSA: drop from each head's output its component along its KV head's (normalized) value vector."""
+    batch, seq_len, heads, head_dim = y.shape
+    grouped = y.reshape(batch, seq_len, v.size(2), heads // v.size(2), head_dim)
+    direction = F.normalize(v, dim=-1).unsqueeze(-2)
+    projection = (grouped * direction).sum(dim=-1, keepdim=True) * direction
+    return (grouped - projection).reshape(batch, seq_len, heads, head_dim)
+
+
+# ----------------------------------------------------------------------------- modules
+
+
+class CausalSelfAttention(nn.Module):
+    """GQA attention with q/k RMS-norm, partial RoPE, per-head query gain and optional XSA."""
+
+    def __init__(self, config: GPTConfig, backend: AttentionBackend, use_xsa: bool):
+        super().__init__()
+        self.num_heads, self.num_kv_heads, self.head_dim = config.num_heads, config.num_kv_heads, config.head_dim
+        self.q_gain = nn.Parameter(torch.full((config.num_heads,), config.qk_gain_init, dtype=torch.float32))
+        self.use_xsa = use_xsa
+        self.backend = backend
+        self.qkv_tap = nn.Identity()
+        self.out_tap = nn.Identity()
+
+    def forward(self, x: torch.Tensor, w: LayerWeights, ctx: StepContext, slot: int) -> torch.Tensor:
+        batch, seq_len, _ = x.shape
+        x = self.qkv_tap(x)
+        q = with_lora(F.linear(x, w.q.to(x.dtype)), ctx, "q", slot, x)
+        k = with_lora(F.linear(x, w.k.to(x.dtype)), ctx, "k", slot, x)
+        v = with_lora(F.linear(x, w.v.to(x.dtype)), ctx, "v", slot, x)
+        q = rms_norm(q.view(batch, seq_len, self.num_heads, self.head_dim))
+        k = rms_norm(k.view(batch, seq_len, self.num_kv_heads, self.head_dim))
+        v = v.view(batch, seq_len, self.num_kv_heads, self.head_dim)
+        q = apply_rotary(q, ctx.cos, ctx.sin) * self.q_gain.to(q.dtype)[:, None]
+        k = apply_rotary(k, ctx.cos, ctx.sin)
+        # Under autocast the norms may return fp32 while v is bf16; flash kernels need one dtype.
+        q, k = q.to(v.dtype), k.to(v.dtype)
+        y = self.backend(q, k, v, cu_seqlens=ctx.cu_seqlens, max_seqlen=ctx.max_seqlen)
+        if self.use_xsa:
+            y = remove_value_direction(y, v)
+        y = self.out_tap(y.reshape(batch, seq_len, -1))
+        return with_lora(F.linear(y, w.o.to(y.dtype)), ctx, "o", slot, x)
+
+
+class MLP(nn.Module):
+    """LeakyReLU(0.5)^2 MLP; the fused Triton kernel serves CUDA training, the eager path everything else."""
+
+    def __init__(self, fused_fn: FusedMLPFn | None):
+        super().__init__()
+        self.fused_fn = fused_fn
+        self.up_tap = nn.Identity()
+        self.down_tap = nn.Identity()
+
+    def forward(self, x: torch.Tensor, up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
+        x = self.up_tap(x)
+        up, down = up.to(x.dtype), down.to(x.dtype)
+        if self.fused_fn is not None and self.training and x.is_cuda:
+            return self.fused_fn(x, up, down)
+        hidden = F.leaky_relu(F.linear(x, up), negative_slope=0.5).square()
+        return F.linear(self.down_tap(hidden), down)
+
+
+class Block(nn.Module):
+    """Attention and MLP sub-layers with learned output scales and a learned mix of the stream with x0."""
+
+    def __init__(self, config: GPTConfig, layer: int, backend: AttentionBackend, fused_mlp: FusedMLPFn | None):
+        super().__init__()
+        dim = config.model_dim
+        self.attn = CausalSelfAttention(config, backend, use_xsa=layer >= config.num_layers - config.xsa_last_n)
+        self.mlp = MLP(fused_mlp)
+        self.attn_scale = nn.Parameter(torch.ones(dim, dtype=torch.float32))
+        self.mlp_scale = nn.Parameter(torch.ones(dim, dtype=torch.float32))
+        self.resid_mix = nn.Parameter(torch.stack((torch.ones(dim), torch.zeros(dim))).float())
+        self.norm_scale = 1.0 / math.sqrt(layer + 1) if config.ln_scale else 1.0
+
+    def mix_with_x0(self, x: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        mix = self.resid_mix.to(x.dtype)
+        return mix[0] * x + mix[1] * x0
+
+    def attention_branch(self, read: torch.Tensor, w: LayerWeights, ctx: StepContext, slot: int) -> torch.Tensor:
+        out = self.attn(rms_norm(read) * self.norm_scale, w, ctx, slot)
+        return self.attn_scale.to(out.dtype) * out
+
+    def mlp_branch(self, read: torch.Tensor, w: LayerWeights, ctx: StepContext, slot: int) -> torch.Tensor:
+        normed = rms_norm(read) * self.norm_scale
+        out = with_lora(self.mlp(normed, w.up, w.down), ctx, "mlp", slot, normed)
+        return self.mlp_scale.to(out.dtype) * out
+
+    def forward(self, x, x0, w: LayerWeights, ctx: StepContext, slot: int) -> torch.Tensor:
+        """Sequential residual step: attention then MLP on one stream."""
+        x = self.mix_with_x0(x, x0)
+        x = x + self.attention_branch(x, w, ctx, slot)
+        return x + self.mlp_branch(x, w, ctx, slot)
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+class GPT(nn.Module):
+    """The record GPT. `forward(input_ids, target_ids=None, *, cu_seqlens, max_seqlen, lora, reduction)`.
+
+    Parallel lanes start at the first decoder block whose layer index is >= `parallel_start_layer`
+    (0 disables them) and continue to the end of the decoder.
+    """
+
+    def __init__(self, config: GPTConfig | None = None):
+        super().__init__()
+        self.config = config = config or GPTConfig()
+        layers, dim = config.num_layers, config.model_dim
+        self.attention = select_backend(config.attention_backend)
+        self.looping_active = False
+        fused = load_fused_mlp() if config.fused_mlp else None
+
+        self.tok_emb = nn.Embedding(config.vocab_size, dim)
+        self.qo_bank = nn.Parameter(torch.empty(2 * layers, dim, dim))
+        self.kv_bank = nn.Parameter(torch.empty(2 * layers, config.kv_dim, dim))
+        self.mlp_up_bank = nn.Parameter(torch.empty(layers, config.hidden_dim, dim))
+        self.mlp_down_bank = nn.Parameter(torch.empty(layers, dim, config.hidden_dim))
+        self.blocks = nn.ModuleList(Block(config, i, self.attention, fused) for i in range(layers))
+
+        encoder, decoder = config.layer_schedule(config.num_loops > 0)
+        self.num_skips = min(len(encoder), len(decoder))
+        self.skip_weights = nn.Parameter(torch.ones(self.num_skips, dim, dtype=torch.float32))
+        self.skip_gates = (
+            nn.Parameter(torch.zeros(self.num_skips, dim, dtype=torch.float32)) if config.skip_gates else None
+        )
+        # [layer, source (attn, mlp), destination lane (0, 1)] and [layer, lane]
+        self.parallel_post_lambdas = nn.Parameter(torch.ones(layers, 2, 2, dtype=torch.float32))
+        self.parallel_resid_lambdas = nn.Parameter(torch.full((layers, 2), 1.1, dtype=torch.float32))
+        self.head_tap = nn.Identity()
+        self.reset_parameters()
+
+    @property
+    def attention_backend_name(self) -> str:
+        return self.attention.name
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Orthogonal q/k/v/up, zero output projections (every block starts as identity), small embedding."""
+        layers = self.config.num_layers
+        nn.init.normal_(self.tok_emb.weight, mean=0.0, std=self.config.tied_embed_init_std)
+        for i in range(layers):
+            nn.init.orthogonal_(self.qo_bank[i])
+            nn.init.zeros_(self.qo_bank[layers + i])
+            nn.init.orthogonal_(self.kv_bank[i])
+            nn.init.orthogonal_(self.kv_bank[layers + i])
+        for i in range(layers):
+            nn.init.orthogonal_(self.mlp_up_bank[i])
+            nn.init.zeros_(self.mlp_down_bank[i])
+
+    def layer_weights(self, layer: int) -> LayerWeights:
+        n = self.config.num_layers
+        return LayerWeights(
+            self.qo_bank[layer], self.kv_bank[layer], self.kv_bank[n + layer], self.qo_bank[n + layer],
+            self.mlp_up_bank[layer], self.mlp_down_bank[layer],
+        )
+
+    def quantized_matrices(self) -> list[QuantizedMatrix]:
+        return quantized_matrices(self.config)
+
+    # --------------------------------------------------------------------- forward
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        target_ids: torch.Tensor | None = None,
+        *,
+        cu_seqlens: torch.Tensor | None = None,
+        max_seqlen: int = 0,
+        lora: LoRA | None = None,
+        reduction: str = "mean",
+    ) -> torch.Tensor:
+        """Softcapped logits `[B, T, V]`, or fp32 cross-entropy (`"mean"` scalar / `"none"` `[B, T]`)."""
+        if reduction not in ("mean", "none"):
+            raise ValueError(f"reduction={reduction!r} is not supported; use 'mean' or 'none'")
+        x = rms_norm(self.tok_emb(input_ids))
+        rope_dims = self.config.rope_dims or self.config.head_dim
+        cos, sin = rotary_tables(input_ids.size(1), rope_dims, self.config.rope_base, x.device, x.dtype)
+        ctx = StepContext(cos, sin, cu_seqlens, int(max_seqlen), lora)
+        x = self._run_blocks(x, ctx)
+        logits = self._logits(x, ctx)
+        if target_ids is None:
+            return logits
+        loss = F.cross_entropy(logits.float().flatten(0, 1), target_ids.flatten(), reduction=reduction)
+        return loss if reduction == "mean" else loss.view_as(target_ids)
+
+    def _run_blocks(self, x: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        x0 = x
+        encoder, decoder = self.config.layer_schedule(self.looping_active)
+        skips = []
+        for slot, layer in enumerate(encoder):
+            x = self.blocks[layer](x, x0, self.layer_weights(layer), ctx, slot)
+            skips.append(x)
+        lanes = None
+        start = self.config.parallel_start_layer
+        for j, layer in enumerate(decoder):
+            slot = len(encoder) + j
+            if lanes is None and 0 < start <= layer:
+                lanes = (x, x)
+            if j < self.num_skips and skips:
+                if lanes is None:
+                    x = self._merge_skip(x, skips.pop(), j)
+                else:
+                    lanes = (self._merge_skip(lanes[0], skips.pop(), j), lanes[1])
+            if lanes is None:
+                x = self.blocks[layer](x, x0, self.layer_weights(layer), ctx, slot)
+            else:
+                lanes = self._parallel_step(layer, lanes, x0, ctx, slot)
+        return x if lanes is None else self._final_lane(*lanes)
+
+    def _merge_skip(self, x: torch.Tensor, skip: torch.Tensor, j: int) -> torch.Tensor:
+        scaled = self.skip_weights[j].to(x.dtype) * skip
+        if self.skip_gates is None:
+            return x + scaled
+        return torch.lerp(scaled, x, torch.sigmoid(self.skip_gates[j].to(x.dtype)))
+
+    def _parallel_step(self, layer: int, lanes, x0, ctx: StepContext, slot: int):
+        """Two-lane residual step: attention reads lane 0 (mixed with x0), the MLP reads lane 1."""
+        block, w = self.blocks[layer], self.layer_weights(layer)
+        lane0, lane1 = lanes
+        attn_out = block.attention_branch(block.mix_with_x0(lane0, x0), w, ctx, slot)
+        mlp_out = block.mlp_branch(lane1, w, ctx, slot)
+        resid = self.parallel_resid_lambdas[layer].to(lane0.dtype)
+        post = self.parallel_post_lambdas[layer].to(lane0.dtype)
+        return (
+            resid[0] * lane0 + post[0, 0] * attn_out + post[1, 0] * mlp_out,
+            resid[1] * lane1 + post[0, 1] * attn_out + post[1, 1] * mlp_out,
+        )
+
+    def _final_lane(self, lane0: torch.Tensor, lane1: torch.Tensor) -> torch.Tensor:
+        choice = self.config.parallel_final_lane
+        if choice == "attn":
+            return lane0
+        if choice == "mlp":
+            return lane1
+        return 0.5 * (lane0 + lane1)
+
+    def _logits(self, x: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        x = self.head_tap(rms_norm(x))
+        logits = with_lora(F.linear(x, self.tok_emb.weight.to(x.dtype)), ctx, "head", 0, x)
+        cap = self.config.logit_softcap
+        return cap * torch.tanh(logits / cap)
+
+
+def load_fused_mlp() -> FusedMLPFn | None:
+    """The fused MLP function when CUDA and Triton are present; imported lazily so CPU installs never need Triton."""
+    if not torch.cuda.is_available():
+        return None
+    from lit_golf.kernels import fused_mlp
+
+    return fused_mlp.fused_leaky_relu_square_mlp if fused_mlp.is_available() else None
+
+
+# ----------------------------------------------------------------------------- quantized matrices and banks
+
+
+class QuantizedMatrix(NamedTuple):
+    """One matrix that export quantizes: per-layer `name`, where it lives (`bank`, `index`), its group and tap.
+
+    `bank` is a GPT attribute holding the tensor (`index` selects the slice; None for `tok_emb`), `tap` the
+    qualified name of the identity module whose forward-hook input is this matrix's input.
+    """
+
+    name: str
+    bank: str
+    index: int | None
+    group: str
+    tap: str
+
+    @property
+    def state_key(self) -> str:
+        """Key of this matrix in `unbank_state_dict` output."""
+        return self.name if self.index is not None else f"{self.name}.weight"
+
+    def weight(self, model: GPT) -> torch.Tensor:
+        """The live matrix inside `model` (a view of its bank slice)."""
+        if self.index is None:
+            return model.tok_emb.weight
+        return getattr(model, self.bank)[self.index]
+
+
+def _bank_slots(config: GPTConfig) -> list[tuple[str, str, int, str, str]]:
+    """(per-layer name, bank, index, group, tap) of every bank slice, layer by layer."""
+    n = config.num_layers
+    slots = []
+    for i in range(n):
+        attn, mlp = f"blocks.{i}.attn", f"blocks.{i}.mlp"
+        slots += [
+            (f"{attn}.q", "qo_bank", i, "attn", f"{attn}.qkv_tap"),
+            (f"{attn}.k", "kv_bank", i, "attn", f"{attn}.qkv_tap"),
+            (f"{attn}.v", "kv_bank", n + i, "attn", f"{attn}.qkv_tap"),
+            (f"{attn}.o", "qo_bank", n + i, "attn", f"{attn}.out_tap"),
+            (f"{mlp}.up", "mlp_up_bank", i, "mlp", f"{mlp}.up_tap"),
+            (f"{mlp}.down", "mlp_down_bank", i, "mlp", f"{mlp}.down_tap"),
+        ]
+    return slots
+
+
+BANK_NAMES = ("qo_bank", "kv_bank", "mlp_up_bank", "mlp_down_bank")
+
+
+def quantized_matrices(config: GPTConfig) -> list[QuantizedMatrix]:
+    """Every quantized matrix of a model with `config`: bank slices layer by layer, then the tied embedding."""
+    matrices = [QuantizedMatrix(*slot) for slot in _bank_slots(config)]
+    return matrices + [QuantizedMatrix("tok_emb", "tok_emb", None, "embed", "head_tap")]
+
+
+def unbank_state_dict(state_dict: dict[str, torch.Tensor], config: GPTConfig) -> dict[str, torch.Tensor]:
+    """Replace each bank by its per-layer matrices (`blocks.{i}.attn.q`, ...); other entries pass through."""
+    missing = [name for name in BANK_NAMES if name not in state_dict]
+    if missing:
+        raise ValueError(f"state dict lacks banks {missing}; pass GPT.state_dict() (not an already unbanked dict)")
+    flat = {key: value for key, value in state_dict.items() if key not in BANK_NAMES}
+    for name, bank, index, _, _ in _bank_slots(config):
+        flat[name] = state_dict[bank][index]
+    return flat
+
+
+def rebank_state_dict(flat: dict[str, torch.Tensor], config: GPTConfig) -> dict[str, torch.Tensor]:
+    """Inverse of `unbank_state_dict`: stack per-layer matrices back into the banks."""
+    slots = _bank_slots(config)
+    missing = [name for name, *_ in slots if name not in flat]
+    if missing:
+        raise ValueError(f"unbanked state dict lacks {len(missing)} matrices (first: {missing[0]}); was it built for this config?")
+    per_bank: dict[str, dict[int, torch.Tensor]] = {name: {} for name in BANK_NAMES}
+    for name, bank, index, _, _ in slots:
+        per_bank[bank][index] = flat[name]
+    slot_names = {name for name, *_ in slots}
+    state = {key: value for key, value in flat.items() if key not in slot_names}
+    for bank, pieces in per_bank.items():
+        state[bank] = torch.stack([pieces[i] for i in range(len(pieces))])
+    return state

@@ -1,0 +1,260 @@
+"""`GolfLightningModule`: the record's training step as a LightningModule.
+
+Manual optimization, because one batch is one optimizer step made of several micro-batches and the
+combined `GolfOptimizer` communicates gradients itself. Only the inner GPT is compiled; the module
+stays a plain Python object that Lightning can hook into.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from dataclasses import asdict
+
+import lightning as L
+import torch
+
+from lit_golf.config import GPTConfig
+from lit_golf.eval.config import EvalConfig
+from lit_golf.model import GPT
+from lit_golf.optim import OptimConfig, build_golf_optimizer, muon_momentum
+from lit_golf.schedule import TrainingConfig, lr_multiplier
+
+log = logging.getLogger("lit_golf")
+
+
+class GolfLightningModule(L.LightningModule):
+    """Wraps `GPT` with the record's optimizer, schedules, compile warm-up and evaluation.
+
+    Args:
+        gpt: model architecture.
+        optim: Muon/AdamW numbers, gradient clip.
+        training: LR warmdown, loop switch, compile switches.
+        evaluation: plain/sliding/TTT evaluation run by `lit-golf test`.
+        artifact: path of an exported artifact whose (dequantized) weights `test` evaluates.
+    """
+
+    def __init__(
+        self,
+        gpt: GPTConfig | None = None,
+        optim: OptimConfig | None = None,
+        training: TrainingConfig | None = None,
+        evaluation: EvalConfig | None = None,
+        artifact: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.gpt_config = gpt or GPTConfig()
+        self.optim_config = optim or OptimConfig()
+        self.training_config = training or TrainingConfig()
+        self.eval_config = evaluation or EvalConfig()
+        self.artifact = artifact
+        self.save_hyperparameters(
+            {
+                "gpt": asdict(self.gpt_config),
+                "optim": asdict(self.optim_config),
+                "training": asdict(self.training_config),
+                "evaluation": asdict(self.eval_config),
+            }
+        )
+        self.automatic_optimization = False
+        self.gpt = GPT(self.gpt_config)
+        self._compiled = None
+        self.training_fraction = 0.0
+        self.tokens_per_step = 0
+        self.last_train_loss = torch.zeros(())
+        self.test_results: dict = {}
+        self._fraction_from_clock = False
+
+    # ------------------------------------------------------------------ setup
+    def configure_optimizers(self):
+        return build_golf_optimizer(self.gpt, self.optim_config)
+
+    @property
+    def step_model(self):
+        return self._compiled if self._compiled is not None else self.gpt
+
+    def on_fit_start(self) -> None:
+        from lit_golf.callbacks.wallclock import WallClockBudget
+
+        if self._compiled is None and self.training_config.compile and self.device.type == "cuda":
+            # Only the inner GPT: compiling the LightningModule would trace Lightning's hooks too.
+            self._compiled = torch.compile(self.gpt, fullgraph=True, dynamic=False)
+
+        self._fraction_from_clock = any(isinstance(cb, WallClockBudget) for cb in self.trainer.callbacks)
+        dm = self.trainer.datamodule
+        self.tokens_per_step = dm.train_batch_tokens
+        n_params = sum(p.numel() for p in self.gpt.parameters())
+        log.info(
+            "model: %s parameters, attention backend %s; batch %s tokens/step = %d micro-batches x %d tokens x %d ranks",
+            f"{n_params:,}", self.gpt.attention_backend_name, f"{dm.train_batch_tokens:,}",
+            dm.grad_accum_steps, dm.tokens_per_microbatch, self.trainer.world_size,
+        )
+
+    def on_train_start(self) -> None:
+        if self.training_config.compile_warmup and self._compiled is not None:
+            self.compile_warmup()
+
+    # ---------------------------------------------------------------- training
+    def _fraction(self) -> float:
+        if self._fraction_from_clock:
+            return self.training_fraction
+        max_steps = self.trainer.max_steps
+        return self.global_step / max_steps if max_steps and max_steps > 0 else 0.0
+
+    def _apply_schedules(self, optimizer, fraction: float) -> None:
+        scale = lr_multiplier(fraction, self.training_config.warmdown_frac, self.training_config.min_lr)
+        momentum = muon_momentum(self.global_step, self.optim_config)
+        for group in optimizer.param_groups:
+            group["lr"] = group["base_lr"] * scale
+            if group["kind"] == "muon":
+                group["momentum"] = momentum
+
+    def _maybe_enable_looping(self, fraction: float) -> None:
+        cfg = self.gpt_config
+        if cfg.num_loops and not self.gpt.looping_active and fraction >= self.training_config.enable_looping_at:
+            self.gpt.looping_active = True
+            encoder, decoder = cfg.layer_schedule(True)
+            log.info("layer looping on at step %d (fraction %.3f): encoder %s decoder %s",
+                     self.global_step, fraction, encoder, decoder)
+
+    def training_step(self, batch, batch_idx):
+        optimizer = self.optimizers()
+        fraction = self._fraction()
+        self._maybe_enable_looping(fraction)
+        self._apply_schedules(optimizer.optimizer, fraction)
+        loss_sum = self._accumulate_gradients(batch)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        self.last_train_loss = loss_sum / len(batch)
+        return None
+
+    def _accumulate_gradients(self, micro_batches) -> torch.Tensor:
+        model = self.step_model
+        loss_sum = torch.zeros((), device=self.device)
+        for input_ids, target_ids, cu_seqlens in micro_batches:
+            loss = model(input_ids, target_ids, cu_seqlens=cu_seqlens, max_seqlen=self._max_seqlen())
+            self.manual_backward(loss / len(micro_batches))
+            loss_sum += loss.detach()
+        return loss_sum
+
+    def _max_seqlen(self) -> int:
+        return self.trainer.datamodule.train_seq_len
+
+    # ---------------------------------------------------------- compile warm-up
+    @torch.no_grad()
+    def _snapshot(self):
+        optimizer = self.optimizers().optimizer
+        return (
+            {k: v.detach().clone() for k, v in self.gpt.state_dict().items()},
+            copy.deepcopy(optimizer.state_dict()),
+            torch.random.get_rng_state(),
+            torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        )
+
+    @torch.no_grad()
+    def _restore(self, snapshot) -> None:
+        weights, optim_state, cpu_rng, cuda_rng = snapshot
+        self.gpt.load_state_dict(weights)
+        optimizer = self.optimizers().optimizer
+        optimizer.load_state_dict(optim_state)
+        optimizer.zero_grad(set_to_none=True)
+        torch.random.set_rng_state(cpu_rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state_all(cuda_rng)
+
+    def warmup_batches(self) -> list:
+        """Synthetic micro-batches with every shape training will see, so compilation happens here."""
+        dm = self.trainer.datamodule
+        n = dm.tokens_per_microbatch
+        batches = []
+        for cu_len in dm.compiled_cu_lengths():
+            starts = torch.arange(0, n, dm.train_seq_len, dtype=torch.int32)
+            cu = torch.full((cu_len,), n, dtype=torch.int32)
+            cu[: min(cu_len, len(starts))] = starts[:cu_len]
+            ids = torch.randint(0, self.gpt_config.vocab_size, (1, n + 1), generator=torch.Generator().manual_seed(0))
+            batches.append([(ids[:, :-1].to(self.device), ids[:, 1:].to(self.device), cu.to(self.device))])
+        return batches
+
+    def compile_warmup(self) -> None:
+        """Run every compiled shape forward+backward+step, then restore weights, optimizer and RNG.
+
+        The restore makes the warm-up invisible to the result (tested bit-for-bit), so the clock can
+        start on a compiled model without training on synthetic data.
+        """
+        start = time.perf_counter()
+        snapshot = self._snapshot()
+        optimizer = self.optimizers().optimizer
+        loop_states = [False, True] if self.gpt_config.num_loops else [False]
+        with torch.enable_grad():
+            for looping in loop_states:
+                self.gpt.looping_active = looping
+                for micro_batches in self.warmup_batches():
+                    with self.trainer.precision_plugin.forward_context():
+                        self._accumulate_gradients(micro_batches)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+        self.gpt.looping_active = False
+        self._restore(snapshot)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        log.info("compile warm-up: %.1fs for %d loop states", time.perf_counter() - start, len(loop_states))
+
+    # ------------------------------------------------------------- validation
+    def validation_step(self, batch, batch_idx):
+        input_ids, target_ids = batch
+        nll = self.gpt(input_ids, target_ids, reduction="none")
+        self._val_metric().update(nll, self._target_bytes(input_ids, target_ids))
+
+    def _target_bytes(self, input_ids, target_ids):
+        from lit_golf.data.tokenizer import target_bytes
+
+        if getattr(self, "_luts", None) is None:
+            self._luts = self.trainer.datamodule.byte_luts().to(self.device)
+        return target_bytes(input_ids, target_ids, self._luts)
+
+    def _val_metric(self):
+        from lit_golf.eval.metric import BitsPerByte
+
+        if getattr(self, "val_bpb", None) is None:
+            self.val_bpb = BitsPerByte().to(self.device)
+        return self.val_bpb
+
+    def on_validation_epoch_end(self) -> None:
+        metric = self._val_metric()
+        bpb = metric.compute()
+        loss = metric.loss()
+        self.log_dict({"val/bpb": bpb.float(), "val/loss": loss.float()}, rank_zero_only=True)
+        if self.trainer.is_global_zero:
+            log.info("step %d val_loss %.4f val_bpb %.4f", self.global_step, float(loss), float(bpb))
+        metric.reset()
+
+    # ------------------------------------------------------------------- test
+    def setup(self, stage: str) -> None:
+        if stage == "test" and self.artifact:
+            from lit_golf import artifact
+
+            loaded = artifact.load(self.artifact)
+            if asdict(loaded.config) != asdict(self.gpt_config):
+                diff = {k: (v, getattr(loaded.config, k)) for k, v in asdict(self.gpt_config).items()
+                        if getattr(loaded.config, k) != v}
+                raise ValueError(
+                    f"artifact {self.artifact} was built for a different model (config vs artifact: {diff}); "
+                    "use the config the artifact was trained with"
+                )
+            self.gpt.load_state_dict(loaded.state_dict())
+            log.info("evaluating artifact %s", self.artifact)
+
+    def test_step(self, batch, batch_idx):
+        from lit_golf.eval.runner import evaluate
+
+        dm = self.trainer.datamodule
+        self.test_results = evaluate(
+            self.gpt, dm.val_tokens(), dm.byte_luts(), self.eval_config,
+            progress=self.trainer.is_global_zero,
+        )
+        scalars = {f"test/{k}": float(v) for k, v in self.test_results.items()
+                   if isinstance(v, (int, float)) and math.isfinite(float(v))}
+        if self.logger is not None and self.trainer.is_global_zero:
+            self.logger.log_metrics(scalars, step=self.global_step)

@@ -1,0 +1,46 @@
+"""Shared fixtures: a small real data directory (stdlib-docstring corpus, trained tokenizer, shards)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+TINY_VOCAB = 512
+
+
+@dataclass(frozen=True)
+class TinyData:
+    """A data_dir laid out like the real one: `datasets/fineweb10B_sp512/` + `tokenizers/fineweb_512_bpe.model`."""
+
+    data_dir: Path
+    vocab_size: int
+    tokenizer: Path
+    corpus: Path
+
+
+@pytest.fixture(scope="session")
+def stdlib_corpus(tmp_path_factory) -> Path:
+    """About 1,500 standard-library docstrings as jsonl (`{"text": ...}` per line)."""
+    from lit_golf.data.demo_corpus import write_stdlib_corpus
+
+    path = tmp_path_factory.mktemp("corpus") / "stdlib.jsonl"
+    write_stdlib_corpus(path, max_docs=1500)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory, stdlib_corpus) -> TinyData:
+    """A 512-token SentencePiece tokenizer trained on `stdlib_corpus`; 100 val docs (~19k tokens) and
+    1,400 train docs (~225k tokens) in 20k-token shards (documents continue across shards, as upstream)."""
+    from lit_golf.data.prepare import cli_main
+    from lit_golf.data.shards import tokenizer_path
+
+    data_dir = tmp_path_factory.mktemp("tiny_data")
+    argv = [
+        "--input", str(stdlib_corpus), "--out", str(data_dir), "--train-tokenizer", "--vocab-size", str(TINY_VOCAB),
+        "--num-val-docs", "100", "--shard-tokens", "20000", "--workers", "1", "--quiet",
+    ]
+    assert cli_main(argv) == 0
+    return TinyData(data_dir, TINY_VOCAB, tokenizer_path(data_dir, TINY_VOCAB), stdlib_corpus)

@@ -1,0 +1,184 @@
+"""`lit-golf download` against a file-backed fake of the Hugging Face hub."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+from lit_golf.data import download
+from lit_golf.data.download import HUB_MANIFEST, STAGING_DIR, cli_main
+from lit_golf.data.prepare import iter_documents, train_tokenizer
+from lit_golf.data.shards import dataset_dir, read_shard, shard_name, tokenizer_path, write_shard
+
+REPO = "someone/golf-data"
+SHARD_TOKENS = 50
+
+
+class FakeHub:
+    """Stands in for `hf_hub_download`: serves files from a local folder, or fails like the real hub."""
+
+    def __init__(self, root: Path):
+        self.root, self.calls, self.failure = root, [], None
+
+    def __call__(self, *, repo_id, filename, repo_type, revision, local_dir):
+        self.calls.append(filename)
+        assert repo_type == "dataset" and revision is None
+        if self.failure is not None:
+            raise self.failure
+        if repo_id != REPO:
+            raise RepositoryNotFoundError("404 Repository Not Found", response=SimpleNamespace(headers={}, request=None))
+        source = self.root / filename
+        if not source.is_file():
+            raise EntryNotFoundError(f"404 Entry Not Found: {filename}")
+        target = Path(local_dir) / filename
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+        return str(target)
+
+
+@pytest.fixture(scope="module")
+def tokenizer_1024(tmp_path_factory, stdlib_corpus) -> Path:
+    path = tmp_path_factory.mktemp("tok") / "fineweb_1024_bpe.model"
+    return train_tokenizer(iter_documents([stdlib_corpus]), 1024, path)
+
+
+def build_remote(root: Path, tokenizer: Path, *, manifest: bool = True, val_shards: int = 1, train_shards: int = 3) -> Path:
+    """An upstream-style export under `root/datasets/`: shards of SHARD_TOKENS tokens (the last train one shorter)."""
+    export = root / "datasets"
+    shards = export / "datasets" / "fineweb10B_sp1024"
+    rng = np.random.default_rng(0)
+    for split, count in (("val", val_shards), ("train", train_shards)):
+        for i in range(count):
+            size = SHARD_TOKENS if split == "val" or i < count - 1 else 17
+            write_shard(shards / shard_name(split, i), rng.integers(1, 1024, size))
+    (export / "tokenizers").mkdir(parents=True)
+    shutil.copyfile(tokenizer, export / "tokenizers" / "fineweb_1024_bpe.model")
+    shutil.copyfile(tokenizer.with_suffix(".vocab"), export / "tokenizers" / "fineweb_1024_bpe.vocab")
+    if manifest:
+        (export / "manifest.json").write_text(json.dumps({
+            "shard_size": SHARD_TOKENS,
+            "datasets": [{"name": "fineweb10B_sp1024", "tokenizer_name": "sp_bpe_1024",
+                          "stats": {"files_val": val_shards, "files_train": train_shards}}],
+            "tokenizers": [{"name": "sp_bpe_1024", "model_path": "tokenizers/fineweb_1024_bpe.model",
+                            "vocab_path": "tokenizers/fineweb_1024_bpe.vocab"}],
+        }))
+    return root
+
+
+@pytest.fixture
+def hub(tmp_path, tokenizer_1024, monkeypatch) -> FakeHub:
+    fake = FakeHub(build_remote(tmp_path / "remote", tokenizer_1024))
+    monkeypatch.setattr(download, "hf_hub_download", fake)
+    return fake
+
+
+def run(out: Path, *extra: str) -> int:
+    return cli_main(["--variant", "sp1024", "--repo-id", REPO, "--out", str(out), *extra])
+
+
+def remote_shard(hub: FakeHub, split: str, index: int) -> Path:
+    return hub.root / "datasets" / "datasets" / "fineweb10B_sp1024" / shard_name(split, index)
+
+
+def test_manifest_driven_download_lays_out_the_data_dir(tmp_path, hub):
+    out = tmp_path / "data"
+    assert run(out, "--train-shards", "2") == 0
+    local = dataset_dir(out, 1024)
+    assert sorted(p.name for p in local.glob("*.bin")) == [shard_name("train", 0), shard_name("train", 1), shard_name("val", 0)]
+    for split, index in (("val", 0), ("train", 0), ("train", 1)):
+        assert (local / shard_name(split, index)).read_bytes() == remote_shard(hub, split, index).read_bytes()
+    assert tokenizer_path(out, 1024).read_bytes() == (hub.root / "datasets/tokenizers/fineweb_1024_bpe.model").read_bytes()
+    assert tokenizer_path(out, 1024).with_suffix(".vocab").is_file()
+    assert json.loads((local / HUB_MANIFEST).read_text())["repo_id"] == REPO
+    assert hub.calls[0] == "datasets/manifest.json" and not (out / STAGING_DIR).exists()
+
+
+def test_resume_fetches_only_missing_or_broken_files(tmp_path, hub):
+    out = tmp_path / "data"
+    assert run(out, "--train-shards", "2") == 0
+    hub.calls.clear()
+    assert run(out, "--train-shards", "2") == 0
+    assert hub.calls == ["datasets/manifest.json"]
+    broken = dataset_dir(out, 1024) / shard_name("train", 1)
+    broken.write_bytes(broken.read_bytes()[:-10])  # an interrupted copy from elsewhere
+    hub.calls.clear()
+    assert run(out, "--train-shards", "3") == 0
+    assert hub.calls == ["datasets/manifest.json", *(f"datasets/datasets/fineweb10B_sp1024/{shard_name('train', i)}" for i in (1, 2))]
+    assert read_shard(broken).size == SHARD_TOKENS
+
+
+def test_asking_for_more_train_shards_than_published(tmp_path, hub, capsys):
+    assert run(tmp_path / "data", "--train-shards", "5") == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"lit-golf download: error: {REPO} has 3 train shards for sp1024, --train-shards asked for 5: pass at most 3"
+
+
+def test_without_manifest_names_are_derived(tmp_path, tokenizer_1024, monkeypatch, capsys):
+    fake = FakeHub(build_remote(tmp_path / "remote", tokenizer_1024, manifest=False, val_shards=2, train_shards=3))
+    monkeypatch.setattr(download, "hf_hub_download", fake)
+    out = tmp_path / "data"
+    assert run(out, "--train-shards", "3") == 0
+    assert len(list(dataset_dir(out, 1024).glob("fineweb_val_*.bin"))) == 2
+    assert len(list(dataset_dir(out, 1024).glob("fineweb_train_*.bin"))) == 3
+    assert tokenizer_path(out, 1024).is_file()
+    assert run(out, "--train-shards", "4") == 2
+    assert "has only 3 train shards for sp1024: pass --train-shards 3" in capsys.readouterr().err
+
+
+def test_unreachable_hub_is_one_clear_line_and_keeps_data(tmp_path, hub, capsys):
+    out = tmp_path / "data"
+    hub.failure = LocalEntryNotFoundError("An error happened while trying to locate the file on the Hub.\nmore")
+    assert run(out) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "lit-golf download: error: cannot reach the Hugging Face hub (LocalEntryNotFoundError: An error happened while "
+        "trying to locate the file on the Hub.): check network or set HF_ENDPOINT / use --repo-id; data already "
+        "downloaded is kept"
+    )
+    hub.failure = None
+    assert run(out, "--train-shards", "1") == 0
+    hub.failure = ConnectionError("Name or service not known")
+    assert run(out, "--train-shards", "1") == 0  # everything present: the cached manifest is enough
+    assert run(out, "--train-shards", "2") == 2  # a missing shard needs the hub
+    assert "cannot reach the Hugging Face hub (ConnectionError: Name or service not known)" in capsys.readouterr().err
+    assert read_shard(dataset_dir(out, 1024) / shard_name("train", 0)).size == SHARD_TOKENS
+
+
+def test_unknown_repository(tmp_path, hub, capsys):
+    assert cli_main(["--variant", "sp1024", "--repo-id", "nobody/none", "--out", str(tmp_path / "d")]) == 2
+    assert "dataset repository nobody/none is not on the hub (or is private): check --repo-id" in capsys.readouterr().err
+
+
+def test_corrupt_remote_shard_is_never_moved_into_place(tmp_path, hub, capsys):
+    remote = remote_shard(hub, "train", 0)
+    remote.write_bytes(remote.read_bytes()[:-4])
+    out = tmp_path / "data"
+    assert run(out, "--train-shards", "1") == 2
+    assert "fineweb_train_000000.bin is truncated or corrupt" in capsys.readouterr().err
+    assert not (dataset_dir(out, 1024) / shard_name("train", 0)).exists() and not (out / STAGING_DIR).exists()
+
+
+def test_remote_shard_with_unexpected_size(tmp_path, hub, capsys):
+    write_shard(remote_shard(hub, "train", 0), np.ones(SHARD_TOKENS - 1, dtype=np.uint16))
+    assert run(tmp_path / "data", "--train-shards", "1") == 2
+    assert f"holds {SHARD_TOKENS - 1} tokens but its manifest promises {SHARD_TOKENS}" in capsys.readouterr().err
+
+
+def test_default_repository_per_variant(tmp_path, hub, monkeypatch):
+    seen = []
+    hub.failure = LocalEntryNotFoundError("offline")
+
+    def spy(**kwargs):
+        seen.append(kwargs["repo_id"])
+        return hub(**kwargs)
+
+    monkeypatch.setattr(download, "hf_hub_download", spy)
+    for variant in ("sp1024", "sp8192"):
+        assert cli_main(["--variant", variant, "--out", str(tmp_path / variant)]) == 2
+    assert seen == [download.DEFAULT_REPOS["sp1024"], download.DEFAULT_REPOS["sp8192"]]

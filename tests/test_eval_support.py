@@ -1,0 +1,87 @@
+"""Shared fixtures of the evaluation tests: a tiny GPT, synthetic documents, and a 2-process gloo launcher.
+
+(No tests here; the module is imported by tests/test_eval_*.py.)
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from lit_golf.config import GPTConfig
+from lit_golf.data.tokenizer import ByteLUTs
+from lit_golf.eval.config import EvalConfig
+from lit_golf.model import GPT
+
+VOCAB = 64
+BOS = 1
+
+
+def tiny_model(seed: int = 0, looping: bool = True) -> GPT:
+    """4 layers (6 executed slots with looping), parallel lanes, XSA, random non-zero weights."""
+    torch.manual_seed(seed)
+    cfg = GPTConfig(
+        vocab_size=VOCAB, num_layers=4, model_dim=32, num_heads=2, num_kv_heads=1, mlp_mult=2, rope_dims=8,
+        xsa_last_n=2, parallel_start_layer=3, num_loops=1, loop_start=1, loop_end=2, fused_mlp=False,
+    )
+    model = GPT(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, 0.3)
+    model.looping_active = looping
+    return model
+
+
+def synthetic_val(lengths: list[int], seed: int = 0) -> torch.Tensor:
+    """Documents `[BOS, w1..wn]` (words never BOS or 0) of the given lengths, concatenated."""
+    g = torch.Generator().manual_seed(seed)
+    docs = [torch.cat((torch.tensor([BOS]), torch.randint(2, VOCAB, (n,), generator=g))) for n in lengths]
+    return torch.cat(docs)
+
+
+def synthetic_luts(seed: int = 0) -> ByteLUTs:
+    """Ids 0 and 1 are boundaries (no bytes); others 1-3 bytes, about a third with a leading space."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randint(1, 4, (VOCAB,), generator=g).to(torch.int16)
+    base[:2] = 0
+    space = torch.rand(VOCAB, generator=g) < 0.35
+    space[:2] = False
+    return ByteLUTs(base, space, torch.arange(VOCAB) < 2)
+
+
+def small_eval_config(**overrides) -> EvalConfig:
+    """Record structure at toy scale: chunk 8, context 32, 4 docs per batch, 2 phases over 6 prefix docs."""
+    values = dict(
+        eval_seq_len=32, eval_batch_seqs=3, sliding_stride=8, ttt_lora_rank=4, ttt_lr=3e-2, ttt_chunk_size=8,
+        ttt_context_len=32, ttt_batch_docs=4, ttt_window_bucket=16, phased_prefix_docs=6, phased_num_phases=2,
+        global_sgd_lr=3e-2, global_sgd_chunk_tokens=96, global_sgd_batch_seqs=2,
+    )
+    values.update(overrides)
+    return EvalConfig(**values)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, world: int, port: int, fn: Callable, out_dir: str, args: tuple) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        torch.save(fn(*args), Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def run_on_ranks(fn: Callable, world: int, tmp_path: Path, *args) -> list:
+    """Run module-level `fn(*args)` on `world` CPU processes joined by gloo; returns each rank's result."""
+    mp.spawn(_worker, args=(world, free_port(), fn, str(tmp_path), args), nprocs=world, join=True)
+    return [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(world)]

@@ -1,0 +1,192 @@
+"""Phased LoRA TTT: causal (score before learn), SGD only on scored documents, exact coverage on 1 and 2 ranks."""
+
+from __future__ import annotations
+
+import bisect
+
+import pytest
+import torch
+from test_eval_support import (
+    BOS,
+    VOCAB,
+    run_on_ranks,
+    small_eval_config,
+    synthetic_luts,
+    synthetic_val,
+    tiny_model,
+)
+
+from lit_golf.data.tokenizer import target_bytes
+from lit_golf.eval.config import EvalConfig
+from lit_golf.eval.documents import find_documents, phase_boundaries
+from lit_golf.eval.global_sgd import global_sgd
+from lit_golf.eval.plain import eval_plain
+from lit_golf.eval.runner import evaluate
+from lit_golf.eval.ttt import TTTTrace, build_stages
+from lit_golf.eval.valset import ValSet
+
+# 14 documents of mixed length: some longer than the 32-token context, some a single target
+LENGTHS = [70, 5, 33, 12, 90, 0, 20, 45, 8, 60, 17, 28, 3, 50]
+CHUNK = 8
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def val_tokens() -> torch.Tensor:
+    return synthetic_val(LENGTHS, seed=3)
+
+
+def run_ttt(tokens: torch.Tensor, cfg: EvalConfig, model=None) -> tuple[dict, TTTTrace]:
+    trace = TTTTrace()
+    results = evaluate(model or tiny_model(), tokens, synthetic_luts(), cfg, progress=False, trace=trace)
+    return results, trace
+
+
+def chunk_targets(doc, ci: int) -> range:
+    """Stream positions of the targets of chunk `ci` of `doc`."""
+    return range(doc.start + 1 + ci * CHUNK, doc.start + 1 + min((ci + 1) * CHUNK, doc.num_targets))
+
+
+def test_stages_follow_the_record_phases(val_tokens):
+    docs = find_documents(val_tokens, BOS)
+    stages = build_stages(docs, small_eval_config())
+    assert [s.name for s in stages] == ["phase1", "phase2", "rest"]
+    assert [len(s.docs) for s in stages] == [3, 3, len(docs) - 6]
+    assert [None if s.sgd_docs is None else len(s.sgd_docs) for s in stages] == [3, 6, None]
+    assert build_stages(docs, small_eval_config(phased_enabled=False))[0].docs == docs
+
+
+def test_every_target_is_scored_once_with_exact_bytes(val_tokens):
+    results, trace = run_ttt(val_tokens, small_eval_config())
+    docs = find_documents(val_tokens, BOS)
+    scored = [p for (d, ci) in trace.chunk_nll for p in chunk_targets(docs[d], ci)]
+    assert sorted(scored) == list(range(1, val_tokens.numel()))
+    all_bytes = target_bytes(val_tokens[:-1], val_tokens[1:], synthetic_luts()).sum().item()
+    assert (results["ttt_tokens"], results["ttt_bytes"]) == (val_tokens.numel() - 1, all_bytes)
+    assert (results["val_tokens"], results["val_bytes"]) == (val_tokens.numel() - 1, all_bytes)
+    assert sum(trace.chunk_nll.values()) == pytest.approx(results["ttt_loss"] * results["ttt_tokens"], rel=1e-9)
+
+
+def test_later_tokens_never_change_earlier_chunk_scores(val_tokens):
+    """Rewrite document 0 from chunk 3 on: its chunks 0-2 and every other phase-1 document score the same."""
+    cfg = small_eval_config()
+    docs = find_documents(val_tokens, BOS)
+    doc, k = docs[0], 3
+    edited = val_tokens.clone()
+    span = slice(doc.start + 1 + k * CHUNK, doc.end - 1)  # targets of chunks >= k, keeping the closing BOS
+    edited[span] = (edited[span] - 2 + 7) % (VOCAB - 2) + 2  # every token changes, none becomes BOS
+    _, before = run_ttt(val_tokens, cfg)
+    _, after = run_ttt(edited, cfg)
+    assert before.chunk_nll.keys() == after.chunk_nll.keys()
+    phase1 = {d.index for d in build_stages(docs, cfg)[0].docs}
+    for key, nll in before.chunk_nll.items():
+        d, ci = key
+        if d == doc.index and ci < k or d != doc.index and d in phase1:
+            assert after.chunk_nll[key] == pytest.approx(nll, rel=1e-12, abs=1e-12), key
+    assert after.chunk_nll[(doc.index, k)] != pytest.approx(before.chunk_nll[(doc.index, k)], rel=1e-6)
+    later = [key for key in before.chunk_nll if key[0] not in phase1]  # the SGD did learn from the edit
+    assert any(after.chunk_nll[key] != pytest.approx(before.chunk_nll[key], rel=1e-9) for key in later)
+
+
+def test_global_sgd_reads_only_documents_already_scored(val_tokens):
+    cfg = small_eval_config()
+    docs = find_documents(val_tokens, BOS)
+    starts = [d.start for d in docs]
+    _, trace = run_ttt(val_tokens, cfg)
+    scored, read_by_phase = set(), {}
+    for event in trace.events:
+        if event[0] == "scored":
+            scored.add(event[1])
+            continue
+        _, phase, a, b = event
+        owners = {bisect.bisect_left(starts, p) - 1 for p in range(max(a, 1), b)}  # document whose target p is
+        assert owners <= scored, f"phase {phase} SGD read documents {sorted(owners - scored)} before scoring them"
+        read_by_phase.setdefault(phase, set()).update(range(a, b))
+    boundaries = phase_boundaries(len(docs), cfg.phased_prefix_docs, cfg.phased_num_phases)
+    assert sorted(read_by_phase) == [1, 2]
+    for phase, boundary in zip((1, 2), boundaries, strict=True):
+        assert read_by_phase[phase] == set(range(0, docs[boundary - 1].end))  # all prefix docs scored so far
+    rest = {d.index for d in docs[boundaries[-1] :]}
+    last_sgd = max(i for i, e in enumerate(trace.events) if e[0] == "sgd_read")
+    assert {e[1] for e in trace.events[last_sgd:] if e[0] == "scored"} == rest
+
+
+@pytest.mark.parametrize("context_len", [32, 128])
+def test_without_learning_each_chunk_is_scored_from_its_own_document_window(val_tokens, context_len):
+    """lr 0 and no phases: chunk scores equal the plain model on the chunk's own-document window."""
+    cfg = small_eval_config(ttt_lr=0.0, phased_enabled=False, ttt_context_len=context_len)
+    model = tiny_model()
+    _, trace = run_ttt(val_tokens, cfg, model)
+    for (d, ci), nll in trace.chunk_nll.items():
+        doc = find_documents(val_tokens, BOS)[d]
+        lo, hi = ci * CHUNK, min((ci + 1) * CHUNK, doc.num_targets)
+        first = doc.start + max(0, hi - context_len)
+        x, y = val_tokens[first : doc.start + hi], val_tokens[first + 1 : doc.start + hi + 1]
+        with torch.no_grad():
+            expected = model(x[None], y[None], reduction="none")[0, doc.start + lo - first :].double().sum()
+        assert nll == pytest.approx(expected.item(), rel=1e-5), (d, ci)
+
+
+def test_ttt_off_is_plain_eval_and_the_model_is_left_untouched(val_tokens):
+    model = tiny_model()
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.inference_mode():  # as in Lightning's test loop
+        full = evaluate(model, val_tokens, synthetic_luts(), small_eval_config(sliding_enabled=True), progress=False)
+    plain_only = evaluate(model, val_tokens, synthetic_luts(), small_eval_config(ttt_enabled=False), progress=False)
+    assert model.training and all(p.requires_grad for p in model.parameters())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert not any(k.startswith("ttt") for k in plain_only)
+    plain = eval_plain(model, ValSet.build(val_tokens, synthetic_luts(), "cpu"), small_eval_config()).totals()
+    assert plain_only["val_bpb"] == full["val_bpb"] == pytest.approx(plain["bpb"], rel=1e-12)
+    assert full["ttt_gain"] == pytest.approx(full["val_bpb"] - full["ttt_bpb"])
+    assert full["ttt_bpb"] != pytest.approx(full["val_bpb"], rel=1e-4)  # TTT did adapt
+    assert full["sliding_tokens"] == full["val_tokens"] == full["ttt_tokens"] == val_tokens.numel() - 1
+
+
+def test_max_docs_limits_every_evaluator_to_the_first_documents(val_tokens):
+    results = evaluate(tiny_model(), val_tokens, synthetic_luts(), small_eval_config(max_docs=4), progress=False)
+    docs = find_documents(val_tokens, BOS)
+    assert results["ttt_docs"] == 4
+    assert results["val_tokens"] == results["ttt_tokens"] == docs[3].end - 1
+
+
+def _evaluate_on_rank(tokens: torch.Tensor) -> tuple[dict, dict, dict]:
+    """evaluate() with a trace, and the weights one global SGD on the phase-1 documents produces."""
+    cfg = small_eval_config(sliding_enabled=True)
+    trace = TTTTrace()
+    results = evaluate(tiny_model(), tokens, synthetic_luts(), cfg, progress=False, trace=trace)
+    model = tiny_model()
+    global_sgd(model, ValSet.build(tokens, synthetic_luts(), "cpu"), build_stages(find_documents(tokens, BOS), cfg)[0].docs, cfg)
+    return results, trace.chunk_nll, model.state_dict()
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_score_every_token_once_and_match_one_rank(val_tokens, tmp_path):
+    single, single_chunks, single_sgd = _evaluate_on_rank(val_tokens)
+    ranks = run_on_ranks(_evaluate_on_rank, 2, tmp_path, val_tokens)
+    all_bytes = target_bytes(val_tokens[:-1], val_tokens[1:], synthetic_luts()).sum().item()
+    chunks = [set(chunk_nll) for _, chunk_nll, _ in ranks]
+    assert chunks[0] and chunks[1] and not chunks[0] & chunks[1]
+    assert chunks[0] | chunks[1] == set(single_chunks)
+    merged = {**ranks[0][1], **ranks[1][1]}
+    phase1 = {d.index for d in build_stages(find_documents(val_tokens, BOS), small_eval_config())[0].docs}
+    for key, nll in single_chunks.items():  # same batches and adapters: same scores before any SGD
+        if key[0] in phase1:
+            assert merged[key] == pytest.approx(nll, rel=1e-9), key
+    for results, _, sgd in ranks:
+        for prefix in ("val", "sliding", "ttt"):
+            assert (results[f"{prefix}_tokens"], results[f"{prefix}_bytes"]) == (val_tokens.numel() - 1, all_bytes)
+        assert results["val_bpb"] == pytest.approx(single["val_bpb"], rel=1e-12)
+        assert results["sliding_bpb"] == pytest.approx(single["sliding_bpb"], rel=1e-12)
+        # the SGD step is rank-count invariant up to float rounding ...
+        assert all(torch.allclose(sgd[k], v, rtol=0, atol=1e-6) for k, v in single_sgd.items())
+        # ... which AdamW's sign-like first steps (beta1 = 0, toy lr) then amplify over later chunks
+        assert results["ttt_bpb"] == pytest.approx(single["ttt_bpb"], rel=2e-2)
