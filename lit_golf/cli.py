@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from collections.abc import Callable
 
 from lightning.pytorch import Trainer
@@ -78,6 +79,8 @@ def _expand_aliases(argv: list[str]) -> list[str]:
 
 
 def run_lightning_cli(argv: list[str]) -> GolfCLI:
+    # `args` is how every entry point here (console script, demo, tests) hands over its arguments.
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     return GolfCLI(
         GolfLightningModule,
         GolfDataModule,

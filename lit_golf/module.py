@@ -12,6 +12,7 @@ import logging
 import math
 import time
 from dataclasses import asdict
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -23,6 +24,35 @@ from lit_golf.optim import OptimConfig, build_golf_optimizer, muon_momentum
 from lit_golf.schedule import TrainingConfig, lr_multiplier
 
 log = logging.getLogger("lit_golf")
+
+
+class CompileCache:
+    """Inductor/Triton artifacts of the compiled shapes, kept in one file across launches.
+
+    A cold compile of the record model takes minutes; loading the artifacts first turns the next
+    launch's warm-up into cache hits (the "mega-cache" of `torch.compiler`).
+    """
+
+    def __init__(self, path: str | None):
+        self.path = Path(path) if path else None
+
+    def load(self) -> None:
+        if self.path is None or not self.path.is_file():
+            return
+        start = time.perf_counter()
+        torch.compiler.load_cache_artifacts(self.path.read_bytes())
+        log.info("compile cache: loaded %s (%.1f MB) in %.1fs", self.path, self.path.stat().st_size / 1e6,
+                 time.perf_counter() - start)
+
+    def save(self) -> None:
+        if self.path is None:
+            return
+        artifacts = torch.compiler.save_cache_artifacts()
+        if artifacts is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_bytes(artifacts[0])
+        log.info("compile cache: saved %s (%.1f MB)", self.path, len(artifacts[0]) / 1e6)
 
 
 class GolfLightningModule(L.LightningModule):
@@ -94,7 +124,11 @@ class GolfLightningModule(L.LightningModule):
 
     def on_train_start(self) -> None:
         if self.training_config.compile_warmup and self._compiled is not None:
+            cache = CompileCache(self.training_config.compile_cache)
+            cache.load()
             self.compile_warmup()
+            if self.trainer.is_global_zero:
+                cache.save()
 
     # ---------------------------------------------------------------- training
     def _fraction(self) -> float:

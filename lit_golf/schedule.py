@@ -19,6 +19,7 @@ class TrainingConfig:
     enable_looping_at: float = 0.35
     compile: bool = True
     compile_warmup: bool = True
+    compile_cache: str | None = None
     log_every_n_steps: int = 50
 
     def __post_init__(self) -> None:

@@ -167,7 +167,7 @@ def test_pinned_memory_when_requested():
 
 def datamodule(data_dir, **overrides):
     args = dict(data_dir=str(data_dir), vocab_size=VOCAB, train_seq_len=256, train_batch_tokens=3072,
-                tokens_per_microbatch=512, eval_seq_len=64, val_batch_seqs=4, cu_bucket=16, seed=7)
+                tokens_per_microbatch=512, eval_seq_len=64, val_batch_seqs=4, cu_bucket=16, cu_min_len=0, seed=7)
     args.update(overrides)
     return GolfDataModule(**args)
 
@@ -181,6 +181,21 @@ def test_train_dataloader_yields_one_optimizer_step_per_item_for_the_trainers_ra
     assert isinstance(batch, list) and len(batch) == 3
     for got, want in zip(batch, expected, strict=True):
         assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
+
+
+def test_cu_min_len_gives_ordinary_packs_one_compiled_shape(synthetic):
+    dm = datamodule(synthetic.data_dir, cu_min_len=40)
+    dm.set_distributed(0, 1)
+    assert dm.compiled_cu_lengths() == [48]
+    steps = iter(dm.train_dataloader())
+    lengths = {cu.numel() for _ in range(5) for _, _, cu in next(steps)}
+    assert lengths == {48}
+
+
+def test_test_dataloader_is_one_item_per_rank(synthetic):
+    dm = datamodule(synthetic.data_dir)
+    dm.set_distributed(1, 2)
+    assert list(dm.test_dataloader()) == [1]
 
 
 def test_accum_arithmetic_error_shows_the_numbers():

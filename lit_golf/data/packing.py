@@ -69,7 +69,7 @@ def build_cu_seqlens(
     if seams is not None and seams.size:
         doc_starts = np.union1d(doc_starts, seams[seams < length])
     starts = segment_starts(doc_starts, length, max_len)
-    padded = max(-(-(starts.size + 1) // bucket) * bucket, min_len)
+    padded = -(-max(starts.size + 1, min_len) // bucket) * bucket
     cu = np.full(padded, length, dtype=np.int32)
     cu[: starts.size] = starts
     return cu

@@ -1,9 +1,10 @@
 """One low-rank adapter per batch row, at the model's LoRA sites, for per-document test-time training.
 
-Each site keeps all its execution slots and rows in two stacked parameters, `A [slots, rows, r, in]`
-and `B [slots, rows, out, r]`, so the optimizer sees a dozen tensors instead of hundreds and the
-delta is two batched matmuls: `delta = (x @ A[slot]^T) @ B[slot]^T`, row by row. `B` starts at zero,
-so a fresh adapter leaves the model unchanged; `A` is uniform in `±1/sqrt(in)`.
+Each site keeps one `A [rows, r, in]` and one `B [rows, out, r]` parameter per execution slot, and
+the delta is two batched matmuls: `delta = (x @ A^T) @ B^T`, row by row. (Separate parameters per slot,
+not one stacked tensor: autograd would turn every slot's slice of a stacked tensor into a full-size
+gradient.) `B` starts at zero, so a fresh adapter leaves the model unchanged; `A` is uniform in
+`±1/sqrt(in)`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch.nn as nn
 from lit_golf.eval.config import LORA_SITES
 
 HEAD_SITE = "head"
+ALL_ROWS = slice(None)
 
 
 def site_shapes(model: nn.Module) -> dict[str, tuple[int, int]]:
@@ -45,23 +47,24 @@ class BatchedLoRA(nn.Module):
         slots = executed_slots(model)
         device = next(model.parameters()).device
         self.rows, self.rank, self.num_slots = rows, rank, slots
-        self.active_rows = slice(None)
-        self.A = nn.ParameterDict()
-        self.B = nn.ParameterDict()
+        self.active_rows = ALL_ROWS
+        self.A = nn.ModuleDict()
+        self.B = nn.ModuleDict()
         for site in targets:
             fan_in, fan_out = shapes[site]
             n = 1 if site == HEAD_SITE else slots
-            self.A[site] = nn.Parameter(torch.empty(n, rows, rank, fan_in, device=device))
-            self.B[site] = nn.Parameter(torch.empty(n, rows, fan_out, rank, device=device))
+            self.A[site] = nn.ParameterList(torch.empty(rows, rank, fan_in, device=device) for _ in range(n))
+            self.B[site] = nn.ParameterList(torch.empty(rows, fan_out, rank, device=device) for _ in range(n))
         self.reset()
 
     @torch.no_grad()
     def reset(self, generator: torch.Generator | None = None) -> None:
         """Fresh adapters for a new batch of documents (`generator` makes the draw reproducible)."""
-        for site, a in self.A.items():
-            bound = 1.0 / math.sqrt(a.size(-1))
-            a.uniform_(-bound, bound, generator=generator)
-            self.B[site].zero_()
+        for site, a_slots in self.A.items():
+            for a, b in zip(a_slots, self.B[site], strict=True):
+                bound = 1.0 / math.sqrt(a.size(-1))
+                a.uniform_(-bound, bound, generator=generator)
+                b.zero_()
 
     @contextlib.contextmanager
     def select_rows(self, rows: slice) -> Iterator[None]:
@@ -70,12 +73,14 @@ class BatchedLoRA(nn.Module):
         try:
             yield
         finally:
-            self.active_rows = slice(None)
+            self.active_rows = ALL_ROWS
 
     def delta(self, site: str, slot: int, x: torch.Tensor) -> torch.Tensor | None:
         """Per-row low-rank update of the projection at `site` in execution `slot`; `x` is `[rows, T, in]`."""
         if site not in self.A:
             return None
         index = 0 if site == HEAD_SITE else slot
-        a, b = self.A[site][index, self.active_rows], self.B[site][index, self.active_rows]
+        a, b = self.A[site][index], self.B[site][index]
+        if self.active_rows != ALL_ROWS:  # slicing a parameter costs a full-size gradient buffer
+            a, b = a[self.active_rows], b[self.active_rows]
         return (x @ a.mT) @ b.mT

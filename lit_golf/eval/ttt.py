@@ -35,7 +35,7 @@ from lit_golf.eval.documents import (
     window_width,
 )
 from lit_golf.eval.global_sgd import global_sgd
-from lit_golf.eval.lora import BatchedLoRA
+from lit_golf.eval.lora import ALL_ROWS, BatchedLoRA
 from lit_golf.eval.metric import BitsPerByte
 from lit_golf.eval.runtime import Stopwatch, autocast, eval_mode, rank_and_world
 from lit_golf.eval.valset import ValSet
@@ -133,6 +133,8 @@ class DocumentBatchScorer:
         skipping slices whose documents have all ended (rows are sorted longest first)."""
         fit = max(1, self.cfg.ttt_tokens_per_pass // width)
         size = min(self.rows, 1 << (fit.bit_length() - 1))
+        if size == self.rows:
+            return [ALL_ROWS]
         starts = range(0, self.rows, size)
         return [slice(g, g + size) for g in starts if max(lengths[g : g + size]) > chunk_lo]
 

@@ -152,6 +152,12 @@ class GolfOptimizer(torch.optim.Optimizer):
         distributed: communicate when torch.distributed runs more than one process; False leaves
             gradient averaging to someone else.
         compile_newton_schulz: run Newton-Schulz under torch.compile for CUDA tensors.
+
+    The trainer sets each step's numbers with `set_lr_multiplier` and `set_muon_momentum` (or by
+    writing ``group["lr"]`` / ``group["momentum"]``). After `step`, `last_grad_norm` holds the
+    pre-clip global gradient norm as a device tensor (None when clipping is off); replicated
+    gradients are left averaged and clipped, bank ``.grad`` tensors untouched (local, unclipped).
+    Distributed, every rank must hold gradients for the same parameters, as data parallelism gives.
     """
 
     def __init__(self, param_groups: Iterable[dict], *, grad_clip_norm: float = 0.0, distributed: bool = True,
