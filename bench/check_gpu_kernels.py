@@ -137,8 +137,7 @@ def bench_attention(check_len: int, time_len: int, heads: int = 8, kv_heads: int
     for name in names:
         backend = select_backend(name, DEVICE)
         got = attention_step(backend, qkv, cu, max_len, grad)
-        limit = 1e-3 if name == "pure" else 2e-2
-        errors = [check(f"attention {name} {n}", relative_error(g, w), limit)
+        errors = [check(f"attention {name} {n}", relative_error(g, w), 2e-2)  # bf16 outputs
                   for n, g, w in zip(("out", "dq", "dk", "dv"), got, want, strict=True)]
         if name in ("pure", "sdpa") and time_len > 16384:
             timing = "skipped (T x T mask)"

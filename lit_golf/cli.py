@@ -18,6 +18,7 @@ from lightning.pytorch.cli import LightningCLI
 from lit_golf import strategy  # noqa: F401  (registers the golf_ddp strategy name)
 from lit_golf.data.datamodule import GolfDataModule
 from lit_golf.export.config import ExportConfig
+from lit_golf.export.pipeline import ExportReport
 from lit_golf.module import GolfLightningModule
 
 USAGE = """usage: lit-golf <command> [options]
@@ -45,7 +46,7 @@ class GolfTrainer(Trainer):
         ckpt_path: str | None = None,
         out_dir: str = "artifact",
         export_config: ExportConfig | None = None,
-    ) -> dict:
+    ) -> ExportReport:
         """GPTQ-quantize `model` (weights from `ckpt_path`) and write `artifact.ptz` + `artifact.json`.
 
         Args:

@@ -264,6 +264,13 @@ class GolfLightningModule(L.LightningModule):
             log.info("step %d val_loss %.4f val_bpb %.4f", self.global_step, float(loss), float(bpb))
         metric.reset()
 
+    # ------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["looping_active"] = self.gpt.looping_active
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.gpt.looping_active = checkpoint.get("looping_active", self.gpt.looping_active)
+
     # ------------------------------------------------------------------- test
     def setup(self, stage: str) -> None:
         if stage == "test" and self.artifact:
@@ -278,6 +285,7 @@ class GolfLightningModule(L.LightningModule):
                     "use the config the artifact was trained with"
                 )
             self.gpt.load_state_dict(loaded.state_dict())
+            self.gpt.looping_active = loaded.looping_active
             log.info("evaluating artifact %s", self.artifact)
 
     def test_step(self, batch, batch_idx):

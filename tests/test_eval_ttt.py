@@ -190,3 +190,12 @@ def test_two_gloo_ranks_score_every_token_once_and_match_one_rank(val_tokens, tm
         assert all(torch.allclose(sgd[k], v, rtol=0, atol=1e-6) for k, v in single_sgd.items())
         # ... which AdamW's sign-like first steps (beta1 = 0, toy lr) then amplify over later chunks
         assert results["ttt_bpb"] == pytest.approx(single["ttt_bpb"], rel=2e-2)
+
+
+def test_bounding_rows_per_pass_changes_nothing(val_tokens):
+    """Rows run in slices of one (`ttt_tokens_per_pass` below a row's width) score like the whole batch at once."""
+    whole = run_ttt(val_tokens, small_eval_config(phased_enabled=False))[1].chunk_nll
+    sliced = run_ttt(val_tokens, small_eval_config(phased_enabled=False, ttt_tokens_per_pass=16))[1].chunk_nll
+    assert sliced.keys() == whole.keys()
+    for key, nll in whole.items():
+        assert sliced[key] == pytest.approx(nll, rel=1e-6), key

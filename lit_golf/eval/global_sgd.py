@@ -85,8 +85,7 @@ def global_sgd(
     total_steps = len(chunk_starts) * cfg.global_sgd_epochs
     params = list(model.parameters())
     optimizer = torch.optim.SGD(params, lr=cfg.global_sgd_lr, momentum=cfg.global_sgd_momentum)
-    was_training, grad_flags = model.training, [p.requires_grad for p in params]
-    model.train()
+    grad_flags = [p.requires_grad for p in params]
     for p in params:
         p.requires_grad_(True)
     try:
@@ -114,7 +113,6 @@ def global_sgd(
             optimizer.step()
     finally:
         optimizer.zero_grad(set_to_none=True)
-        model.train(was_training)
         for p, flag in zip(params, grad_flags, strict=True):
             p.requires_grad_(flag)
     return total_steps

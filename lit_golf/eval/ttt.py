@@ -92,6 +92,7 @@ class DocumentBatchScorer:
             weight_decay=cfg.ttt_weight_decay, fused=val.device.type == "cuda",
         )
         self.generator = torch.Generator(device=val.device)
+        self.forward = torch.compile(model) if cfg.ttt_compile else model
 
     def score(self, docs: list[Document]) -> None:
         cfg, device = self.cfg, self.val.device
@@ -116,7 +117,7 @@ class DocumentBatchScorer:
                     columns = torch.arange(width, device=device)
                     scored = batch.valid & (columns[None, :] >= (chunk_lo - win_start[rows])[:, None])
                     with self.lora.select_rows(rows), torch.set_grad_enabled(train), autocast(device):
-                        nll = self.model(batch.inputs, batch.targets, lora=self.lora, reduction="none")
+                        nll = self.forward(batch.inputs, batch.targets, lora=self.lora, reduction="none")
                     if step == 0:
                         self.metric.update(nll, batch.target_bytes, scored)
                         if self.trace is not None:
@@ -190,20 +191,22 @@ def run_phased_ttt(
         disable=not progress or rank != 0,
     )
     try:
-        for phase, (stage, plan) in enumerate(zip(stages, plans, strict=True), 1):
-            with eval_mode(model), stopwatch.section(f"ttt_score_{stage.name}"):
-                for batch in plan:
-                    scorer.score(batch)
-                    bar.update(len(batch))
-                    bar.set_postfix(bpb=f"{_local_bpb(metric):.4f}", refresh=False)
-            if rank == 0:
-                log.info("ttt %s: %d docs on rank 0, running bpb %.4f", stage.name, sum(map(len, plan)), _local_bpb(metric))
-            if stage.sgd_docs is not None:
-                on_read = None if trace is None else (lambda a, b, p=phase: trace.events.append(("sgd_read", p, a, b)))
-                with stopwatch.section(f"ttt_sgd_{stage.name}"):
-                    steps = global_sgd(model, val, stage.sgd_docs, cfg, on_read=on_read)
+        # eval mode throughout, global SGD included: the model's train mode only swaps in training kernels
+        with eval_mode(model):
+            for phase, (stage, plan) in enumerate(zip(stages, plans, strict=True), 1):
+                with stopwatch.section(f"ttt_score_{stage.name}"):
+                    for batch in plan:
+                        scorer.score(batch)
+                        bar.update(len(batch))
+                        bar.set_postfix(bpb=f"{_local_bpb(metric):.4f}", refresh=False)
                 if rank == 0:
-                    log.info("ttt %s: global SGD on %d docs, %d steps", stage.name, len(stage.sgd_docs), steps)
+                    log.info("ttt %s: %d docs on rank 0, running bpb %.4f", stage.name, sum(map(len, plan)), _local_bpb(metric))
+                if stage.sgd_docs is not None:
+                    on_read = None if trace is None else (lambda a, b, p=phase: trace.events.append(("sgd_read", p, a, b)))
+                    with stopwatch.section(f"ttt_sgd_{stage.name}"):
+                        steps = global_sgd(model, val, stage.sgd_docs, cfg, on_read=on_read)
+                    if rank == 0:
+                        log.info("ttt %s: global SGD on %d docs, %d steps", stage.name, len(stage.sgd_docs), steps)
     finally:
         bar.close()
         for p, flag in zip(model.parameters(), grad_flags, strict=True):

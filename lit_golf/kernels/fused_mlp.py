@@ -122,7 +122,7 @@ class FusedLeakyReLUSquareMLP(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
         x2d, up, down, pre, post = ctx.saved_tensors
-        grad2d = grad_output.reshape(-1, grad_output.shape[-1]).contiguous()
+        grad2d = grad_output.reshape(-1, grad_output.shape[-1]).to(post.dtype).contiguous()
         grad_down = grad2d.t() @ post
         grad_pre = hidden_gradient(grad2d, down, pre)
         grad_up = grad_pre.t() @ x2d
@@ -131,5 +131,10 @@ class FusedLeakyReLUSquareMLP(torch.autograd.Function):
 
 
 def fused_leaky_relu_square_mlp(x: torch.Tensor, up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
-    """MLP output for `x [..., d]`, `up [hidden, d]`, `down [d, hidden]` (CUDA tensors of one dtype)."""
-    return FusedLeakyReLUSquareMLP.apply(x, up.contiguous(), down.contiguous())
+    """MLP output for `x [..., d]`, `up [hidden, d]`, `down [d, hidden]` on CUDA.
+
+    Everything runs in one dtype: the autocast dtype when autocast is on (as cuBLAS matmuls would),
+    else x's. Mixed dtypes would reach `tl.dot` in backward, where autocast no longer applies.
+    """
+    dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else x.dtype
+    return FusedLeakyReLUSquareMLP.apply(x.to(dtype), up.to(dtype).contiguous(), down.to(dtype).contiguous())
