@@ -199,3 +199,11 @@ def test_bounding_rows_per_pass_changes_nothing(val_tokens):
     assert sliced.keys() == whole.keys()
     for key, nll in whole.items():
         assert sliced[key] == pytest.approx(nll, rel=1e-6), key
+
+
+def test_bad_eval_config_is_one_line_error():
+    with pytest.raises(ValueError, match=r"ttt_chunk_size=0 must be positive; ttt_lora_targets has unknown sites \['x'\]"):
+        EvalConfig(ttt_chunk_size=0, ttt_lora_targets=("q", "x"))
+    with pytest.raises(ValueError, match=r"unknown EvalConfig fields \['ttt_rank'\]"):
+        EvalConfig.from_dict({"ttt_rank": 4})
+    assert EvalConfig.from_dict(EvalConfig().to_dict()) == EvalConfig()

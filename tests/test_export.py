@@ -377,7 +377,7 @@ def test_callback_exports_into_the_log_dir_and_publishes_the_table(tmp_path):
 
     trainer, module = fake_trainer(tmp_path, FakeDataModule()), SimpleNamespace(gpt=tiny_gpt(), device=torch.device("cpu"))
     callback = GPTQExport(ExportConfig(**SMALL_EXPORT))
-    callback.on_fit_end(trainer, module)
+    callback.export(trainer, module)
     assert callback.artifact_path == tmp_path / "artifact" / "artifact.ptz" and callback.artifact_path.is_file()
     assert trainer.datamodule.calls == [(3, 32, 2, None)]
     (tag, text, step), = trainer.logger.experiment.texts
@@ -388,7 +388,7 @@ def test_callback_exports_into_the_log_dir_and_publishes_the_table(tmp_path):
 
     over = GPTQExport(ExportConfig(**{**SMALL_EXPORT, "budget_bytes": 100, "out_dir": str(tmp_path / "o")}))
     with pytest.raises(ArtifactTooLarge, match="over the 100-byte budget"):
-        over.on_fit_end(trainer, module)
+        over.export(trainer, module)
     assert (tmp_path / "o" / "artifact.json").is_file()
 
 
@@ -457,7 +457,8 @@ class TinyFit(L.LightningModule):
         return self.gpt(tokens[:, :-1], tokens[:, 1:])
 
 
-def test_callback_in_a_real_fit_exports_the_ema_weights_to_the_tensorboard_log_dir(tmp_path):
+@pytest.mark.parametrize("export_first", [False, True])
+def test_callback_in_a_real_fit_exports_the_ema_weights_to_the_tensorboard_log_dir(tmp_path, export_first):
     from lightning.pytorch.loggers import TensorBoardLogger
 
     from lit_golf.callbacks.ema import EMA
@@ -465,7 +466,10 @@ def test_callback_in_a_real_fit_exports_the_ema_weights_to_the_tensorboard_log_d
 
     module, data = TinyFit(), CalibratedData()
     callback = GPTQExport(ExportConfig(**SMALL_EXPORT))
-    trainer = L.Trainer(accelerator="cpu", max_steps=3, callbacks=[EMA(decay=0.5), callback],
+    # The export runs at on_train_end (before Lightning's teardown moves the module to the CPU) and
+    # loads the EMA average itself, so the callback order does not matter.
+    callbacks = [callback, EMA(decay=0.5)] if export_first else [EMA(decay=0.5), callback]
+    trainer = L.Trainer(accelerator="cpu", max_steps=3, callbacks=callbacks,
                         logger=TensorBoardLogger(tmp_path), enable_checkpointing=False, enable_model_summary=False,
                         enable_progress_bar=False)
     trainer.fit(module, datamodule=data)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import lightning as L
@@ -19,8 +20,9 @@ log = logging.getLogger("lit_golf")
 class GPTQExport(Callback):
     """Export `pl_module.gpt` to `<out_dir>/artifact.ptz` (+ `artifact.json`) when fitting ends.
 
-    Runs at `on_fit_end`, after the EMA callback has swapped the averaged weights in at `on_train_end`.
-    Every rank computes Hessians on its share of `trainer.datamodule.calibration_batches(...)` (they are
+    Runs at `on_train_end`: later, at `on_fit_end`, Lightning's teardown has already moved the module
+    back to the CPU. The EMA average is loaded first (whatever the callback order), so the artifact
+    always holds the averaged weights. Every rank computes Hessians on its share of `trainer.datamodule.calibration_batches(...)` (they are
     all-reduced); rank 0 quantizes, writes the files and publishes the size table (log and
     TensorBoard text). When model + code exceed `config.budget_bytes`, every rank raises
     `ArtifactTooLarge`, so the run fails instead of producing an invalid submission.
@@ -34,16 +36,30 @@ class GPTQExport(Callback):
         self.report: ExportReport | None = None  # rank 0 only
         self.artifact_path: Path | None = None  # every rank
 
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from lit_golf.callbacks.ema import EMA
+
+        for callback in getattr(trainer, "callbacks", []):
+            if isinstance(callback, EMA) and callback.shadow:
+                callback.copy_to(pl_module.gpt)
+        self.export(trainer, pl_module)
+
+    def export(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         cfg = self.config
         # `trainer.log_dir` is a collective (it broadcasts), so every rank asks for it.
         out_dir = Path(cfg.out_dir) if cfg.out_dir else Path(trainer.log_dir or trainer.default_root_dir) / "artifact"
         batches = calibration_batches(trainer.datamodule, cfg, trainer.global_rank, trainer.world_size)
+        started = time.perf_counter()
+        log.info("export: Hessians over %d calibration batches of %d x %d tokens on %s",
+                 cfg.calibration_batches, cfg.calibration_batch_seqs, cfg.calibration_seq_len, pl_module.device)
         hessians = collect_hessians(pl_module.gpt, batches, pl_module.device)
         outcome = None
         if trainer.is_global_zero:
+            log.info("export: Hessians done in %.1fs; GPTQ + %s compression", time.perf_counter() - started,
+                     cfg.compressor)
             self.report = build_artifact(pl_module.gpt, hessians, cfg, out_dir)
             publish_table(trainer, self.report)
+            log.info("export: done in %.1fs", time.perf_counter() - started)
             outcome = (str(self.report.artifact_path), _budget_error(self.report))
         del hessians
         artifact_path, error = trainer.strategy.broadcast(outcome, src=0)

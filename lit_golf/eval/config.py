@@ -33,8 +33,6 @@ class EvalConfig:
     ttt_window_bucket: int = 256
     # at most this many row positions (rows x width) per forward/backward, bounding activation memory
     ttt_tokens_per_pass: int = 32768
-    # torch.compile the model forward used by TTT (CUDA; eager Python overhead dominates otherwise)
-    ttt_compile: bool = False
     # multi-phase global SGD of the base model on already-scored documents
     phased_enabled: bool = True
     phased_prefix_docs: int = 2000

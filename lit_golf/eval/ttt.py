@@ -9,7 +9,8 @@ left-to-right pass, with the model's normalized softmax.
   AdamW steps on that chunk's loss alone. The last chunk is not trained on: nothing is left to score.
 * Batches: `ttt_batch_docs` documents of similar length advance chunk by chunk together, one padded
   row each; finished and padding rows are masked out of scores and losses. Row widths are rounded
-  up to `ttt_window_bucket` so only a few shapes ever run.
+  up to `ttt_window_bucket` so only a few shapes ever run, and the rows go through the model in
+  slices of at most `ttt_tokens_per_pass` positions (gradients accumulate; one optimizer step).
 * Phases: the first `phased_prefix_docs` documents (stream order) are scored in `phased_num_phases`
   stages; after each, every rank runs global SGD of the base weights on all prefix documents scored
   so far (`global_sgd`); the remaining documents are then scored with the adapted base.
@@ -92,9 +93,9 @@ class DocumentBatchScorer:
             weight_decay=cfg.ttt_weight_decay, fused=val.device.type == "cuda",
         )
         self.generator = torch.Generator(device=val.device)
-        self.forward = torch.compile(model) if cfg.ttt_compile else model
 
     def score(self, docs: list[Document]) -> None:
+        """Score `docs` (at most `ttt_batch_docs`, longest first) into the metric, chunk by chunk."""
         cfg, device = self.cfg, self.val.device
         lengths = [d.num_targets for d in docs] + [0] * (self.rows - len(docs))
         doc_start = torch.tensor([d.start for d in docs] + [0] * (self.rows - len(docs)), device=device)
@@ -117,7 +118,7 @@ class DocumentBatchScorer:
                     columns = torch.arange(width, device=device)
                     scored = batch.valid & (columns[None, :] >= (chunk_lo - win_start[rows])[:, None])
                     with self.lora.select_rows(rows), torch.set_grad_enabled(train), autocast(device):
-                        nll = self.forward(batch.inputs, batch.targets, lora=self.lora, reduction="none")
+                        nll = self.model(batch.inputs, batch.targets, lora=self.lora, reduction="none")
                     if step == 0:
                         self.metric.update(nll, batch.target_bytes, scored)
                         if self.trace is not None:
@@ -198,7 +199,8 @@ def run_phased_ttt(
                     for batch in plan:
                         scorer.score(batch)
                         bar.update(len(batch))
-                        bar.set_postfix(bpb=f"{_local_bpb(metric):.4f}", refresh=False)
+                        if not bar.disable:
+                            bar.set_postfix(bpb=f"{_local_bpb(metric):.4f}", refresh=False)
                 if rank == 0:
                     log.info("ttt %s: %d docs on rank 0, running bpb %.4f", stage.name, sum(map(len, plan)), _local_bpb(metric))
                 if stage.sgd_docs is not None:
