@@ -1,0 +1,142 @@
+"""Side-by-side numbers and plots of lit_golf and upstream training logs (one GPU, fixed steps).
+
+Reads the time-stamped logs that `bench/gpu_run.sh` (lit_golf) and the upstream harness write
+(`[  12.3s] ` prefixes = seconds since launch), and writes `metrics.json` plus two PNGs into the
+record folder: train loss against tokens and against wall time since launch, both systems on one
+plot. Usage: `python bench/compare_runs.py records/<run>/` (logs in `<run>/logs/`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+TOKENS_PER_STEP = 786_432
+STAMP = re.compile(r"^\[\s*(?P<t>[\d.]+)s\] ")
+LIT_STEP = re.compile(r"step (?P<step>\d+)/\d+ loss (?P<loss>[\d.]+) tok/s (?P<tps>[\d,]+) step (?P<ms>[\d.]+)ms")
+UP_STEP = re.compile(r"(?P<step>\d+)/\d+ train_loss: (?P<loss>[\d.]+) train_time")
+LOOP_ON = re.compile(r"(layer looping on at step|layer_loop:enabled step:)\s*(?P<step>\d+)")
+VAL = re.compile(r"val_bpb:? (?P<bpb>[\d.]+)")
+WARMUP = re.compile(r"compile warm-up: (?P<s>[\d.]+)s")
+
+
+@dataclass
+class Run:
+    name: str
+    system: str
+    seed: int
+    points: list[tuple[float, int, float]] = field(default_factory=list)  # (seconds since launch, step, loss)
+    loop_step: int | None = None
+    val_bpb: float | None = None
+    compile_warmup_s: float | None = None
+
+    def seconds_per_step(self, first: int, last: int) -> float:
+        """Steady-state seconds per step between logged steps `first` < `last` (launch clock)."""
+        at = {step: t for t, step, _ in self.points}
+        return (at[last] - at[first]) / (last - first)
+
+    def summary(self) -> dict:
+        loop = self.loop_step or 10**9
+        steps = [s for _, s, _ in self.points]
+        pre = [s for s in steps if 5 <= s <= loop]
+        post = [s for s in steps if s >= loop + 5]
+        out = {
+            "system": self.system, "seed": self.seed, "final_step": steps[-1], "final_train_loss": self.points[-1][2],
+            "launch_to_first_logged_step_s": self.points[0][0], "first_logged_step": steps[0],
+            "launch_to_last_step_s": self.points[-1][0], "loop_on_at_step": self.loop_step,
+            "val_bpb_pre_quant_pre_ema": self.val_bpb, "compile_warmup_s": self.compile_warmup_s,
+        }
+        if len(pre) >= 2:
+            sps = self.seconds_per_step(pre[0], pre[-1])
+            out.update(seconds_per_step_before_loop=sps, tokens_per_s_before_loop=TOKENS_PER_STEP / sps)
+        if len(post) >= 2:
+            sps = self.seconds_per_step(post[0], post[-1])
+            out.update(seconds_per_step_after_loop=sps, tokens_per_s_after_loop=TOKENS_PER_STEP / sps)
+        return out
+
+
+def parse(path: Path) -> Run:
+    system = "upstream" if path.name.startswith("upstream") else "lit_golf"
+    seed = int(re.search(r"seed(\d+)", path.name).group(1))
+    run = Run(path.stem, system, seed)
+    pattern = UP_STEP if system == "upstream" else LIT_STEP
+    # Bytes, not read_text(): universal newlines would turn the progress bars' \r into line breaks.
+    for line in path.read_bytes().decode(errors="replace").split("\n"):
+        stamp = STAMP.match(line)
+        if stamp is None:
+            continue
+        seconds = float(stamp["t"])
+        for piece in line[stamp.end():].split("\r"):
+            if m := pattern.search(piece):
+                run.points.append((seconds, int(m["step"]), float(m["loss"])))
+            elif m := LOOP_ON.search(piece):
+                run.loop_step = int(m["step"])
+            elif m := VAL.search(piece):
+                run.val_bpb = float(m["bpb"])
+            if m := WARMUP.search(piece):
+                run.compile_warmup_s = float(m["s"])
+    if not run.points:
+        raise SystemExit(f"{path}: no training-step lines found; is this a lit_golf or upstream log?")
+    return run
+
+
+def plot(runs: list[Run], out_dir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    colors = {"lit_golf": "tab:blue", "upstream": "tab:orange"}
+    for axis, label in (("tokens", "training tokens (millions)"), ("time", "seconds since launch")):
+        fig, ax = plt.subplots(figsize=(7, 4.2))
+        for run in runs:
+            xs = [s * TOKENS_PER_STEP / 1e6 if axis == "tokens" else t for t, s, _ in run.points]
+            ax.plot(xs, [loss for _, _, loss in run.points], color=colors[run.system], alpha=0.85,
+                    linestyle="-" if run.seed == 1337 else "--", label=f"{run.system} seed {run.seed}")
+            if run.val_bpb is not None and axis == "tokens":
+                ax.annotate(f"val bpb {run.val_bpb:.4f}", (xs[-1], run.points[-1][2]), fontsize=7,
+                            xytext=(-90, 12 + 10 * (run.seed != 1337)), textcoords="offset points")
+        ax.set_xlabel(label)
+        ax.set_ylabel("train loss (nats/token)")
+        ax.set_ylim(3.5, 7.5)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        ax.set_title(f"record config, 1x H100, 100 steps x 786,432 tokens: loss vs {axis}")
+        path = out_dir / f"train_loss_vs_{axis}.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("record_dir", type=Path)
+    args = parser.parse_args(argv)
+    logs = sorted((args.record_dir / "logs").glob("*seed*.log"))
+    runs = [parse(p) for p in logs if "test" not in p.name]
+    summaries = {run.name: run.summary() for run in runs}
+    by_system: dict[str, list[dict]] = {}
+    for s in summaries.values():
+        by_system.setdefault(s["system"], []).append(s)
+    comparison = {}
+    for key in ("tokens_per_s_before_loop", "tokens_per_s_after_loop"):
+        means = {sys: statistics.mean(s[key] for s in items) for sys, items in by_system.items()}
+        if {"lit_golf", "upstream"} <= means.keys():
+            comparison[f"{key}_ratio_lit_golf_over_upstream"] = means["lit_golf"] / means["upstream"]
+    metrics = {"runs": summaries, "comparison": comparison}
+    (args.record_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    for path in plot(runs, args.record_dir):
+        print(f"wrote {path}")
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
