@@ -12,7 +12,7 @@ import argparse
 import json
 import re
 import statistics
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 TOKENS_PER_STEP = 786_432

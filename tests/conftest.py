@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 TINY_VOCAB = 512
+# The read-only shared data (enwiki2015 corpus, SP-8192 tokenizer) sits beside the checkout, as on the
+# dev machines and in CI; LIT_GOLF_SHARED points elsewhere. Tests that need it skip when it is absent.
+SHARED = Path(os.environ.get("LIT_GOLF_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 
 
 @dataclass(frozen=True)

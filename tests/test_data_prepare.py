@@ -11,13 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import sentencepiece as spm
+from conftest import SHARED
 
 from lit_golf.data.demo_corpus import SKIPPED_MODULES, write_stdlib_corpus
 from lit_golf.data.prepare import cli_main, iter_documents, sha256_of, split_into_chunks
 from lit_golf.data.shards import BOS_ID, dataset_dir, find_shards, read_shard, tokenizer_path
 
-ENWIKI = Path("/work/shared/corpora/enwiki2015")
-SP8192 = Path("/work/shared/tokenizers/fineweb_8192_bpe.model")
+ENWIKI = SHARED / "corpora/enwiki2015"
+SP8192 = SHARED / "tokenizers/fineweb_8192_bpe.model"
 
 
 def stream(data_dir: Path, split: str, vocab: int) -> np.ndarray:

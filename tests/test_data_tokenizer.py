@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import json
 import lzma
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import SHARED
 
 from lit_golf.data.tokenizer import TokenizerError, build_byte_luts, load_tokenizer, target_bytes
 
-SP8192 = Path("/work/shared/tokenizers/fineweb_8192_bpe.model")
-DOCS = Path("/work/shared/corpora/enwiki2015/docs_first15000.jsonl.xz")
+SP8192 = SHARED / "tokenizers/fineweb_8192_bpe.model"
+DOCS = SHARED / "corpora/enwiki2015/docs_first15000.jsonl.xz"
 needs_real_data = pytest.mark.skipif(not (SP8192.is_file() and DOCS.is_file()), reason="shared corpus absent")
 
 

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+from conftest import SHARED
 from test_eval_support import run_on_ranks
 
 from lit_golf.data.tokenizer import build_byte_luts, load_tokenizer, target_bytes
 from lit_golf.eval.metric import BitsPerByte
 
-SP8192 = Path("/work/shared/tokenizers/fineweb_8192_bpe.model")
+SP8192 = SHARED / "tokenizers/fineweb_8192_bpe.model"
 needs_tokenizer = pytest.mark.skipif(not SP8192.is_file(), reason="shared SP-8192 tokenizer absent")
 
 TEXTS = [
