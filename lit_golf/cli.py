@@ -8,6 +8,7 @@ way of adding a subcommand. `prepare-data`, `download` and `demo` are plain argp
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import warnings
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from lightning.pytorch.cli import LightningCLI
 
 from lit_golf import strategy  # noqa: F401  (registers the golf_ddp strategy name)
 from lit_golf.data.datamodule import GolfDataModule
+from lit_golf.export.budget import ArtifactTooLarge
 from lit_golf.export.config import ExportConfig
 from lit_golf.export.pipeline import ExportReport
 from lit_golf.module import GolfLightningModule
@@ -54,9 +56,16 @@ class GolfTrainer(Trainer):
             out_dir: folder for the artifact files.
             export_config: quantization bits, clip sigmas, calibration and byte budget.
         """
+        from lit_golf.callbacks import GPTQExport
         from lit_golf.export.pipeline import export_from_checkpoint
 
-        return export_from_checkpoint(model, datamodule, ckpt_path, out_dir, export_config or ExportConfig())
+        if export_config is None:  # the settings of the config's GPTQExport callback, else the record's
+            callback = next((cb for cb in self.callbacks if isinstance(cb, GPTQExport)), None)
+            export_config = callback.config if callback is not None else ExportConfig()
+        report = export_from_checkpoint(model, datamodule, ckpt_path, out_dir, export_config)
+        print(f"artifact {report.artifact_path}: {report.total_bytes:,} bytes with code\n{report.table}")
+        report.check_budget()
+        return report
 
 
 class GolfCLI(LightningCLI):
@@ -66,6 +75,9 @@ class GolfCLI(LightningCLI):
         commands["export"] = {"model", "datamodule"}
         return commands
 
+
+# Bad input (files, configs, budgets) is reported in one line; LIT_GOLF_TRACEBACK=1 shows the traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, ArtifactTooLarge)
 
 # Short flags users ask for, mapped onto the LightningCLI fields that carry them.
 ALIASES = {"--artifact": "--model.artifact", "--ckpt": "--ckpt_path"}
@@ -122,9 +134,15 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0
     tools = _tools()
-    if argv[0] in tools:
-        return int(tools[argv[0]](argv[1:]) or 0)
-    run_lightning_cli(argv)
+    try:
+        if argv[0] in tools:
+            return int(tools[argv[0]](argv[1:]) or 0)
+        run_lightning_cli(argv)
+    except USER_ERRORS as error:
+        if os.environ.get("LIT_GOLF_TRACEBACK"):
+            raise
+        print(f"lit-golf {argv[0]}: error: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -7,6 +7,18 @@ describe a model without importing its implementation.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from typing import TypeVar
+
+ConfigT = TypeVar("ConfigT")
+
+
+def config_from_dict(cls: type[ConfigT], values: dict) -> ConfigT:
+    """Build config dataclass `cls` from `values`, naming any unknown field instead of ignoring it."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields {unknown}; known fields: {sorted(known)}")
+    return cls(**values)
 
 
 @dataclass
@@ -84,8 +96,4 @@ class GPTConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> GPTConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown GPTConfig fields {unknown}; known fields: {sorted(known)}")
-        return cls(**values)
+        return config_from_dict(cls, values)

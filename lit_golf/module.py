@@ -80,12 +80,14 @@ class GolfLightningModule(L.LightningModule):
         self.training_config = training or TrainingConfig()
         self.eval_config = evaluation or EvalConfig()
         self.artifact = artifact
+        # What a checkpoint needs to rebuild and resume the model. Evaluation settings stay out: with
+        # `--ckpt_path`, LightningCLI lets checkpoint hparams override the command line, and `test`
+        # must honour the evaluation flags it is given.
         self.save_hyperparameters(
             {
                 "gpt": asdict(self.gpt_config),
                 "optim": asdict(self.optim_config),
                 "training": asdict(self.training_config),
-                "evaluation": asdict(self.eval_config),
             }
         )
         self.automatic_optimization = False

@@ -138,3 +138,28 @@ def test_artifact_with_another_config_is_refused(tiny_data, tmp_path):
     with pytest.raises(Exception, match="missing.ptz"):
         module.setup("test")
 
+
+
+@pytest.mark.slow
+def test_cli_export_subcommand_and_one_line_errors(tiny_data, tmp_path, capsys):
+    common = ["--config", str(TINY_CPU), "--data.data_dir", str(tiny_data.data_dir),
+              "--data.vocab_size", str(tiny_data.vocab_size), "--model.gpt.vocab_size", str(tiny_data.vocab_size),
+              "--trainer.logger.init_args.save_dir", str(tmp_path / "logs")]
+    assert main(["fit", *common, "--trainer.max_steps", "2", "--trainer.val_check_interval", "2",
+                 "--trainer.enable_checkpointing", "true"]) == 0
+    ckpt = next((tmp_path / "logs").rglob("*.ckpt"))
+    # export takes the GPTQExport settings of the config (tiny calibration), not the record's
+    assert main(["export", *common, "--ckpt", str(ckpt), "--out_dir", str(tmp_path / "art")]) == 0
+    assert (tmp_path / "art" / "artifact.ptz").is_file()
+    capsys.readouterr()
+
+    assert main(["export", *common, "--ckpt", str(ckpt), "--out_dir", str(tmp_path / "small"),
+                 "--export_config.calibration_seq_len", "128", "--export_config.calibration_batch_seqs", "2",
+                 "--export_config.budget_bytes", "1000"]) == 2
+    (summary,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("lit-golf export: error:")]
+    assert "over the 1,000-byte budget" in summary  # then the size table, no traceback
+
+    assert main(["fit", *common, "--data.data_dir", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err
+    (line,) = [line for line in err.splitlines() if line.startswith("lit-golf fit: error:")]
+    assert "no files match" in line and "prepare-data" in line and "Traceback" not in err

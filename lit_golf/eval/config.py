@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
+
+from lit_golf.config import config_from_dict
 
 LORA_SITES = ("q", "k", "v", "o", "mlp", "head")
 
@@ -76,8 +78,4 @@ class EvalConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> EvalConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown EvalConfig fields {unknown}; known fields: {sorted(known)}")
-        return cls(**values)
+        return config_from_dict(cls, values)
