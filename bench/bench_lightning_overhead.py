@@ -35,6 +35,10 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def _intervals(stamps: list[float]) -> list[float]:
+    return [b - a for a, b in zip(stamps[:-1], stamps[1:], strict=True)]
+
+
 class StepTimes(L.Callback):
     def __init__(self, device: torch.device):
         self.device, self.stamps = device, []
@@ -62,7 +66,7 @@ def time_trainer(args, device) -> list[float]:
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         limit_val_batches=0, num_sanity_val_steps=0, use_distributed_sampler=False)
     trainer.fit(module, data)
-    return [b - a for a, b in zip(times.stamps, times.stamps[1:])]
+    return _intervals(times.stamps)
 
 
 def time_bare_loop(args, device) -> list[float]:
@@ -88,7 +92,7 @@ def time_bare_loop(args, device) -> list[float]:
         optimizer.zero_grad(set_to_none=True)
         _sync(device)
         stamps.append(time.perf_counter())
-    return [b - a for a, b in zip(stamps, stamps[1:])]
+    return _intervals(stamps)
 
 
 def main(argv: list[str] | None = None) -> int:

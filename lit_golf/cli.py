@@ -116,11 +116,23 @@ def _tools() -> dict[str, Callable[[list[str]], int]]:
     return {"prepare-data": prepare.cli_main, "download": download.cli_main, "demo": demo.cli_main}
 
 
+class _CurrentStderrHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is now (redirected or captured), not the one seen at start-up."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def _configure_logging() -> None:
     """Our own INFO lines on stderr; other libraries keep their levels."""
     logger = logging.getLogger("lit_golf")
     if not logger.handlers:
-        handler = logging.StreamHandler()
+        handler = _CurrentStderrHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
