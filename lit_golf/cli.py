@@ -76,6 +76,16 @@ class GolfCLI(LightningCLI):
         return commands
 
 
+# Lightning warnings that do not apply here, so the log stays readable:
+QUIET_WARNINGS = (
+    "LightningCLI's args parameter is intended",  # every entry point here hands over `args`
+    ".*does not have many workers",  # the loaders prefetch in threads of the main process by design
+    ".*`IterableDataset` has `__len__` defined",  # validation windows are split across ranks by hand
+    ".*sync_dist=True",  # val metrics come from a torchmetrics Metric that reduces across ranks itself
+    ".*is not supported by the model summary",
+    r".*isinstance\(treespec, LeafSpec\)",  # Lightning's own use of a deprecated torch API
+)
+
 # Bad input (files, configs, budgets) is reported in one line; LIT_GOLF_TRACEBACK=1 shows the traceback.
 USER_ERRORS = (ValueError, FileNotFoundError, ArtifactTooLarge)
 
@@ -92,8 +102,8 @@ def _expand_aliases(argv: list[str]) -> list[str]:
 
 
 def run_lightning_cli(argv: list[str]) -> GolfCLI:
-    # `args` is how every entry point here (console script, demo, tests) hands over its arguments.
-    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+    for message in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
     return GolfCLI(
         GolfLightningModule,
         GolfDataModule,
