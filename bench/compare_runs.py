@@ -22,6 +22,7 @@ UP_STEP = re.compile(r"(?P<step>\d+)/\d+ train_loss: (?P<loss>[\d.]+) train_time
 LOOP_ON = re.compile(r"(layer looping on at step|layer_loop:enabled step:)\s*(?P<step>\d+)")
 VAL = re.compile(r"val_bpb:? (?P<bpb>[\d.]+)")
 WARMUP = re.compile(r"compile warm-up: (?P<s>[\d.]+)s")
+PEAK = re.compile(r"peak memory:? allocated:? (?P<mib>\d+) MiB")
 
 
 @dataclass
@@ -33,6 +34,7 @@ class Run:
     loop_step: int | None = None
     val_bpb: float | None = None
     compile_warmup_s: float | None = None
+    peak_memory_mib: int | None = None
 
     def seconds_per_step(self, first: int, last: int) -> float:
         """Steady-state seconds per step between logged steps `first` < `last` (launch clock)."""
@@ -49,6 +51,7 @@ class Run:
             "launch_to_first_logged_step_s": self.points[0][0], "first_logged_step": steps[0],
             "launch_to_last_step_s": self.points[-1][0], "loop_on_at_step": self.loop_step,
             "val_bpb_pre_quant_pre_ema": self.val_bpb, "compile_warmup_s": self.compile_warmup_s,
+            "peak_memory_allocated_mib": self.peak_memory_mib,
         }
         if len(pre) >= 2:
             sps = self.seconds_per_step(pre[0], pre[-1])
@@ -79,6 +82,8 @@ def parse(path: Path) -> Run:
                 run.val_bpb = float(m["bpb"])
             if m := WARMUP.search(piece):
                 run.compile_warmup_s = float(m["s"])
+            if m := PEAK.search(piece):
+                run.peak_memory_mib = int(m["mib"])
     if not run.points:
         raise SystemExit(f"{path}: no training-step lines found; is this a lit_golf or upstream log?")
     return run

@@ -132,6 +132,12 @@ class GolfLightningModule(L.LightningModule):
             if self.trainer.is_global_zero:
                 cache.save()
 
+    def on_train_end(self) -> None:
+        if self.device.type == "cuda":
+            log.info("peak memory: allocated %d MiB, reserved %d MiB",
+                     torch.cuda.max_memory_allocated(self.device) // 2**20,
+                     torch.cuda.max_memory_reserved(self.device) // 2**20)
+
     # ---------------------------------------------------------------- training
     def _fraction(self) -> float:
         if self._fraction_from_clock:
