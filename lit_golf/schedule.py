@@ -20,7 +20,6 @@ class TrainingConfig:
     compile: bool = True
     compile_warmup: bool = True
     compile_cache: str | None = None
-    log_every_n_steps: int = 50
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.warmdown_frac <= 1.0:
