@@ -100,6 +100,20 @@ class GolfLightningModule(L.LightningModule):
         self._fraction_from_clock = False
 
     # ------------------------------------------------------------------ setup
+    def setup(self, stage: str) -> None:
+        if stage == "fit":
+            self._cast_matrices(getattr(torch, self.training_config.matrix_dtype))
+        elif stage == "test" and self.artifact:
+            self._load_artifact()
+
+    @torch.no_grad()
+    def _cast_matrices(self, dtype: torch.dtype) -> None:
+        """Banks and tied embedding in `dtype` before the optimizer is built (it keeps their dtype)."""
+        for name in ("qo_bank", "kv_bank", "mlp_up_bank", "mlp_down_bank"):
+            param = getattr(self.gpt, name)
+            param.data = param.data.to(dtype)
+        self.gpt.tok_emb.weight.data = self.gpt.tok_emb.weight.data.to(dtype)
+
     def configure_optimizers(self):
         return build_golf_optimizer(self.gpt, self.optim_config)
 
@@ -280,21 +294,20 @@ class GolfLightningModule(L.LightningModule):
         self.gpt.looping_active = checkpoint.get("looping_active", self.gpt.looping_active)
 
     # ------------------------------------------------------------------- test
-    def setup(self, stage: str) -> None:
-        if stage == "test" and self.artifact:
-            from lit_golf import artifact
+    def _load_artifact(self) -> None:
+        from lit_golf import artifact
 
-            loaded = artifact.load(self.artifact)
-            if asdict(loaded.config) != asdict(self.gpt_config):
-                diff = {k: (v, getattr(loaded.config, k)) for k, v in asdict(self.gpt_config).items()
-                        if getattr(loaded.config, k) != v}
-                raise ValueError(
-                    f"artifact {self.artifact} was built for a different model (config vs artifact: {diff}); "
-                    "use the config the artifact was trained with"
-                )
-            self.gpt.load_state_dict(loaded.state_dict())
-            self.gpt.looping_active = loaded.looping_active
-            log.info("evaluating artifact %s", self.artifact)
+        loaded = artifact.load(self.artifact)
+        if asdict(loaded.config) != asdict(self.gpt_config):
+            diff = {k: (v, getattr(loaded.config, k)) for k, v in asdict(self.gpt_config).items()
+                    if getattr(loaded.config, k) != v}
+            raise ValueError(
+                f"artifact {self.artifact} was built for a different model (config vs artifact: {diff}); "
+                "use the config the artifact was trained with"
+            )
+        self.gpt.load_state_dict(loaded.state_dict())
+        self.gpt.looping_active = loaded.looping_active
+        log.info("evaluating artifact %s", self.artifact)
 
     def test_step(self, batch, batch_idx):
         from lit_golf.eval.runner import evaluate
