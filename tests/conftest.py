@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 
 TINY_VOCAB = 512
 # The read-only shared data (enwiki2015 corpus, SP-8192 tokenizer) sits beside the checkout, as on the
@@ -48,3 +49,12 @@ def tiny_data(tmp_path_factory, stdlib_corpus) -> TinyData:
     ]
     assert cli_main(argv) == 0
     return TinyData(data_dir, TINY_VOCAB, tokenizer_path(data_dir, TINY_VOCAB), stdlib_corpus)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Many small ops (GPTQ's column loop, TTT chunks): on a shared 2-core box more threads only contend."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

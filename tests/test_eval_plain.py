@@ -18,13 +18,7 @@ from lit_golf.eval.documents import (
 from lit_golf.eval.plain import eval_plain, eval_sliding, plain_windows, sliding_windows
 from lit_golf.eval.valset import ValidationDataError, ValSet
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def target_positions_of(docs) -> list[int]:

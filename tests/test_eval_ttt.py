@@ -30,12 +30,7 @@ LENGTHS = [70, 5, 33, 12, 90, 0, 20, 45, 8, 60, 17, 28, 3, 50]
 CHUNK = 8
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

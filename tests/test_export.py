@@ -48,13 +48,7 @@ SMALL_EXPORT = dict(passthrough_max_numel=0, brotli_quality=5, budget_bytes=10**
                     calibration_seq_len=32, calibration_batch_seqs=2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """GPTQ's column loop is many small ops; on a shared 2-core box OpenMP threads only contend."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_gpt(seed: int = 0, looping: bool = True, **overrides) -> GPT:
