@@ -17,10 +17,11 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningCLI
 
 from lit_golf import strategy  # noqa: F401  (registers the golf_ddp strategy name)
+from lit_golf.callbacks.export import GPTQExport, publish_table
 from lit_golf.data.datamodule import GolfDataModule
 from lit_golf.export.budget import ArtifactTooLarge
 from lit_golf.export.config import ExportConfig
-from lit_golf.export.pipeline import ExportReport
+from lit_golf.export.pipeline import ExportReport, export_from_checkpoint
 from lit_golf.module import GolfLightningModule
 
 USAGE = """usage: lit-golf <command> [options]
@@ -56,14 +57,11 @@ class GolfTrainer(Trainer):
             out_dir: folder for the artifact files.
             export_config: quantization bits, clip sigmas, calibration and byte budget.
         """
-        from lit_golf.callbacks import GPTQExport
-        from lit_golf.export.pipeline import export_from_checkpoint
-
         if export_config is None:  # the settings of the config's GPTQExport callback, else the record's
             callback = next((cb for cb in self.callbacks if isinstance(cb, GPTQExport)), None)
             export_config = callback.config if callback is not None else ExportConfig()
         report = export_from_checkpoint(model, datamodule, ckpt_path, out_dir, export_config)
-        print(f"artifact {report.artifact_path}: {report.total_bytes:,} bytes with code\n{report.table}")
+        publish_table(self, report)
         report.check_budget()
         return report
 

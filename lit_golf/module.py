@@ -17,8 +17,13 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from lit_golf import artifact
+from lit_golf.callbacks.wallclock import WallClockBudget
 from lit_golf.config import GPTConfig
+from lit_golf.data.tokenizer import target_bytes
 from lit_golf.eval.config import EvalConfig
+from lit_golf.eval.metric import BitsPerByte
+from lit_golf.eval.runner import evaluate
 from lit_golf.model import GPT
 from lit_golf.optim import OptimConfig, build_golf_optimizer, muon_momentum
 from lit_golf.schedule import TrainingConfig, lr_multiplier
@@ -98,6 +103,8 @@ class GolfLightningModule(L.LightningModule):
         self.last_train_loss = torch.zeros(())
         self.test_results: dict = {}
         self._fraction_from_clock = False
+        self.val_bpb = BitsPerByte()  # a submodule: follows the model's device, reduces across ranks
+        self._luts = None  # byte tables on the model's device, made at the first validation batch
 
     # ------------------------------------------------------------------ setup
     def setup(self, stage: str) -> None:
@@ -122,8 +129,6 @@ class GolfLightningModule(L.LightningModule):
         return self._compiled if self._compiled is not None else self.gpt
 
     def on_fit_start(self) -> None:
-        from lit_golf.callbacks.wallclock import WallClockBudget
-
         if self._compiled is None and self.training_config.compile and self.device.type == "cuda":
             # Only the inner GPT: compiling the LightningModule would trace Lightning's hooks too.
             self._compiled = torch.compile(self.gpt, fullgraph=True, dynamic=False)
@@ -224,13 +229,14 @@ class GolfLightningModule(L.LightningModule):
         """Synthetic micro-batches with every shape training will see, so compilation happens here."""
         dm = self.trainer.datamodule
         n = dm.tokens_per_microbatch
+        ids = torch.randint(0, self.gpt_config.vocab_size, (1, n + 1), generator=torch.Generator().manual_seed(0))
+        inputs, targets = ids[:, :-1].to(self.device), ids[:, 1:].to(self.device)
+        starts = torch.arange(0, n, dm.train_seq_len, dtype=torch.int32)
         batches = []
         for cu_len in dm.compiled_cu_lengths():
-            starts = torch.arange(0, n, dm.train_seq_len, dtype=torch.int32)
             cu = torch.full((cu_len,), n, dtype=torch.int32)
             cu[: min(cu_len, len(starts))] = starts[:cu_len]
-            ids = torch.randint(0, self.gpt_config.vocab_size, (1, n + 1), generator=torch.Generator().manual_seed(0))
-            batches.append([(ids[:, :-1].to(self.device), ids[:, 1:].to(self.device), cu.to(self.device))])
+            batches.append([(inputs, targets, cu.to(self.device))])
         return batches
 
     def compile_warmup(self) -> None:
@@ -261,24 +267,12 @@ class GolfLightningModule(L.LightningModule):
     def validation_step(self, batch, batch_idx):
         input_ids, target_ids = batch
         nll = self.gpt(input_ids, target_ids, reduction="none")
-        self._val_metric().update(nll, self._target_bytes(input_ids, target_ids))
-
-    def _target_bytes(self, input_ids, target_ids):
-        from lit_golf.data.tokenizer import target_bytes
-
-        if getattr(self, "_luts", None) is None:
+        if self._luts is None:
             self._luts = self.trainer.datamodule.byte_luts().to(self.device)
-        return target_bytes(input_ids, target_ids, self._luts)
-
-    def _val_metric(self):
-        from lit_golf.eval.metric import BitsPerByte
-
-        if getattr(self, "val_bpb", None) is None:
-            self.val_bpb = BitsPerByte().to(self.device)
-        return self.val_bpb
+        self.val_bpb.update(nll, target_bytes(input_ids, target_ids, self._luts))
 
     def on_validation_epoch_end(self) -> None:
-        metric = self._val_metric()
+        metric = self.val_bpb
         bpb = metric.compute()
         loss = metric.loss()
         self.log_dict({"val/bpb": bpb.float(), "val/loss": loss.float()}, rank_zero_only=True)
@@ -295,8 +289,6 @@ class GolfLightningModule(L.LightningModule):
 
     # ------------------------------------------------------------------- test
     def _load_artifact(self) -> None:
-        from lit_golf import artifact
-
         loaded = artifact.load(self.artifact)
         if asdict(loaded.config) != asdict(self.gpt_config):
             diff = {k: (v, getattr(loaded.config, k)) for k, v in asdict(self.gpt_config).items()
@@ -310,8 +302,6 @@ class GolfLightningModule(L.LightningModule):
         log.info("evaluating artifact %s", self.artifact)
 
     def test_step(self, batch, batch_idx):
-        from lit_golf.eval.runner import evaluate
-
         dm = self.trainer.datamodule
         self.test_results = evaluate(
             self.gpt, dm.val_tokens(), dm.byte_luts(), self.eval_config,

@@ -21,6 +21,15 @@ REPO = Path(__file__).resolve().parent.parent
 TINY_CPU = REPO / "configs" / "tiny_cpu.yaml"
 
 
+@pytest.fixture(autouse=True)
+def no_leftover_process_group():
+    """Lightning's DDP strategy keeps its process group for later Trainer calls; end it after each test
+    so later tests (which fork their own groups) start clean, whatever the order."""
+    yield
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def small_gpt(vocab: int) -> GPTConfig:
     return GPTConfig(vocab_size=vocab, num_layers=4, model_dim=64, num_heads=4, num_kv_heads=2, rope_dims=8,
                      xsa_last_n=4, parallel_start_layer=3, num_loops=1, loop_start=1, loop_end=2)
