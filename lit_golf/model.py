@@ -67,6 +67,18 @@ def with_lora(out: torch.Tensor, ctx: StepContext, site: str, slot: int, x: torc
     return out if delta is None else out + delta
 
 
+def to_stream_dtype(x: torch.Tensor) -> torch.Tensor:
+    """The embedding rows in the residual stream's dtype: autocast's when autocast is on, else unchanged.
+
+    Under bf16 autocast every norm, mix and residual add then moves bf16, as in the upstream model
+    (whose embedding is stored in bf16); an fp32 stream costs ~10% of the step time in memory traffic
+    (bench/NOTES.md).
+    """
+    if torch.is_autocast_enabled(x.device.type):
+        return x.to(torch.get_autocast_dtype(x.device.type))
+    return x
+
+
 def rms_norm(x: torch.Tensor) -> torch.Tensor:
     return F.rms_norm(x, (x.size(-1),))
 
@@ -135,7 +147,7 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    """LeakyReLU(0.5)^2 MLP; the fused Triton kernel serves CUDA training, the eager path everything else."""
+    """LeakyReLU(0.5)^2 MLP; the fused Triton kernel serves CUDA training in 16-bit, the eager path the rest."""
 
     def __init__(self, fused_fn: FusedMLPFn | None):
         super().__init__()
@@ -146,7 +158,7 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor, up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
         x = self.up_tap(x)
         up, down = up.to(x.dtype), down.to(x.dtype)
-        if self.fused_fn is not None and self.training and x.is_cuda:
+        if self.fused_fn is not None and self.training and x.is_cuda and x.dtype in (torch.bfloat16, torch.float16):
             return self.fused_fn(x, up, down)
         hidden = F.leaky_relu(F.linear(x, up), negative_slope=0.5).square()
         return F.linear(self.down_tap(hidden), down)
@@ -265,7 +277,7 @@ class GPT(nn.Module):
         """Softcapped logits `[B, T, V]`, or fp32 cross-entropy (`"mean"` scalar / `"none"` `[B, T]`)."""
         if reduction not in ("mean", "none"):
             raise ValueError(f"reduction={reduction!r} is not supported; use 'mean' or 'none'")
-        x = rms_norm(self.tok_emb(input_ids))
+        x = rms_norm(to_stream_dtype(self.tok_emb(input_ids)))
         rope_dims = self.config.rope_dims or self.config.head_dim
         cos, sin = rotary_tables(input_ids.size(1), rope_dims, self.config.rope_base, x.device, x.dtype)
         ctx = StepContext(cos, sin, cu_seqlens, int(max_seqlen), lora)

@@ -108,18 +108,8 @@ class GolfLightningModule(L.LightningModule):
 
     # ------------------------------------------------------------------ setup
     def setup(self, stage: str) -> None:
-        if stage == "fit":
-            self._cast_matrices(getattr(torch, self.training_config.matrix_dtype))
-        elif stage == "test" and self.artifact:
+        if stage == "test" and self.artifact:
             self._load_artifact()
-
-    @torch.no_grad()
-    def _cast_matrices(self, dtype: torch.dtype) -> None:
-        """Banks and tied embedding in `dtype` before the optimizer is built (it keeps their dtype)."""
-        for name in ("qo_bank", "kv_bank", "mlp_up_bank", "mlp_down_bank"):
-            param = getattr(self.gpt, name)
-            param.data = param.data.to(dtype)
-        self.gpt.tok_emb.weight.data = self.gpt.tok_emb.weight.data.to(dtype)
 
     def configure_optimizers(self):
         return build_golf_optimizer(self.gpt, self.optim_config)

@@ -20,18 +20,12 @@ class TrainingConfig:
     compile: bool = True
     compile_warmup: bool = True
     compile_cache: str | None = None
-    # dtype of the four weight banks and the tied embedding while training. "bfloat16" is what the
-    # upstream script does (no per-step weight casts, half the gradient traffic); "float32" keeps
-    # fp32 master weights under bf16 autocast. Small gains/mixes always stay fp32.
-    matrix_dtype: str = "float32"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.warmdown_frac <= 1.0:
             raise ValueError(f"warmdown_frac={self.warmdown_frac} must lie in [0, 1]")
         if not 0.0 <= self.enable_looping_at <= 1.0:
             raise ValueError(f"enable_looping_at={self.enable_looping_at} must lie in [0, 1]")
-        if self.matrix_dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"matrix_dtype={self.matrix_dtype!r} must be 'float32' or 'bfloat16'")
 
 
 def lr_multiplier(fraction: float, warmdown_frac: float, min_lr: float) -> float:

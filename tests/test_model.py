@@ -93,6 +93,22 @@ def test_bf16_banks_run_with_fp32_activations():
     assert torch.isfinite(model(random_tokens((1, 8), 256, 0))).all()
 
 
+def test_residual_stream_runs_in_the_autocast_dtype():
+    """Under bf16 autocast every block reads and writes bf16 (as upstream's bf16 embedding makes it);
+    without autocast the stream keeps the fp32 parameters' dtype."""
+    model = tiny_model()
+    seen = []
+    model.blocks[0].register_forward_hook(lambda module, args, out: seen.append((args[0].dtype, out.dtype)))
+    tokens = random_tokens((1, 16), 256, 0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = model(tokens)
+    plain = model(tokens)
+    assert seen == [(torch.bfloat16, torch.bfloat16), (torch.float32, torch.float32)]
+    assert model.tok_emb.weight.dtype == torch.float32  # the master weights stay fp32
+    # bf16 rounding of the stream moves the softcapped logits only slightly.
+    assert (mixed.float() - plain).abs().max() < 0.5
+
+
 # ----------------------------------------------------------------------------- document masking
 
 

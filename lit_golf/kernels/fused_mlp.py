@@ -7,6 +7,11 @@ kernel computes `grad_out @ down` and multiplies it by `act'(pre)` (`2h` for h >
 before storing, which fuses the activation derivative into the up-projection gradient. The down
 projection and the weight gradients stay on cuBLAS.
 
+The kernel is persistent (one program per SM walks the output tiles) and moves tiles with tensor
+descriptors (TMA on Hopper), with 128x256 output tiles whose epilogue is written in two 128x128 halves
+to keep shared memory for the pipeline stages. It runs in bf16 or fp16 only (fp32 tiles would not fit
+in shared memory); `MLP` uses the eager path otherwise.
+
 Triton is imported here only; `lit_golf.model` imports this module only when CUDA is present, so CPU
 installs never need Triton.
 """
@@ -18,11 +23,13 @@ import torch
 try:
     import triton
     import triton.language as tl
+    from triton.tools.tensor_descriptor import TensorDescriptor
 except ImportError:  # CPU-only installs
     triton = None
 
-BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M = 128, 128, 64, 8
-NUM_WARPS, NUM_STAGES = 8, 3
+BLOCK_M, BLOCK_N, BLOCK_K = 128, 256, 64
+NUM_WARPS = 8
+STAGES_FORWARD, STAGES_BACKWARD = 4, 3  # backward also stages the pre-activation tile it reads
 
 
 def is_available() -> bool:
@@ -33,64 +40,54 @@ def is_available() -> bool:
 if triton is not None:
 
     @triton.jit
-    def _matmul_leaky_relu_square_kernel(
-        a_ptr, b_ptr, out_ptr, aux_ptr,
-        M, N, K,
-        stride_am, stride_ak, stride_bn, stride_bk, stride_om, stride_on,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-        FORWARD: tl.constexpr,
-    ):
-        """`acc = A @ B.T` per tile. FORWARD: out = acc (pre-activation), aux = act(acc).
-        Backward: aux holds the pre-activation; out = acc * act'(aux)."""
-        pid = tl.program_id(0)
-        tiles_m = tl.cdiv(M, BLOCK_M)
-        tiles_n = tl.cdiv(N, BLOCK_N)
-        # Walk tiles in column groups of GROUP_M rows so neighbouring programs share B tiles in L2.
-        tiles_per_group = GROUP_M * tiles_n
-        first_m = (pid // tiles_per_group) * GROUP_M
-        rows_in_group = min(tiles_m - first_m, GROUP_M)
-        pid_m = first_m + (pid % tiles_per_group) % rows_in_group
-        pid_n = (pid % tiles_per_group) // rows_in_group
-
-        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        offs_k = tl.arange(0, BLOCK_K)
-        a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_k[None, :] * stride_ak
-        b_ptrs = b_ptr + offs_k[:, None] * stride_bk + offs_n[None, :] * stride_bn
-        row_ok = offs_m[:, None] < M
-        col_ok = offs_n[None, :] < N
-
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for k_start in range(0, K, BLOCK_K):
-            k_ok = offs_k < K - k_start
-            a = tl.load(a_ptrs, mask=row_ok & k_ok[None, :], other=0.0)
-            b = tl.load(b_ptrs, mask=k_ok[:, None] & col_ok, other=0.0)
-            acc = tl.dot(a, b, acc)
-            a_ptrs += BLOCK_K * stride_ak
-            b_ptrs += BLOCK_K * stride_bk
-
-        tile = offs_m[:, None] * stride_om + offs_n[None, :] * stride_on
-        in_bounds = row_ok & col_ok
-        dtype = out_ptr.dtype.element_ty
+    def _epilogue_half(acc_half, out_desc, aux_desc, row, col, FORWARD: tl.constexpr):
+        """Store one `[BLOCK_M, BLOCK_N/2]` half of the tile (see the kernel for what is stored)."""
+        dtype = out_desc.dtype
         if FORWARD:
-            tl.store(out_ptr + tile, acc.to(dtype), mask=in_bounds)
-            leaky = tl.where(acc > 0, acc, 0.5 * acc)
-            tl.store(aux_ptr + tile, (leaky * leaky).to(dtype), mask=in_bounds)
+            out_desc.store([row, col], acc_half.to(dtype))
+            leaky = tl.where(acc_half > 0, acc_half, 0.5 * acc_half)
+            aux_desc.store([row, col], (leaky * leaky).to(dtype))
         else:
-            pre = tl.load(aux_ptr + tile, mask=in_bounds, other=0.0).to(tl.float32)
-            slope = tl.where(pre > 0, 2.0 * pre, 0.5 * pre)
-            tl.store(out_ptr + tile, (acc * slope).to(dtype), mask=in_bounds)
+            pre = aux_desc.load([row, col]).to(tl.float32)
+            out_desc.store([row, col], (acc_half * tl.where(pre > 0, 2.0 * pre, 0.5 * pre)).to(dtype))
+
+    @triton.jit
+    def _matmul_leaky_relu_square_kernel(
+        a_desc, b_desc, out_desc, aux_desc, M, N, K,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+        NUM_PROGRAMS: tl.constexpr, FORWARD: tl.constexpr,
+    ):
+        """`acc = A @ B.T` per output tile. FORWARD: out = acc (pre-activation), aux = act(acc).
+        Backward: aux holds the pre-activation; out = acc * act'(aux)."""
+        tiles_n = tl.cdiv(N, BLOCK_N)
+        num_tiles = tl.cdiv(M, BLOCK_M) * tiles_n
+        for tile in tl.range(tl.program_id(0), num_tiles, NUM_PROGRAMS, flatten=True):
+            # Consecutive tiles share the A row block, which stays in L2 while the programs sweep N.
+            row = (tile // tiles_n) * BLOCK_M
+            col = (tile % tiles_n) * BLOCK_N
+            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            for k in range(0, K, BLOCK_K):
+                acc = tl.dot(a_desc.load([row, k]), b_desc.load([col, k]).T, acc)
+            halves = tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1))
+            left, right = tl.split(halves)
+            _epilogue_half(left, out_desc, aux_desc, row, col, FORWARD)
+            _epilogue_half(right, out_desc, aux_desc, row, col + BLOCK_N // 2, FORWARD)
 
 
 def _launch(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, aux: torch.Tensor, forward: bool) -> None:
-    """Run the kernel on `a [M, K]` and `b [N, K]` (any strides) into contiguous `out`/`aux [M, N]`."""
+    """Run the kernel on contiguous `a [M, K]` and `b [N, K]` into contiguous `out`/`aux [M, N]`."""
     (m, k), n = a.shape, b.shape[0]
-    grid = (triton.cdiv(m, BLOCK_M) * triton.cdiv(n, BLOCK_N),)
-    _matmul_leaky_relu_square_kernel[grid](
-        a, b, out, aux, m, n, k,
-        a.stride(0), a.stride(1), b.stride(0), b.stride(1), out.stride(0), out.stride(1),
-        BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, GROUP_M=GROUP_M, FORWARD=forward,
-        num_warps=NUM_WARPS, num_stages=NUM_STAGES,
+    num_sms = torch.cuda.get_device_properties(a.device).multi_processor_count
+    programs = min(num_sms, triton.cdiv(m, BLOCK_M) * triton.cdiv(n, BLOCK_N))
+    half_tile = [BLOCK_M, BLOCK_N // 2]
+    _matmul_leaky_relu_square_kernel[(programs,)](
+        TensorDescriptor.from_tensor(a, [BLOCK_M, BLOCK_K]),
+        TensorDescriptor.from_tensor(b, [BLOCK_N, BLOCK_K]),
+        TensorDescriptor.from_tensor(out, half_tile),
+        TensorDescriptor.from_tensor(aux, half_tile),
+        m, n, k,
+        BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, NUM_PROGRAMS=programs, FORWARD=forward,
+        num_warps=NUM_WARPS, num_stages=STAGES_FORWARD if forward else STAGES_BACKWARD,
     )
 
 
@@ -105,7 +102,7 @@ def up_projection_with_activation(x2d: torch.Tensor, up: torch.Tensor) -> tuple[
 def hidden_gradient(grad_out: torch.Tensor, down: torch.Tensor, pre: torch.Tensor) -> torch.Tensor:
     """`(grad_out @ down) * act'(pre)`: the gradient at the up-projection output."""
     grad_pre = torch.empty_like(pre)
-    _launch(grad_out, down.t(), grad_pre, pre, forward=False)
+    _launch(grad_out, down.t().contiguous(), grad_pre, pre, forward=False)
     return grad_pre
 
 

@@ -1,0 +1,124 @@
+"""Time and profile the compiled forward+backward of one 786K-token step (8 micro-batches of 98,304).
+
+Each variant is built, compiled (fullgraph, static shapes), warmed up, timed, and profiled for one
+step; the kernel table shows where GPU time goes. The `upstream` variant imports the record's
+`train_gpt.py` from `--upstream-dir` (kept outside this repository) to compare like with like on the
+same synthetic packed batch. No optimizer step: this isolates the model.
+
+    python bench/profile_step.py --variants ours upstream --upstream-dir .gpu/upstream --out $OUT
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+MICRO_TOKENS, MICRO_STEPS, SEQ_LEN, CU_LEN = 98_304, 8, 2048, 256
+
+
+def packed_batch(seed: int, device: torch.device):
+    """Random tokens with document lengths drawn like web pages (mean ~700), split at `SEQ_LEN`."""
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(2, 8192, (1, MICRO_TOKENS + 1), generator=gen)
+    starts, pos = [0], 0
+    while True:
+        pos += min(int(torch.empty(()).exponential_(1 / 700, generator=gen)) + 16, SEQ_LEN)
+        if pos >= MICRO_TOKENS:
+            break
+        starts.append(pos)
+    cu = torch.full((max(CU_LEN, len(starts) + 1),), MICRO_TOKENS, dtype=torch.int32)
+    cu[: len(starts)] = torch.tensor(starts, dtype=torch.int32)
+    ids[0, torch.tensor(starts)] = 1
+    return ids[:, :-1].to(device), ids[:, 1:].to(device), cu.to(device)
+
+
+def build_ours():
+    from lit_golf.config import GPTConfig
+    from lit_golf.model import GPT
+
+    return GPT(GPTConfig()).cuda()
+
+
+def build_upstream(upstream_dir: str):
+    sys.path.insert(0, upstream_dir)
+    tg = importlib.import_module("train_gpt")
+    model = tg.GPT(tg.Hyperparameters()).cuda().bfloat16()
+    tg.restore_fp32_params(model)
+    return model
+
+
+def run_variant(name: str, model: torch.nn.Module, batches, looping: bool, out: Path) -> dict:
+    model.looping_active = looping
+    compiled = torch.compile(model, fullgraph=True, dynamic=False)
+
+    def step():
+        for ids, tgt, cu in batches:
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = compiled(ids, tgt, cu_seqlens=cu, max_seqlen=SEQ_LEN)
+            (loss / len(batches)).backward()
+        model.zero_grad(set_to_none=True)
+
+    start = time.perf_counter()
+    step()
+    torch.cuda.synchronize()
+    compile_s = time.perf_counter() - start
+    for _ in range(2):
+        step()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        step()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    step_s = sorted(times)[len(times) // 2]
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize()
+    table = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=45, max_name_column_width=110)
+    tag = f"{name}{'_loop' if looping else ''}"
+    (out / f"profile_{tag}.txt").write_text(table)
+    result = dict(variant=tag, compile_s=round(compile_s, 1), fwd_bwd_s=round(step_s, 4),
+                  tokens_per_s=round(MICRO_TOKENS * MICRO_STEPS / step_s),
+                  peak_mib=torch.cuda.max_memory_allocated() // 2**20)
+    print(result, flush=True)
+    torch._dynamo.reset()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variants", nargs="+", default=["ours"], help="ours, upstream")
+    parser.add_argument("--looping", action="store_true", help="also time with depth recurrence on")
+    parser.add_argument("--upstream-dir", default=".gpu/upstream")
+    parser.add_argument("--out", default=".")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = torch.device("cuda")
+    batches = [packed_batch(i, device) for i in range(MICRO_STEPS)]
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        probe = torch.ones(4, 8, device=device, dtype=torch.bfloat16)
+        print(f"autocast: rms_norm(bf16) -> {F.rms_norm(probe, (8,)).dtype}, torch {torch.__version__}", flush=True)
+    builders = {
+        "ours": build_ours,
+        "upstream": lambda: build_upstream(args.upstream_dir),
+    }
+    for name in args.variants:
+        torch.manual_seed(0)
+        model = builders[name]()
+        for looping in [False, True] if args.looping else [False]:
+            run_variant(name, model, batches, looping, out)
+        del model
+        torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()
