@@ -3,7 +3,9 @@
 Reads the time-stamped logs that `bench/gpu_run.sh` (lit_golf) and the upstream harness write
 (`[  12.3s] ` prefixes = seconds since launch), and writes `metrics.json` plus two PNGs into the
 record folder: train loss against tokens and against wall time since launch, both systems on one
-plot. Usage: `python bench/compare_runs.py records/<run>/` (logs in `<run>/logs/`).
+plot. lit_golf's `test` logs (`lit_golf_test_seedN.log`) add the post-quantization, sliding and TTT
+numbers to that seed's entry.
+Usage: `python bench/compare_runs.py records/<run>/` (logs in `<run>/logs/`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,12 @@ LOOP_ON = re.compile(r"(layer looping on at step|layer_loop:enabled step:)\s*(?P
 VAL = re.compile(r"val_bpb:? (?P<bpb>[\d.]+)")
 WARMUP = re.compile(r"compile warm-up: (?P<s>[\d.]+)s")
 PEAK = re.compile(r"peak memory:? allocated:? (?P<mib>\d+) MiB")
+ARTIFACT = re.compile(r"artifact \S+: (?P<bytes>[\d,]+) bytes with code")
+POST_EMA = re.compile(r"pre-quantization post-ema val_loss:[\d.]+ val_bpb:(?P<bpb>[\d.]+)")
+EVALUATION = re.compile(r"evaluation: (?P<pairs>(\w+=\S+ ?)+)")
+EVAL_KEYS = {"val_bpb": "post_quant_bpb", "sliding_bpb": "post_quant_sliding_bpb", "ttt_bpb": "post_quant_ttt_bpb",
+             "ttt_gain": "ttt_gain_bpb", "ttt_tokens_per_second": "ttt_scored_tokens_per_s", "time_ttt_s": "ttt_seconds",
+             "eval_seconds": "eval_seconds", "val_tokens": "eval_tokens"}
 
 
 @dataclass
@@ -35,6 +43,8 @@ class Run:
     val_bpb: float | None = None
     compile_warmup_s: float | None = None
     peak_memory_mib: int | None = None
+    val_bpb_post_ema: float | None = None
+    extra: dict = field(default_factory=dict)  # from the test log and the artifact table
 
     def seconds_per_step(self, first: int, last: int) -> float:
         """Steady-state seconds per step between logged steps `first` < `last` (launch clock)."""
@@ -51,7 +61,8 @@ class Run:
             "launch_to_first_logged_step_s": self.points[0][0], "first_logged_step": steps[0],
             "launch_to_last_step_s": self.points[-1][0], "loop_on_at_step": self.loop_step,
             "val_bpb_pre_quant_pre_ema": self.val_bpb, "compile_warmup_s": self.compile_warmup_s,
-            "peak_memory_allocated_mib": self.peak_memory_mib,
+            "peak_memory_allocated_mib": self.peak_memory_mib, "val_bpb_pre_quant_post_ema": self.val_bpb_post_ema,
+            **self.extra,
         }
         if len(pre) >= 2:
             sps = self.seconds_per_step(pre[0], pre[-1])
@@ -84,9 +95,22 @@ def parse(path: Path) -> Run:
                 run.compile_warmup_s = float(m["s"])
             if m := PEAK.search(piece):
                 run.peak_memory_mib = int(m["mib"])
+            if m := ARTIFACT.search(piece):
+                run.extra["artifact_total_bytes"] = int(m["bytes"].replace(",", ""))
+            if m := POST_EMA.search(piece):
+                run.val_bpb_post_ema = float(m["bpb"])
     if not run.points:
         raise SystemExit(f"{path}: no training-step lines found; is this a lit_golf or upstream log?")
     return run
+
+
+def attach_evaluation(run: Run, logs_dir: Path) -> None:
+    """Add the numbers of lit_golf's test log for the run's seed, when that log exists."""
+    test_log = logs_dir / f"lit_golf_test_seed{run.seed}.log"
+    if test_log.is_file():
+        for m in EVALUATION.finditer(test_log.read_bytes().decode(errors="replace")):
+            values = dict(pair.split("=", 1) for pair in m["pairs"].split())
+            run.extra.update({name: float(values[key]) for key, name in EVAL_KEYS.items() if key in values})
 
 
 def plot(runs: list[Run], out_dir: Path) -> list[Path]:
@@ -126,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logs = sorted((args.record_dir / "logs").glob("*seed*.log"))
     runs = [parse(p) for p in logs if "test" not in p.name]
+    for run in runs:
+        if run.system == "lit_golf":
+            attach_evaluation(run, args.record_dir / "logs")
     summaries = {run.name: run.summary() for run in runs}
     by_system: dict[str, list[dict]] = {}
     for s in summaries.values():
@@ -135,6 +162,11 @@ def main(argv: list[str] | None = None) -> int:
         means = {sys: statistics.mean(s[key] for s in items) for sys, items in by_system.items()}
         if {"lit_golf", "upstream"} <= means.keys():
             comparison[f"{key}_ratio_lit_golf_over_upstream"] = means["lit_golf"] / means["upstream"]
+    for system, items in by_system.items():
+        bpbs = [s["val_bpb_pre_quant_pre_ema"] for s in items if s["val_bpb_pre_quant_pre_ema"] is not None]
+        if bpbs:
+            comparison[f"{system}_val_bpb_pre_quant_pre_ema"] = {
+                "mean": statistics.mean(bpbs), "min": min(bpbs), "max": max(bpbs), "seeds": len(bpbs)}
     metrics = {"runs": summaries, "comparison": comparison}
     (args.record_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     for path in plot(runs, args.record_dir):

@@ -16,8 +16,9 @@ common=(--config configs/record.yaml --config configs/overrides/fixed_steps_1gpu
 start=$(date +%s.%N)
 timeout "${FIT_TIMEOUT:-480}" python3 -m lit_golf.cli fit "${common[@]}" --trainer.max_steps "$steps" 2>&1 | stamp "$start" | tee "$out/fit_seed$seed.log"
 artifact=$(ls -t /tmp/logs/record/*/artifact/artifact.ptz 2>/dev/null | head -1)
-cp /tmp/logs/record/*/artifact/artifact.json "$out/" 2>/dev/null
+[ -n "$artifact" ] && cp "$(dirname "$artifact")/artifact.json" "$out/artifact_seed$seed.json"
 [ -f .compile_cache/record.bin ] && [ "${SAVE_CACHE:-0}" = 1 ] && cp .compile_cache/record.bin "$out/"
+[ -n "$artifact" ] && [ "${SAVE_ARTIFACT:-0}" = 1 ] && cp "$artifact" "$out/artifact_seed$seed.ptz"
 if [ -n "$artifact" ] && [ "${SKIP_TEST:-0}" != 1 ]; then
   start=$(date +%s.%N)
   timeout "${TEST_TIMEOUT:-300}" python3 -m lit_golf.cli test "${common[@]}" --artifact "$artifact" ${TEST_ARGS:-} 2>&1 | stamp "$start" | tee "$out/test_seed$seed.log"

@@ -10,9 +10,11 @@ import lightning as L
 import pytest
 import torch
 
+from lit_golf import artifact
 from lit_golf.cli import main, run_lightning_cli
 from lit_golf.config import GPTConfig
 from lit_golf.data.datamodule import GolfDataModule
+from lit_golf.eval.runner import plain_bpb
 from lit_golf.module import GolfLightningModule
 from lit_golf.schedule import TrainingConfig
 from lit_golf.strategy import GolfDDPStrategy
@@ -130,6 +132,15 @@ def test_cli_fit_export_test_end_to_end(tiny_data, tmp_path):
     export = next(cb for cb in fit.trainer.callbacks if type(cb).__name__ == "GPTQExport")
     report = json.loads(export.artifact_path.with_suffix(".json").read_text())
     assert 0 < report["total_bytes"] <= 16_000_000
+    # The quantization gap: plain bpb of the trained weights (put back after the measurement) and of
+    # the artifact's dequantized weights, reproduced here independently.
+    dm, eval_cfg = fit.datamodule, fit.model.eval_config
+    assert report["val_bpb_pre_quant"] == pytest.approx(
+        plain_bpb(fit.model.gpt, dm.val_tokens(), dm.byte_luts(), eval_cfg), rel=1e-6)
+    assert report["val_bpb_post_quant"] == pytest.approx(
+        plain_bpb(artifact.load(export.artifact_path), dm.val_tokens(), dm.byte_luts(), eval_cfg), rel=1e-6)
+    assert report["quant_gap_bpb"] == pytest.approx(report["val_bpb_post_quant"] - report["val_bpb_pre_quant"])
+    assert abs(report["quant_gap_bpb"]) < 0.5
     events = list((tmp_path / "logs").rglob("events.out.tfevents.*"))
     assert events, "TensorBoard event files are written under the logger's save_dir"
 

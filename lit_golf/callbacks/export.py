@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -9,6 +10,9 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
+from lit_golf import artifact
+from lit_golf.eval.config import EvalConfig
+from lit_golf.eval.runner import plain_bpb
 from lit_golf.export.budget import ArtifactTooLarge
 from lit_golf.export.config import ExportConfig
 from lit_golf.export.hessians import collect_hessians
@@ -27,14 +31,22 @@ class GPTQExport(Callback):
     TensorBoard text). When model + code exceed `config.budget_bytes`, every rank raises
     `ArtifactTooLarge`, so the run fails instead of producing an invalid submission.
 
+    With `measure_quant_gap` and a datamodule that serves validation tokens (`val_tokens()`,
+    `byte_luts()`), the plain val bpb of the weights is measured before quantization and again with
+    the artifact's dequantized weights (then the trained weights are put back); both and their gap go
+    to the log, TensorBoard (`export/*`) and `artifact.json`.
+
     Args:
         config: calibration, quantization and budget settings; `out_dir=None` means `<log dir>/artifact`.
+        measure_quant_gap: measure the post-quantization bpb gap (two plain evaluations).
     """
 
-    def __init__(self, config: ExportConfig | None = None) -> None:
+    def __init__(self, config: ExportConfig | None = None, measure_quant_gap: bool = True) -> None:
         self.config = config or ExportConfig()
+        self.measure_quant_gap = measure_quant_gap
         self.report: ExportReport | None = None  # rank 0 only
         self.artifact_path: Path | None = None  # every rank
+        self.quant_gap: dict[str, float] | None = None  # every rank, when measured
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         from lit_golf.callbacks.ema import EMA
@@ -48,6 +60,8 @@ class GPTQExport(Callback):
         cfg = self.config
         # `trainer.log_dir` is a collective (it broadcasts), so every rank asks for it.
         out_dir = Path(cfg.out_dir) if cfg.out_dir else Path(trainer.log_dir or trainer.default_root_dir) / "artifact"
+        measure = self.measure_quant_gap and hasattr(trainer.datamodule, "val_tokens")
+        pre_quant = self._plain_bpb(trainer, pl_module) if measure else None
         batches = calibration_batches(trainer.datamodule, cfg, trainer.global_rank, trainer.world_size)
         started = time.perf_counter()
         log.info("export: Hessians over %d calibration batches of %d x %d tokens on %s",
@@ -66,6 +80,37 @@ class GPTQExport(Callback):
         self.artifact_path = Path(artifact_path)
         if error:
             raise ArtifactTooLarge(error)
+        if measure:
+            self._record_quant_gap(trainer, pre_quant, self._dequantized_bpb(trainer, pl_module))
+
+    @staticmethod
+    def _plain_bpb(trainer: L.Trainer, pl_module: L.LightningModule) -> float:
+        dm = trainer.datamodule
+        return plain_bpb(pl_module.gpt, dm.val_tokens(), dm.byte_luts(), getattr(pl_module, "eval_config", EvalConfig()))
+
+    def _dequantized_bpb(self, trainer: L.Trainer, pl_module: L.LightningModule) -> float:
+        """Plain bpb with the artifact's weights swapped in (rank 0 reads the file and broadcasts them)."""
+        gpt = pl_module.gpt
+        dequantized = artifact.load(self.artifact_path).state_dict() if trainer.is_global_zero else None
+        dequantized = trainer.strategy.broadcast(dequantized, src=0)
+        trained = {name: tensor.detach().clone() for name, tensor in gpt.state_dict().items()}
+        gpt.load_state_dict(dequantized)
+        try:
+            return self._plain_bpb(trainer, pl_module)
+        finally:
+            gpt.load_state_dict(trained)
+
+    def _record_quant_gap(self, trainer: L.Trainer, pre_quant: float, post_quant: float) -> None:
+        self.quant_gap = {"val_bpb_pre_quant": pre_quant, "val_bpb_post_quant": post_quant,
+                          "quant_gap_bpb": post_quant - pre_quant}
+        if not trainer.is_global_zero:
+            return
+        log.info("export: plain val bpb %.5f before quantization, %.5f from the artifact (gap %+.5f)",
+                 pre_quant, post_quant, post_quant - pre_quant)
+        if trainer.logger is not None:
+            trainer.logger.log_metrics({f"export/{k}": v for k, v in self.quant_gap.items()}, step=trainer.global_step)
+        table = self.artifact_path.with_suffix(".json")
+        table.write_text(json.dumps({**json.loads(table.read_text()), **self.quant_gap}, indent=2))
 
 
 def _budget_error(report: ExportReport) -> str | None:

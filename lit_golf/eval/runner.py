@@ -41,13 +41,14 @@ def evaluate(
     stopwatch = Stopwatch(device)
     results: dict[str, float] = {}
     with torch.inference_mode(False), stopwatch.section("eval"):
-        tokens = torch.as_tensor(val_tokens).to(device=device, dtype=torch.int64)
-        val = ValSet.build(truncate_to_documents(tokens, cfg.bos_id, cfg.max_docs), luts, device)
+        val = _valset(val_tokens, luts, cfg, device)
         with stopwatch.section("plain"):
             results.update(_scores("val", eval_plain(model, val, cfg)))
+        _log_section("plain", results["val_bpb"], stopwatch.seconds["plain"])
         if cfg.sliding_enabled:
             with stopwatch.section("sliding"):
                 results.update(_scores("sliding", eval_sliding(model, val, cfg)))
+            _log_section("sliding", results["sliding_bpb"], stopwatch.seconds["sliding"])
         if cfg.ttt_enabled:
             ttt_model = copy.deepcopy(model)
             with stopwatch.section("ttt"):
@@ -62,6 +63,24 @@ def evaluate(
     if rank_and_world()[0] == 0:
         log.info("evaluation: %s", " ".join(f"{k}={v:.6g}" for k, v in results.items()))
     return results
+
+
+def plain_bpb(model: nn.Module, val_tokens: torch.Tensor, luts: ByteLUTs, cfg: EvalConfig | None = None) -> float:
+    """Plain-eval bits per byte of `model` (every rank takes part): the cheap number for before/after checks."""
+    cfg = cfg or EvalConfig()
+    with torch.inference_mode(False):
+        return eval_plain(model, _valset(val_tokens, luts, cfg, model_device(model)), cfg).totals()["bpb"]
+
+
+def _valset(val_tokens: torch.Tensor, luts: ByteLUTs, cfg: EvalConfig, device: torch.device) -> ValSet:
+    tokens = torch.as_tensor(val_tokens).to(device=device, dtype=torch.int64)
+    return ValSet.build(truncate_to_documents(tokens, cfg.bos_id, cfg.max_docs), luts, device)
+
+
+def _log_section(name: str, bpb: float, seconds: float) -> None:
+    """Each section's result as soon as it is known, so a long TTT pass never hides the earlier numbers."""
+    if rank_and_world()[0] == 0:
+        log.info("evaluation %s: bpb %.5f in %.1fs", name, bpb, seconds)
 
 
 def _scores(prefix: str, metric: BitsPerByte) -> dict[str, float]:

@@ -10,7 +10,10 @@ projection and the weight gradients stay on cuBLAS.
 The kernel is persistent (one program per SM walks the output tiles) and moves tiles with tensor
 descriptors (TMA on Hopper), with 128x256 output tiles whose epilogue is written in two 128x128 halves
 to keep shared memory for the pipeline stages. It runs in bf16 or fp16 only (fp32 tiles would not fit
-in shared memory); `MLP` uses the eager path otherwise.
+in shared memory); `MLP` uses the eager path otherwise. On an H100 at the record shape (98,304 tokens,
+512 -> 2048 -> 512) the whole MLP forward+backward takes 2.07 ms against 2.42 ms compiled eager, and
+the kernel's share of a training step fell from 112 to 82 ms against a pointer-based tile kernel
+(bench/NOTES.md).
 
 Triton is imported here only; `lit_golf.model` imports this module only when CUDA is present, so CPU
 installs never need Triton.
