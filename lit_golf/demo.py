@@ -66,18 +66,20 @@ def cli_main(argv: list[str] | None = None) -> int:
     fit = run_lightning_cli(fit_args)
     export = next(cb for cb in fit.trainer.callbacks if type(cb).__name__ == "GPTQExport")
     pre_quant = float(fit.trainer.callback_metrics.get("val/bpb", float("nan")))
-    _say(f"3/4 fit: {fit.trainer.global_step} steps, val bpb {pre_quant:.4f}; artifact {export.artifact_path}")
+    gap = export.quant_gap["quant_gap_bpb"] if export.quant_gap else float("nan")
+    _say(f"3/4 fit: {fit.trainer.global_step} steps, val bpb {pre_quant:.4f}; artifact {export.artifact_path} "
+         f"(quantization gap {gap:+.4f} bpb)")
 
     test = run_lightning_cli(["test", *common, "--artifact", str(export.artifact_path)])
     results = test.model.test_results
     _say(
-        "4/4 test (artifact): plain bpb {:.4f}, test-time-trained bpb {:.4f} (gain {:+.4f})".format(
-            results["val_bpb"], results["ttt_bpb"], results["ttt_bpb"] - results["val_bpb"]
+        "4/4 test (artifact): plain bpb {:.4f}, test-time-trained bpb {:.4f} (TTT gain {:.4f} bpb)".format(
+            results["val_bpb"], results["ttt_bpb"], results["ttt_gain"]
         )
     )
     summary = {
         "documents": n_docs, "manifest": manifest, "steps": fit.trainer.global_step,
-        "pre_quant_val_bpb": pre_quant, "artifact": str(export.artifact_path),
+        "pre_quant_val_bpb": pre_quant, "artifact": str(export.artifact_path), "quant_gap": export.quant_gap,
         "test": {k: v for k, v in results.items() if isinstance(v, (int, float, str))},
         "seconds": round(time.perf_counter() - started, 1),
     }
