@@ -23,6 +23,7 @@ from lit_golf.config import GPTConfig
 from lit_golf.data.tokenizer import target_bytes
 from lit_golf.eval.config import EvalConfig
 from lit_golf.eval.metric import BitsPerByte
+from lit_golf.eval.plain import document_masked_nll
 from lit_golf.eval.runner import evaluate
 from lit_golf.model import GPT
 from lit_golf.optim import OptimConfig, build_golf_optimizer, muon_momentum
@@ -256,7 +257,7 @@ class GolfLightningModule(L.LightningModule):
     # ------------------------------------------------------------- validation
     def validation_step(self, batch, batch_idx):
         input_ids, target_ids = batch
-        nll = self.gpt(input_ids, target_ids, reduction="none")
+        nll = document_masked_nll(self.gpt, input_ids, target_ids, self.eval_config.bos_id)
         if self._luts is None:
             self._luts = self.trainer.datamodule.byte_luts().to(self.device)
         self.val_bpb.update(nll, target_bytes(input_ids, target_ids, self._luts))

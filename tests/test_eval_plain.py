@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from itertools import pairwise
 
 import pytest
 import torch
@@ -15,7 +16,7 @@ from lit_golf.eval.documents import (
     plan_batches,
     truncate_to_documents,
 )
-from lit_golf.eval.plain import eval_plain, eval_sliding, plain_windows, sliding_windows
+from lit_golf.eval.plain import document_masked_nll, eval_plain, eval_sliding, plain_windows, sliding_windows
 from lit_golf.eval.valset import ValidationDataError, ValSet
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -87,12 +88,14 @@ def test_windows_score_every_target_once(num_targets, seq_len, stride):
 
 
 def hand_scored(model, tokens, luts, windows) -> tuple[float, float]:
-    """NLL and bytes of each window's scored tail, one window at a time, straight from the model."""
+    """NLL and bytes of each window's scored tail, one window at a time, straight from the model: each
+    document piece of the window (cut at the window start and at every BOS) runs on its own."""
     nll_sum, nbytes = 0.0, 0.0
     for start, length, score_from in zip(windows.start.tolist(), windows.length.tolist(), windows.score_from.tolist(), strict=True):
         x, y = tokens[start : start + length], tokens[start + 1 : start + length + 1]
+        cuts = sorted({0, *(x == BOS).nonzero().flatten().tolist()}) + [length]
         with torch.no_grad():
-            nll = model(x[None], y[None], reduction="none")[0]
+            nll = torch.cat([model(x[None, a:b], y[None, a:b], reduction="none")[0] for a, b in pairwise(cuts)])
         nll_sum += nll[score_from:].double().sum().item()
         nbytes += target_bytes(x, y, luts)[score_from:].sum().item()
     return nll_sum, nbytes
@@ -114,6 +117,23 @@ def test_plain_and_sliding_equal_hand_computation(sliding):
     assert totals["tokens"] == tokens.numel() - 1
     assert totals["bytes"] == nbytes == target_bytes(tokens[:-1], tokens[1:], luts).sum().item()
     assert totals["bpb"] == pytest.approx(nll_sum / math.log(2) / nbytes, rel=1e-6)
+
+
+def test_window_tokens_never_see_earlier_documents():
+    """A document's scores inside a window do not depend on the documents before it in that window."""
+    model, luts = tiny_model(), synthetic_luts()
+    tokens = synthetic_val([40, 7, 30])
+    changed = tokens.clone()
+    changed[1:41] = (changed[1:41] + 3) % 60 + 2  # rewrite the first document's body (never a BOS)
+    scores = []
+    for t in (tokens, changed):
+        val = ValSet.build(t, luts, "cpu")
+        batch = val.gather(torch.tensor([0]), torch.tensor([val.num_targets]), val.num_targets)
+        with torch.no_grad():
+            scores.append(document_masked_nll(model, batch.inputs, batch.targets, BOS)[0])
+    second_doc = slice(41, val.num_targets)  # targets from the second document's BOS on
+    assert torch.equal(scores[0][second_doc], scores[1][second_doc])
+    assert not torch.equal(scores[0][:40], scores[1][:40])
 
 
 def test_bad_validation_tokens_are_one_line_errors():

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from itertools import pairwise
 
 import torch
 
@@ -94,3 +95,15 @@ def plan_batches(
         if owner == rank:
             mine.append(batch)
     return mine
+
+
+CU_SEQLENS_BUCKET = 64  # cu_seqlens is padded to a multiple of this many entries (few distinct shapes)
+
+
+def packed_cu_seqlens(bounds: list[int]) -> tuple[torch.Tensor, int]:
+    """`cu_seqlens` for one packed row of consecutive units (int32, rebased to 0, padded with the row length)."""
+    offsets = [b - bounds[0] for b in bounds]
+    padded = -(-len(offsets) // CU_SEQLENS_BUCKET) * CU_SEQLENS_BUCKET
+    cu = torch.full((padded,), offsets[-1], dtype=torch.int32)
+    cu[: len(offsets)] = torch.tensor(offsets, dtype=torch.int32)
+    return cu, max(b - a for a, b in pairwise(offsets))

@@ -18,11 +18,9 @@ import torch
 import torch.nn as nn
 
 from lit_golf.eval.config import EvalConfig
-from lit_golf.eval.documents import Document
+from lit_golf.eval.documents import Document, packed_cu_seqlens
 from lit_golf.eval.runtime import all_reduce_grads, autocast, rank_and_world
 from lit_golf.eval.valset import ValSet
-
-CU_SEQLENS_BUCKET = 64  # cu_seqlens is padded to a multiple of this many entries (few distinct shapes)
 
 ReadHook = Callable[[int, int], None]
 
@@ -37,15 +35,6 @@ def attention_units(inputs: torch.Tensor, bos_id: int, max_len: int) -> list[int
     for start, end in pairwise([*starts, total]):
         bounds.extend(range(start, end, max_len))
     return bounds + [total]
-
-
-def packed_cu_seqlens(bounds: list[int]) -> tuple[torch.Tensor, int]:
-    """`cu_seqlens` for one packed row of consecutive units (int32, rebased to 0, padded with the row length)."""
-    offsets = [b - bounds[0] for b in bounds]
-    padded = -(-len(offsets) // CU_SEQLENS_BUCKET) * CU_SEQLENS_BUCKET
-    cu = torch.full((padded,), offsets[-1], dtype=torch.int32)
-    cu[: len(offsets)] = torch.tensor(offsets, dtype=torch.int32)
-    return cu, max(b - a for a, b in pairwise(offsets))
 
 
 def rank_micro_batches(bounds: list[int], rank: int, world: int, max_tokens: int) -> list[list[int]]:

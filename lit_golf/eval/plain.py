@@ -1,7 +1,8 @@
 """Plain and sliding-window evaluation: every validation target scored exactly once, no adaptation.
 
-Both cut the token stream into windows, run each window as one dense causal row and score a tail of
-it: plain windows are disjoint `eval_seq_len` blocks scored whole (the last one may be shorter);
+Both cut the token stream into windows and score a tail of each; inside a window a token attends
+only to earlier tokens of its own document (`document_masked_nll`), as in training and as upstream
+evaluates: plain windows are disjoint `eval_seq_len` blocks scored whole (the last one may be shorter);
 sliding windows end `stride` tokens apart and score only their last `stride` targets (the first
 window scores all of its), so every target but the first few sees `eval_seq_len - stride` tokens of
 context. Windows are split between ranks in contiguous runs; the metric sums across ranks.
@@ -15,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from lit_golf.eval.config import EvalConfig
+from lit_golf.eval.documents import packed_cu_seqlens
 from lit_golf.eval.metric import BitsPerByte
 from lit_golf.eval.runtime import autocast, eval_mode, rank_and_world
 from lit_golf.eval.valset import ValSet
@@ -58,9 +60,31 @@ def sliding_windows(num_targets: int, seq_len: int, stride: int) -> Windows:
     return Windows.from_scored_ranges(lo, hi, seq_len)
 
 
+def document_masked_nll(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, bos_id: int) -> torch.Tensor:
+    """Per-target NLL `[B, T]` of window rows, each token attending only to earlier tokens of its own
+    document within its row (a row's first token opens a document even mid-document).
+
+    The model was trained on document-masked packs; letting a window's tokens see the previous
+    documents would score it on inputs it never saw. Rows are packed into one varlen row per call
+    when the attention kernel takes packed documents natively (the CUDA varlen kernels); the portable
+    kernels build a dense mask over the packed length, so they take one row per call.
+    """
+    rows, width = inputs.shape
+    backend = getattr(model, "attention", None)
+    per_call = rows if inputs.is_cuda and getattr(backend, "cuda_only", False) else 1
+    pieces = []
+    for first in range(0, rows, per_call):
+        x, y = inputs[first : first + per_call].reshape(1, -1), targets[first : first + per_call].reshape(1, -1)
+        starts = {*range(0, x.numel(), width), *(x[0] == bos_id).nonzero().flatten().tolist()}
+        cu_seqlens, longest = packed_cu_seqlens([*sorted(starts), x.numel()])
+        nll = model(x, y, cu_seqlens=cu_seqlens.to(x.device), max_seqlen=longest, reduction="none")
+        pieces.append(nll.view(-1, width))
+    return torch.cat(pieces)
+
+
 @torch.no_grad()
 def score_windows(
-    model: nn.Module, val: ValSet, windows: Windows, batch_seqs: int, metric: BitsPerByte | None = None
+    model: nn.Module, val: ValSet, windows: Windows, batch_seqs: int, bos_id: int, metric: BitsPerByte | None = None
 ) -> BitsPerByte:
     """Score this rank's share of `windows` into `metric` (created on the data's device if not given)."""
     metric = metric if metric is not None else BitsPerByte().to(val.device)
@@ -74,15 +98,16 @@ def score_windows(
             columns = torch.arange(width, device=val.device)
             scored = batch.valid & (columns[None, :] >= mine.score_from[rows, None])
             with autocast(val.device):
-                nll = model(batch.inputs, batch.targets, reduction="none")
+                nll = document_masked_nll(model, batch.inputs, batch.targets, bos_id)
             metric.update(nll, batch.target_bytes, scored)
     return metric
 
 
 def eval_plain(model: nn.Module, val: ValSet, cfg: EvalConfig, metric: BitsPerByte | None = None) -> BitsPerByte:
-    return score_windows(model, val, plain_windows(val.num_targets, cfg.eval_seq_len), cfg.eval_batch_seqs, metric)
+    windows = plain_windows(val.num_targets, cfg.eval_seq_len)
+    return score_windows(model, val, windows, cfg.eval_batch_seqs, cfg.bos_id, metric)
 
 
 def eval_sliding(model: nn.Module, val: ValSet, cfg: EvalConfig, metric: BitsPerByte | None = None) -> BitsPerByte:
     windows = sliding_windows(val.num_targets, cfg.eval_seq_len, cfg.sliding_stride)
-    return score_windows(model, val, windows, cfg.eval_batch_seqs, metric)
+    return score_windows(model, val, windows, cfg.eval_batch_seqs, cfg.bos_id, metric)
