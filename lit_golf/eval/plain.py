@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+from tqdm.auto import tqdm
 
 from lit_golf.eval.config import EvalConfig
 from lit_golf.eval.documents import packed_cu_seqlens
@@ -84,15 +85,21 @@ def document_masked_nll(model: nn.Module, inputs: torch.Tensor, targets: torch.T
 
 @torch.no_grad()
 def score_windows(
-    model: nn.Module, val: ValSet, windows: Windows, batch_seqs: int, bos_id: int, metric: BitsPerByte | None = None
+    model: nn.Module, val: ValSet, windows: Windows, batch_seqs: int, bos_id: int, label: str | None = None
 ) -> BitsPerByte:
-    """Score this rank's share of `windows` into `metric` (created on the data's device if not given)."""
-    metric = metric if metric is not None else BitsPerByte().to(val.device)
+    """This rank's share of `windows` scored into a fresh metric on the data's device.
+
+    With a `label`, rank 0 shows a progress bar over its window batches (sliding eval of a large
+    validation set runs for minutes).
+    """
+    metric = BitsPerByte().to(val.device)
     rank, world = rank_and_world()
     mine = windows.shard(rank, world).to(val.device)
     width = int(windows.length.max()) if windows.length.numel() else 0
+    batch_starts = range(0, mine.start.numel(), batch_seqs)
+    bar = tqdm(batch_starts, desc=f"{label} rank {rank}/{world}", unit="batch", disable=label is None or rank != 0)
     with eval_mode(model):
-        for first in range(0, mine.start.numel(), batch_seqs):
+        for first in bar:
             rows = slice(first, first + batch_seqs)
             batch = val.gather(mine.start[rows], mine.length[rows], width)
             columns = torch.arange(width, device=val.device)
@@ -103,11 +110,11 @@ def score_windows(
     return metric
 
 
-def eval_plain(model: nn.Module, val: ValSet, cfg: EvalConfig, metric: BitsPerByte | None = None) -> BitsPerByte:
+def eval_plain(model: nn.Module, val: ValSet, cfg: EvalConfig, progress: bool = False) -> BitsPerByte:
     windows = plain_windows(val.num_targets, cfg.eval_seq_len)
-    return score_windows(model, val, windows, cfg.eval_batch_seqs, cfg.bos_id, metric)
+    return score_windows(model, val, windows, cfg.eval_batch_seqs, cfg.bos_id, label="plain" if progress else None)
 
 
-def eval_sliding(model: nn.Module, val: ValSet, cfg: EvalConfig, metric: BitsPerByte | None = None) -> BitsPerByte:
+def eval_sliding(model: nn.Module, val: ValSet, cfg: EvalConfig, progress: bool = False) -> BitsPerByte:
     windows = sliding_windows(val.num_targets, cfg.eval_seq_len, cfg.sliding_stride)
-    return score_windows(model, val, windows, cfg.eval_batch_seqs, cfg.bos_id, metric)
+    return score_windows(model, val, windows, cfg.eval_batch_seqs, cfg.bos_id, label="sliding" if progress else None)

@@ -43,11 +43,11 @@ def evaluate(
     with torch.inference_mode(False), stopwatch.section("eval"):
         val = _valset(val_tokens, luts, cfg, device)
         with stopwatch.section("plain"):
-            results.update(_scores("val", eval_plain(model, val, cfg)))
+            results.update(_scores("val", eval_plain(model, val, cfg, progress)))
         _log_section("plain", results["val_bpb"], stopwatch.seconds["plain"])
         if cfg.sliding_enabled:
             with stopwatch.section("sliding"):
-                results.update(_scores("sliding", eval_sliding(model, val, cfg)))
+                results.update(_scores("sliding", eval_sliding(model, val, cfg, progress)))
             _log_section("sliding", results["sliding_bpb"], stopwatch.seconds["sliding"])
         if cfg.ttt_enabled:
             ttt_model = copy.deepcopy(model)
