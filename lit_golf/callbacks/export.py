@@ -106,7 +106,7 @@ class GPTQExport(Callback):
         if not trainer.is_global_zero:
             return
         log.info("export: plain val bpb %.5f before quantization, %.5f from the artifact (gap %+.5f)",
-                 pre_quant, post_quant, post_quant - pre_quant)
+                 pre_quant, post_quant, self.quant_gap["quant_gap_bpb"])
         if trainer.logger is not None:
             trainer.logger.log_metrics({f"export/{k}": v for k, v in self.quant_gap.items()}, step=trainer.global_step)
         table = self.artifact_path.with_suffix(".json")
