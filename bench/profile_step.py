@@ -38,11 +38,11 @@ def packed_batch(seed: int, device: torch.device):
     return ids[:, :-1].to(device), ids[:, 1:].to(device), cu.to(device)
 
 
-def build_ours():
+def build_ours(attention: str = "auto"):
     from lit_golf.config import GPTConfig
     from lit_golf.model import GPT
 
-    return GPT(GPTConfig()).cuda()
+    return GPT(GPTConfig(attention_backend=attention)).cuda()
 
 
 def build_upstream(upstream_dir: str):
@@ -83,7 +83,7 @@ def run_variant(name: str, model: torch.nn.Module, batches, looping: bool, out: 
         step()
         torch.cuda.synchronize()
     table = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=45, max_name_column_width=110)
-    tag = f"{name}{'_loop' if looping else ''}"
+    tag = f"{name.replace(':', '_')}{'_loop' if looping else ''}"
     (out / f"profile_{tag}.txt").write_text(table)
     result = dict(variant=tag, compile_s=round(compile_s, 1), fwd_bwd_s=round(step_s, 4),
                   tokens_per_s=round(MICRO_TOKENS * MICRO_STEPS / step_s),
@@ -95,7 +95,8 @@ def run_variant(name: str, model: torch.nn.Module, batches, looping: bool, out: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variants", nargs="+", default=["ours"], help="ours, upstream")
+    parser.add_argument("--variants", nargs="+", default=["ours"],
+                        help="ours, ours:<attention backend> (e.g. ours:fa4), upstream")
     parser.add_argument("--looping", action="store_true", help="also time with depth recurrence on")
     parser.add_argument("--upstream-dir", default=".gpu/upstream")
     parser.add_argument("--out", default=".")
@@ -107,13 +108,10 @@ def main() -> None:
     with torch.autocast("cuda", dtype=torch.bfloat16):
         probe = torch.ones(4, 8, device=device, dtype=torch.bfloat16)
         print(f"autocast: rms_norm(bf16) -> {F.rms_norm(probe, (8,)).dtype}, torch {torch.__version__}", flush=True)
-    builders = {
-        "ours": build_ours,
-        "upstream": lambda: build_upstream(args.upstream_dir),
-    }
     for name in args.variants:
         torch.manual_seed(0)
-        model = builders[name]()
+        system, _, attention = name.partition(":")
+        model = build_upstream(args.upstream_dir) if system == "upstream" else build_ours(attention or "auto")
         for looping in [False, True] if args.looping else [False]:
             run_variant(name, model, batches, looping, out)
         del model

@@ -2,6 +2,7 @@
 # Unpack the carried enwiki2015 SP-8192 shards into an upstream-layout data dir on the GPU box.
 # Usage: bash bench/unpack_enwiki.sh DATA_DIR [VAL_DOCS]   (xz shards + tokenizer in $ENWIKI_XZ_DIR/data, default .gpu/data)
 set -euo pipefail
+shopt -s nullglob  # an eval-only box carries no train shards
 here=${ENWIKI_XZ_DIR:-$(cd "$(dirname "$0")/.." && pwd)/.gpu}
 out=$1; val_docs=${2:-1000}
 mkdir -p "$out/datasets/fineweb10B_sp8192" "$out/tokenizers"

@@ -23,6 +23,7 @@ call compiles with `torch.compile(fullgraph=True)`.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import logging
@@ -107,7 +108,7 @@ def _sdpa(q, k, v, cu_seqlens, max_seqlen):
 
 
 def _make_flash(module_name: str) -> AttentionKernel:
-    """FA3 and FA4 share one calling convention: `[T, H, D]` varlen, `[B, T, H, D]` dense, native GQA."""
+    """FlashAttention's calling convention: `[T, H, D]` varlen, `[B, T, H, D]` dense, native GQA."""
     module = importlib.import_module(module_name)
     varlen_fn, dense_fn = module.flash_attn_varlen_func, module.flash_attn_func
 
@@ -159,9 +160,72 @@ def _make_torch_varlen() -> AttentionKernel:
     return kernel
 
 
+@functools.cache
+def _make_fa4() -> AttentionKernel:
+    """FA4's varlen path as two `torch.library` custom ops (forward with LSE, backward).
+
+    FA4's own autograd Function JIT-compiles CuTe kernels from Python, which dynamo cannot trace; as
+    opaque custom ops with fake implementations it compiles with `fullgraph=True` like the other
+    kernels. Dense rows (no `cu_seqlens`, evaluation only, eager) use FA4's public function.
+    Cached: a custom op name can be registered once per process.
+    """
+    module = importlib.import_module("flash_attn.cute")
+    interface = importlib.import_module("flash_attn.cute.interface")
+    dense_fn = module.flash_attn_func
+
+    @torch.library.custom_op("lit_golf::fa4_varlen_fwd", mutates_args=())
+    def varlen_fwd(
+        q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        out, lse, *_ = interface._flash_attn_fwd(
+            q, k, v, cu_seqlens_q=cu_seqlens, cu_seqlens_k=cu_seqlens,
+            max_seqlen_q=max_seqlen, max_seqlen_k=max_seqlen, causal=True, return_lse=True,
+        )
+        return out, lse
+
+    @varlen_fwd.register_fake
+    def _(q, k, v, cu_seqlens, max_seqlen):
+        return torch.empty_like(q), q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32)
+
+    @torch.library.custom_op("lit_golf::fa4_varlen_bwd", mutates_args=())
+    def varlen_bwd(
+        grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+        lse: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        dq, dk, dv = interface._flash_attn_bwd(
+            q, k, v, out, grad.contiguous(), lse, causal=True, cu_seqlens_q=cu_seqlens, cu_seqlens_k=cu_seqlens,
+            max_seqlen_q=max_seqlen, max_seqlen_k=max_seqlen,
+        )
+        return dq, dk, dv
+
+    @varlen_bwd.register_fake
+    def _(grad, q, k, v, out, lse, cu_seqlens, max_seqlen):
+        return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+    def setup_context(ctx, inputs, output):
+        q, k, v, cu_seqlens, max_seqlen = inputs
+        ctx.save_for_backward(q, k, v, output[0], output[1], cu_seqlens)
+        ctx.max_seqlen = max_seqlen
+
+    def backward(ctx, grad_out, grad_lse):
+        q, k, v, out, lse, cu_seqlens = ctx.saved_tensors
+        return *varlen_bwd(grad_out, q, k, v, out, lse, cu_seqlens, ctx.max_seqlen), None, None
+
+    varlen_fwd.register_autograd(backward, setup_context=setup_context)
+
+    def kernel(q, k, v, cu_seqlens, max_seqlen):
+        if cu_seqlens is None:
+            return _first(dense_fn(q, k, v, causal=True))
+        _check_packed(q, cu_seqlens)
+        out, _ = varlen_fwd(q[0], k[0], v[0], cu_seqlens, max_seqlen or q.shape[1])
+        return out[None]
+
+    return kernel
+
+
 _FACTORIES: dict[str, Callable[[], AttentionKernel]] = {
     "fa3": lambda: _make_flash("flash_attn_interface"),
-    "fa4": lambda: _make_flash("flash_attn.cute"),
+    "fa4": _make_fa4,
     "torch_varlen": _make_torch_varlen,
     "sdpa": lambda: _sdpa,
     "pure": lambda: _pure,

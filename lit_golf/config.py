@@ -94,6 +94,14 @@ class GPTConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    # Kernel choices: they change how the same weights are computed, not the model, so an artifact
+    # trained with FA4 and the fused MLP evaluates on a box with neither.
+    RUNTIME_FIELDS = ("attention_backend", "fused_mlp")
+
+    def architecture(self) -> dict:
+        """The fields that define the weights and the function they compute (all but `RUNTIME_FIELDS`)."""
+        return {k: v for k, v in asdict(self).items() if k not in self.RUNTIME_FIELDS}
+
     @classmethod
     def from_dict(cls, values: dict) -> GPTConfig:
         return config_from_dict(cls, values)

@@ -280,10 +280,11 @@ class GolfLightningModule(L.LightningModule):
 
     # ------------------------------------------------------------------- test
     def _load_artifact(self) -> None:
-        loaded = artifact.load(self.artifact)
-        if asdict(loaded.config) != asdict(self.gpt_config):
-            diff = {k: (v, getattr(loaded.config, k)) for k, v in asdict(self.gpt_config).items()
-                    if getattr(loaded.config, k) != v}
+        runtime = {k: getattr(self.gpt_config, k) for k in GPTConfig.RUNTIME_FIELDS}
+        loaded = artifact.load(self.artifact, **runtime)
+        want, got = self.gpt_config.architecture(), loaded.config.architecture()
+        if want != got:
+            diff = {k: (v, got[k]) for k, v in want.items() if got[k] != v}
             raise ValueError(
                 f"artifact {self.artifact} was built for a different model (config vs artifact: {diff}); "
                 "use the config the artifact was trained with"

@@ -142,3 +142,42 @@ def test_bad_validation_tokens_are_one_line_errors():
         ValSet.build(torch.tensor([1, 5, 64]), luts, "cpu")
     with pytest.raises(ValidationDataError, match="at least 2 ids"):
         ValSet.build(torch.tensor([1]), luts, "cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA varlen attention kernel")
+def test_packed_rows_on_cuda_match_one_row_per_call():
+    """On CUDA the varlen kernels score all window rows as one packed row; the result must equal the
+    portable path (one row per call, dense document mask, fp32) within bf16 error, and a document's
+    scores must not move when an earlier document in its row changes."""
+    from dataclasses import replace
+
+    from lit_golf.attention import available_backends
+    from lit_golf.model import GPT
+
+    fast = next(n for n in available_backends("cuda") if n not in ("pure", "sdpa"))
+    trained = tiny_model()
+    with torch.no_grad():  # std 0.1 keeps the tiny model well conditioned in bf16 (0.3 amplifies rounding to ~1 nat)
+        for p in trained.parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, 0.1)
+    reference, packed = (GPT(replace(trained.config, attention_backend=name)).cuda().eval() for name in ("pure", fast))
+    for model in (reference, packed):
+        model.load_state_dict(trained.state_dict())
+        model.looping_active = trained.looping_active
+    tokens = synthetic_val([40, 7, 90, 3, 25, 61]).cuda()
+    changed = tokens.clone()
+    changed[1:41] = (changed[1:41] + 3) % 60 + 2  # the first document's body (never a BOS)
+    width = 64
+    rows = (tokens.numel() - 1) // width
+
+    def windows(t):
+        return t[: rows * width].view(rows, width), t[1 : rows * width + 1].view(rows, width)
+
+    with torch.no_grad():
+        want = document_masked_nll(reference, *windows(tokens), BOS)
+        with torch.autocast("cuda", torch.bfloat16):
+            got, got_changed = (document_masked_nll(packed, *windows(t), BOS).float() for t in (tokens, changed))
+    assert got.shape == want.shape == (rows, width)
+    assert (got - want).abs().max() < 0.15
+    assert torch.allclose(got[0, 41:], got_changed[0, 41:], atol=1e-3)  # from the second document's BOS on
+    assert (got[0, :40] - got_changed[0, :40]).abs().max() > 0.1

@@ -496,3 +496,25 @@ def test_two_ranks_sharing_the_batches_get_the_single_process_hessians(tmp_path)
         got = torch.load(tmp_path / f"rank{rank}.pt")
         for name, hessian in expected.items():
             torch.testing.assert_close(got[name], hessian, rtol=1e-5, atol=1e-6)
+
+
+def test_test_stage_matches_artifacts_by_architecture_not_kernel_choice(exported, tmp_path):
+    """An artifact trained with one attention kernel / MLP path evaluates with another (same weights);
+    a different architecture is refused with a one-line error naming the artifact and the field."""
+    from dataclasses import replace
+
+    from lit_golf.module import GolfLightningModule
+
+    report, gpt, _, _ = exported
+    other_kernels = replace(gpt.config, attention_backend="pure", fused_mlp=not gpt.config.fused_mlp)
+    module = GolfLightningModule(gpt=other_kernels, artifact=str(report.artifact_path))
+    module.setup("test")
+    assert module.gpt.attention_backend_name == "pure"
+    stored = artifact.load(report.artifact_path).state_dict()
+    assert all(torch.equal(module.gpt.state_dict()[name], tensor) for name, tensor in stored.items())
+
+    deeper = replace(gpt.config, num_layers=gpt.config.num_layers + 1)
+    with pytest.raises(ValueError, match=r"artifact.ptz was built for a different model .*'num_layers'"):
+        GolfLightningModule(gpt=deeper, artifact=str(report.artifact_path)).setup("test")
+    with pytest.raises(Exception, match="missing.ptz"):
+        GolfLightningModule(gpt=gpt.config, artifact=str(tmp_path / "missing.ptz")).setup("test")

@@ -151,15 +151,6 @@ def test_cli_fit_export_test_end_to_end(tiny_data, tmp_path):
     assert abs(results["val_bpb"] - val_bpb) < 0.5  # quantized artifact scores near the trained model
 
 
-def test_artifact_with_another_config_is_refused(tiny_data, tmp_path):
-    from lit_golf.artifact import load  # noqa: F401  (the loader exists before we test the refusal)
-
-    module = GolfLightningModule(gpt=small_gpt(tiny_data.vocab_size), artifact=str(tmp_path / "missing.ptz"))
-    with pytest.raises(Exception, match="missing.ptz"):
-        module.setup("test")
-
-
-
 @pytest.mark.slow
 def test_cli_export_subcommand_and_one_line_errors(tiny_data, tmp_path, capsys):
     common = ["--config", str(TINY_CPU), "--data.data_dir", str(tiny_data.data_dir),
