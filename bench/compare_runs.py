@@ -2,9 +2,10 @@
 
 Reads the time-stamped logs that `bench/gpu_run.sh` (lit_golf) and the upstream harness write
 (`[  12.3s] ` prefixes = seconds since launch), and writes `metrics.json` plus two PNGs into the
-record folder: train loss against tokens and against wall time since launch, both systems on one
-plot. lit_golf's `test` logs (`lit_golf_test_seedN.log`) add the post-quantization, sliding and TTT
-numbers to that seed's entry.
+record folder: train loss against tokens and against wall time since launch, all systems on one
+plot. Log names say the system and seed: `<system>_fit_seedN.log` (e.g. `lit_golf_fa4_fit_seed42.log`)
+or `upstream_seedN.log`; a `<system>_test_seedN.log` adds that run's post-quantization, sliding and
+TTT numbers. Every `lit_golf*` system is compared with `upstream`.
 Usage: `python bench/compare_runs.py records/<run>/` (logs in `<run>/logs/`).
 """
 
@@ -27,6 +28,8 @@ WARMUP = re.compile(r"compile warm-up: (?P<s>[\d.]+)s")
 PEAK = re.compile(r"peak memory:? allocated:? (?P<mib>\d+) MiB")
 ARTIFACT = re.compile(r"artifact \S+: (?P<bytes>[\d,]+) bytes with code")
 POST_EMA = re.compile(r"pre-quantization post-ema val_loss:[\d.]+ val_bpb:(?P<bpb>[\d.]+)")
+EXPORT_GAP = re.compile(r"export: plain val bpb (?P<pre>[\d.]+) before quantization, (?P<post>[\d.]+) from the artifact")
+LOG_NAME = re.compile(r"^(?P<system>.+?)_(?:fit_)?seed(?P<seed>\d+)$")
 EVALUATION = re.compile(r"evaluation: (?P<pairs>(\w+=\S+ ?)+)")
 EVAL_KEYS = {"val_bpb": "post_quant_bpb", "sliding_bpb": "post_quant_sliding_bpb", "ttt_bpb": "post_quant_ttt_bpb",
              "ttt_gain": "ttt_gain_bpb", "ttt_tokens_per_second": "ttt_scored_tokens_per_s", "time_ttt_s": "ttt_seconds",
@@ -74,8 +77,10 @@ class Run:
 
 
 def parse(path: Path) -> Run:
-    system = "upstream" if path.name.startswith("upstream") else "lit_golf"
-    seed = int(re.search(r"seed(\d+)", path.name).group(1))
+    name = LOG_NAME.match(path.stem)
+    if name is None:
+        raise SystemExit(f"{path}: expected <system>_fit_seedN.log or upstream_seedN.log")
+    system, seed = name["system"], int(name["seed"])
     run = Run(path.stem, system, seed)
     pattern = UP_STEP if system == "upstream" else LIT_STEP
     # Bytes, not read_text(): universal newlines would turn the progress bars' \r into line breaks.
@@ -99,14 +104,17 @@ def parse(path: Path) -> Run:
                 run.extra["artifact_total_bytes"] = int(m["bytes"].replace(",", ""))
             if m := POST_EMA.search(piece):
                 run.val_bpb_post_ema = float(m["bpb"])
+            if m := EXPORT_GAP.search(piece):  # lit_golf's EMA weights before and after quantization
+                run.val_bpb_post_ema = float(m["pre"])
+                run.extra["quant_gap_bpb"] = float(m["post"]) - float(m["pre"])
     if not run.points:
         raise SystemExit(f"{path}: no training-step lines found; is this a lit_golf or upstream log?")
     return run
 
 
 def attach_evaluation(run: Run, logs_dir: Path) -> None:
-    """Add the numbers of lit_golf's test log for the run's seed, when that log exists."""
-    test_log = logs_dir / f"lit_golf_test_seed{run.seed}.log"
+    """Add the numbers of the system's test log for the run's seed, when that log exists."""
+    test_log = logs_dir / f"{run.system}_test_seed{run.seed}.log"
     if test_log.is_file():
         for m in EVALUATION.finditer(test_log.read_bytes().decode(errors="replace")):
             values = dict(pair.split("=", 1) for pair in m["pairs"].split())
@@ -120,16 +128,18 @@ def plot(runs: list[Run], out_dir: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     written = []
-    colors = {"lit_golf": "tab:blue", "upstream": "tab:orange"}
+    systems = sorted({run.system for run in runs})
+    colors = dict(zip(systems, ["tab:blue", "tab:green", "tab:orange", "tab:red", "tab:purple"], strict=False))
     for axis, label in (("tokens", "training tokens (millions)"), ("time", "seconds since launch")):
         fig, ax = plt.subplots(figsize=(7, 4.2))
         for run in runs:
             xs = [s * TOKENS_PER_STEP / 1e6 if axis == "tokens" else t for t, s, _ in run.points]
             ax.plot(xs, [loss for _, _, loss in run.points], color=colors[run.system], alpha=0.85,
                     linestyle="-" if run.seed == 1337 else "--", label=f"{run.system} seed {run.seed}")
-            if run.val_bpb is not None and axis == "tokens":
-                ax.annotate(f"val bpb {run.val_bpb:.4f}", (xs[-1], run.points[-1][2]), fontsize=7,
-                            xytext=(-90, 12 + 10 * (run.seed != 1337)), textcoords="offset points")
+        vals = [f"{run.system} seed {run.seed}: {run.val_bpb:.4f}" for run in runs if run.val_bpb is not None]
+        if vals:
+            ax.text(0.30, 0.97, "val bpb at the last step (raw weights)\n" + "\n".join(vals), transform=ax.transAxes,
+                    fontsize=7, family="monospace", va="top", bbox=dict(facecolor="white", alpha=0.85, lw=0))
         ax.set_xlabel(label)
         ax.set_ylabel("train loss (nats/token)")
         ax.set_ylim(3.5, 7.5)
@@ -149,24 +159,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("record_dir", type=Path)
     args = parser.parse_args(argv)
     logs = sorted((args.record_dir / "logs").glob("*seed*.log"))
-    runs = [parse(p) for p in logs if "test" not in p.name]
+    runs = [parse(p) for p in logs if "_test_seed" not in p.name]
     for run in runs:
-        if run.system == "lit_golf":
-            attach_evaluation(run, args.record_dir / "logs")
+        attach_evaluation(run, args.record_dir / "logs")
     summaries = {run.name: run.summary() for run in runs}
     by_system: dict[str, list[dict]] = {}
     for s in summaries.values():
         by_system.setdefault(s["system"], []).append(s)
     comparison = {}
-    for key in ("tokens_per_s_before_loop", "tokens_per_s_after_loop"):
-        means = {sys: statistics.mean(s[key] for s in items) for sys, items in by_system.items()}
-        if {"lit_golf", "upstream"} <= means.keys():
-            comparison[f"{key}_ratio_lit_golf_over_upstream"] = means["lit_golf"] / means["upstream"]
     for system, items in by_system.items():
-        bpbs = [s["val_bpb_pre_quant_pre_ema"] for s in items if s["val_bpb_pre_quant_pre_ema"] is not None]
-        if bpbs:
-            comparison[f"{system}_val_bpb_pre_quant_pre_ema"] = {
-                "mean": statistics.mean(bpbs), "min": min(bpbs), "max": max(bpbs), "seeds": len(bpbs)}
+        for key in ("val_bpb_pre_quant_pre_ema", "val_bpb_pre_quant_post_ema", "post_quant_ttt_bpb"):
+            values = [s[key] for s in items if s.get(key) is not None]
+            if values:
+                comparison[f"{system}_{key}"] = {
+                    "mean": statistics.mean(values), "min": min(values), "max": max(values), "seeds": len(values)}
+    for system, items in by_system.items():
+        if system == "upstream" or "upstream" not in by_system:
+            continue
+        for key in ("tokens_per_s_before_loop", "tokens_per_s_after_loop"):
+            mean = statistics.mean(s[key] for s in items)
+            comparison[f"{system}_over_upstream_{key}"] = mean / statistics.mean(s[key] for s in by_system["upstream"])
+        for key in ("val_bpb_pre_quant_pre_ema", "val_bpb_pre_quant_post_ema"):
+            ours, theirs = comparison.get(f"{system}_{key}"), comparison.get(f"upstream_{key}")
+            if ours and theirs:
+                comparison[f"{system}_minus_upstream_{key}"] = ours["mean"] - theirs["mean"]
     metrics = {"runs": summaries, "comparison": comparison}
     (args.record_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     for path in plot(runs, args.record_dir):

@@ -160,43 +160,38 @@ def _make_torch_varlen() -> AttentionKernel:
     return kernel
 
 
-@functools.cache
-def _make_fa4() -> AttentionKernel:
-    """FA4's varlen path as two `torch.library` custom ops (forward with LSE, backward).
+VarlenForward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]
+VarlenBackward = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
-    FA4's own autograd Function JIT-compiles CuTe kernels from Python, which dynamo cannot trace; as
-    opaque custom ops with fake implementations it compiles with `fullgraph=True` like the other
-    kernels. Dense rows (no `cu_seqlens`, evaluation only, eager) use FA4's public function.
-    Cached: a custom op name can be registered once per process.
+
+def varlen_custom_op_kernel(
+    name: str, forward: VarlenForward, backward: VarlenBackward, dense_fn: Callable | None = None
+) -> AttentionKernel:
+    """A causal varlen kernel given as Python functions, registered as `torch.library` custom ops.
+
+    `forward(q, k, v, cu_seqlens, max_seqlen)` takes `[T, H, D]` / `[T, Hkv, D]` and returns the output
+    and the fp32 log-sum-exp `[H, T]`; `backward(grad, q, k, v, out, lse, cu_seqlens, max_seqlen)`
+    returns `(dq, dk, dv)`. Kernels that JIT-compile from Python (FA4's CuTe DSL) cannot be traced by
+    dynamo; as opaque ops with fake implementations they compile with `fullgraph=True` like the others.
+    A name can be registered once per process (`lit_golf::{name}_varlen_fwd` / `_bwd`).
     """
-    module = importlib.import_module("flash_attn.cute")
-    interface = importlib.import_module("flash_attn.cute.interface")
-    dense_fn = module.flash_attn_func
 
-    @torch.library.custom_op("lit_golf::fa4_varlen_fwd", mutates_args=())
+    @torch.library.custom_op(f"lit_golf::{name}_varlen_fwd", mutates_args=())
     def varlen_fwd(
         q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        out, lse, *_ = interface._flash_attn_fwd(
-            q, k, v, cu_seqlens_q=cu_seqlens, cu_seqlens_k=cu_seqlens,
-            max_seqlen_q=max_seqlen, max_seqlen_k=max_seqlen, causal=True, return_lse=True,
-        )
-        return out, lse
+        return forward(q, k, v, cu_seqlens, max_seqlen)
 
     @varlen_fwd.register_fake
     def _(q, k, v, cu_seqlens, max_seqlen):
         return torch.empty_like(q), q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32)
 
-    @torch.library.custom_op("lit_golf::fa4_varlen_bwd", mutates_args=())
+    @torch.library.custom_op(f"lit_golf::{name}_varlen_bwd", mutates_args=())
     def varlen_bwd(
         grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
         lse: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        dq, dk, dv = interface._flash_attn_bwd(
-            q, k, v, out, grad.contiguous(), lse, causal=True, cu_seqlens_q=cu_seqlens, cu_seqlens_k=cu_seqlens,
-            max_seqlen_q=max_seqlen, max_seqlen_k=max_seqlen,
-        )
-        return dq, dk, dv
+        return tuple(backward(grad.contiguous(), q, k, v, out, lse, cu_seqlens, max_seqlen))
 
     @varlen_bwd.register_fake
     def _(grad, q, k, v, out, lse, cu_seqlens, max_seqlen):
@@ -207,20 +202,45 @@ def _make_fa4() -> AttentionKernel:
         ctx.save_for_backward(q, k, v, output[0], output[1], cu_seqlens)
         ctx.max_seqlen = max_seqlen
 
-    def backward(ctx, grad_out, grad_lse):
+    def backward_rule(ctx, grad_out, grad_lse):
         q, k, v, out, lse, cu_seqlens = ctx.saved_tensors
         return *varlen_bwd(grad_out, q, k, v, out, lse, cu_seqlens, ctx.max_seqlen), None, None
 
-    varlen_fwd.register_autograd(backward, setup_context=setup_context)
+    varlen_fwd.register_autograd(backward_rule, setup_context=setup_context)
 
     def kernel(q, k, v, cu_seqlens, max_seqlen):
         if cu_seqlens is None:
+            if dense_fn is None:
+                raise AttentionBackendError(f"attention backend {name} takes packed documents only (cu_seqlens)")
             return _first(dense_fn(q, k, v, causal=True))
         _check_packed(q, cu_seqlens)
         out, _ = varlen_fwd(q[0], k[0], v[0], cu_seqlens, max_seqlen or q.shape[1])
         return out[None]
 
     return kernel
+
+
+@functools.cache
+def _make_fa4() -> AttentionKernel:
+    """FA4 (CuTe DSL) through its internal forward/backward, which expose the LSE the backward needs.
+    Dense rows (no `cu_seqlens`: evaluation, eager) use FA4's public function. Cached: one registration."""
+    module = importlib.import_module("flash_attn.cute")
+    interface = importlib.import_module("flash_attn.cute.interface")
+
+    def forward(q, k, v, cu_seqlens, max_seqlen):
+        out, lse, *_ = interface._flash_attn_fwd(
+            q, k, v, cu_seqlens_q=cu_seqlens, cu_seqlens_k=cu_seqlens,
+            max_seqlen_q=max_seqlen, max_seqlen_k=max_seqlen, causal=True, return_lse=True,
+        )
+        return out, lse
+
+    def backward(grad, q, k, v, out, lse, cu_seqlens, max_seqlen):
+        return interface._flash_attn_bwd(
+            q, k, v, out, grad, lse, causal=True, cu_seqlens_q=cu_seqlens, cu_seqlens_k=cu_seqlens,
+            max_seqlen_q=max_seqlen, max_seqlen_k=max_seqlen,
+        )
+
+    return varlen_custom_op_kernel("fa4", forward, backward, module.flash_attn_func)
 
 
 _FACTORIES: dict[str, Callable[[], AttentionKernel]] = {

@@ -103,3 +103,53 @@ def test_packed_input_must_be_one_row():
     q, k, v = random_qkv(2, 8)
     with pytest.raises(ValueError, match="batch 2"):
         attend(q, k, v, cu_seqlens=packed_boundaries([8], pad_to=3), backend="pure")
+
+
+def test_varlen_custom_op_kernel_matches_pure_and_compiles_fullgraph():
+    """The custom-op wrapper that FA4 runs behind carries output, LSE and gradients through autograd and
+    through `torch.compile(fullgraph=True)`. The kernel inside is a pure-PyTorch one here, so it runs on CPU."""
+    from lit_golf.attention import AttentionBackend, varlen_custom_op_kernel
+
+    def scores_of(q, k, cu_seqlens):
+        groups = q.shape[1] // k.shape[1]
+        kf = k.float().transpose(0, 1).repeat_interleave(groups, dim=0)
+        scores = (q.float().transpose(0, 1) @ kf.transpose(-1, -2)) / q.shape[-1] ** 0.5
+        return scores.masked_fill(~causal_mask(q.shape[0], q.device, cu_seqlens), float("-inf"))
+
+    def forward(q, k, v, cu_seqlens, max_seqlen):
+        scores = scores_of(q, k, cu_seqlens)
+        lse = scores.logsumexp(-1)  # [H, T], as FA4 returns it
+        vf = v.float().transpose(0, 1).repeat_interleave(q.shape[1] // k.shape[1], dim=0)
+        return ((scores - lse[..., None]).exp() @ vf).transpose(0, 1).to(q.dtype), lse
+
+    def backward(grad, q, k, v, out, lse, cu_seqlens, max_seqlen):
+        """FlashAttention's backward from the saved output and LSE (custom ops run without autograd)."""
+        groups, scale = q.shape[1] // k.shape[1], q.shape[-1] ** -0.5
+        p = (scores_of(q, k, cu_seqlens) - lse[..., None]).exp()  # [H, T, T]
+        do, o = grad.float().transpose(0, 1), out.float().transpose(0, 1)
+        vf = v.float().transpose(0, 1).repeat_interleave(groups, dim=0)
+        kf = k.float().transpose(0, 1).repeat_interleave(groups, dim=0)
+        ds = p * (do @ vf.transpose(-1, -2) - (do * o).sum(-1, keepdim=True))
+        dq = (ds @ kf) * scale
+        dk = ((ds.transpose(-1, -2) @ q.float().transpose(0, 1)) * scale).unflatten(0, (-1, groups)).sum(1)
+        dv = (p.transpose(-1, -2) @ do).unflatten(0, (-1, groups)).sum(1)
+        return tuple(t.transpose(0, 1).to(q.dtype) for t in (dq, dk, dv))
+
+    backend = AttentionBackend("reference_ops", varlen_custom_op_kernel("reference_ops", forward, backward), False)
+    cu = packed_boundaries([1, 17, 40, 5, 33], pad_to=10)
+
+    def run(fn):
+        q, k, v = (t.requires_grad_() for t in random_qkv(1, 96))
+        out = fn(q, k, v)
+        grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+        return (out, *torch.autograd.grad(out, (q, k, v), grad))
+
+    want = run(lambda q, k, v: attend(q, k, v, cu_seqlens=cu, max_seqlen=40, backend="pure"))
+    eager = run(lambda q, k, v: backend(q, k, v, cu_seqlens=cu, max_seqlen=40))
+    compiled = run(torch.compile(lambda q, k, v: backend(q, k, v, cu_seqlens=cu, max_seqlen=40),
+                                 fullgraph=True, backend="aot_eager"))
+    for got in (eager, compiled):
+        for g, w in zip(got, want, strict=True):
+            torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)
+    with pytest.raises(AttentionBackendError, match="packed documents only"):
+        backend(*random_qkv(2, 8))
