@@ -12,7 +12,10 @@ steps=${STEPS:-100}; seed=${SEED:-1337}; val_docs=${VAL_DOCS:-1000}; out=${OUT:-
 run_dir=${RUN_DIR:-logs/gpu}; data=/tmp/data
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD${EXTRA_PYTHONPATH:+:$EXTRA_PYTHONPATH} PYTHONUNBUFFERED=1
-[ -d "$data/datasets" ] || bash bench/unpack_enwiki.sh "$data" "$val_docs" > "$out/data.txt" 2>&1 || exit 1
+# Unpack once per box; again when this run fits but an earlier eval-only run unpacked no train shards.
+if [ ! -d "$data/datasets" ] || { [ "${SKIP_FIT:-0}" != 1 ] && ! ls "$data"/datasets/*/fineweb_train_* >/dev/null 2>&1; }; then
+  rm -rf "$data" && bash bench/unpack_enwiki.sh "$data" "$val_docs" > "$out/data.txt" 2>&1 || exit 1
+fi
 stamp() { python3 -u -c "import sys,time;t=float(sys.argv[1]);[print(f'[{time.time()-t:7.1f}s] {l}',end='',flush=True) for l in sys.stdin]" "$1"; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
 python3 -c "import torch, lightning, triton; print('torch', torch.__version__, 'lightning', lightning.__version__, 'triton', triton.__version__)" | tee -a "$out/gpu.txt"

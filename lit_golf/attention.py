@@ -107,9 +107,10 @@ def _sdpa(q, k, v, cu_seqlens, max_seqlen):
 # ----------------------------------------------------------------------------- CUDA backends
 
 
-def _make_flash(module_name: str) -> AttentionKernel:
-    """FlashAttention's calling convention: `[T, H, D]` varlen, `[B, T, H, D]` dense, native GQA."""
-    module = importlib.import_module(module_name)
+def _make_fa3() -> AttentionKernel:
+    """FA3's calling convention: `[T, H, D]` varlen, `[B, T, H, D]` dense, native GQA; its package
+    registers torch ops, so it traces under `torch.compile` as is."""
+    module = importlib.import_module("flash_attn_interface")
     varlen_fn, dense_fn = module.flash_attn_varlen_func, module.flash_attn_func
 
     def kernel(q, k, v, cu_seqlens, max_seqlen):
@@ -244,7 +245,7 @@ def _make_fa4() -> AttentionKernel:
 
 
 _FACTORIES: dict[str, Callable[[], AttentionKernel]] = {
-    "fa3": lambda: _make_flash("flash_attn_interface"),
+    "fa3": _make_fa3,
     "fa4": _make_fa4,
     "torch_varlen": _make_torch_varlen,
     "sdpa": lambda: _sdpa,
