@@ -119,12 +119,18 @@ def test_plain_and_sliding_equal_hand_computation(sliding):
     assert totals["bpb"] == pytest.approx(nll_sum / math.log(2) / nbytes, rel=1e-6)
 
 
+def with_first_body_rewritten(tokens: torch.Tensor) -> torch.Tensor:
+    """`tokens` with the body of its first document (40 tokens after the leading BOS) replaced, never by a BOS."""
+    changed = tokens.clone()
+    changed[1:41] = (changed[1:41] + 3) % 60 + 2
+    return changed
+
+
 def test_window_tokens_never_see_earlier_documents():
     """A document's scores inside a window do not depend on the documents before it in that window."""
     model, luts = tiny_model(), synthetic_luts()
     tokens = synthetic_val([40, 7, 30])
-    changed = tokens.clone()
-    changed[1:41] = (changed[1:41] + 3) % 60 + 2  # rewrite the first document's body (never a BOS)
+    changed = with_first_body_rewritten(tokens)
     scores = []
     for t in (tokens, changed):
         val = ValSet.build(t, luts, "cpu")
@@ -165,8 +171,7 @@ def test_packed_rows_on_cuda_match_one_row_per_call():
         model.load_state_dict(trained.state_dict())
         model.looping_active = trained.looping_active
     tokens = synthetic_val([40, 7, 90, 3, 25, 61]).cuda()
-    changed = tokens.clone()
-    changed[1:41] = (changed[1:41] + 3) % 60 + 2  # the first document's body (never a BOS)
+    changed = with_first_body_rewritten(tokens)
     width = 64
     rows = (tokens.numel() - 1) // width
 

@@ -13,6 +13,7 @@ run time: every rank computes the same plan from the same inputs.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import pairwise
 
@@ -33,11 +34,15 @@ class Document:
         return self.start + self.num_targets + 1
 
 
+def document_starts(tokens: torch.Tensor, bos_id: int, also: Iterable[int] = ()) -> list[int]:
+    """Sorted offsets where a 1-D token run starts a piece: 0, every BOS, and the offsets in `also`."""
+    return sorted({0, *(tokens == bos_id).nonzero().flatten().tolist(), *also})
+
+
 def find_documents(tokens: torch.Tensor, bos_id: int) -> list[Document]:
     """Split at every BOS; a leading stretch without BOS is a document too. Target-less documents are dropped."""
     num_targets = tokens.numel() - 1
-    bos = (tokens[:num_targets] == bos_id).nonzero().flatten().tolist()
-    starts = sorted({0, *bos})
+    starts = document_starts(tokens[:num_targets], bos_id)
     ends = starts[1:] + [num_targets]
     docs = [(start, end - start) for start, end in zip(starts, ends, strict=True) if end > start]
     return [Document(i, start, n) for i, (start, n) in enumerate(docs)]

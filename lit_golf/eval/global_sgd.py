@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from lit_golf.eval.config import EvalConfig
-from lit_golf.eval.documents import Document, packed_cu_seqlens
+from lit_golf.eval.documents import Document, document_starts, packed_cu_seqlens
 from lit_golf.eval.runtime import all_reduce_grads, autocast, rank_and_world
 from lit_golf.eval.valset import ValSet
 
@@ -30,7 +30,7 @@ def attention_units(inputs: torch.Tensor, bos_id: int, max_len: int) -> list[int
     and every `max_len` tokens of a document. Fixed by the tokens alone, so any split between ranks
     that keeps units whole computes the same loss."""
     total = inputs.numel()
-    starts = sorted({0, *(inputs == bos_id).nonzero().flatten().tolist()})
+    starts = document_starts(inputs, bos_id)
     bounds = []
     for start, end in pairwise([*starts, total]):
         bounds.extend(range(start, end, max_len))

@@ -17,7 +17,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from lit_golf.eval.config import EvalConfig
-from lit_golf.eval.documents import packed_cu_seqlens
+from lit_golf.eval.documents import document_starts, packed_cu_seqlens
 from lit_golf.eval.metric import BitsPerByte
 from lit_golf.eval.runtime import autocast, eval_mode, rank_and_world
 from lit_golf.eval.valset import ValSet
@@ -76,8 +76,8 @@ def document_masked_nll(model: nn.Module, inputs: torch.Tensor, targets: torch.T
     pieces = []
     for first in range(0, rows, per_call):
         x, y = inputs[first : first + per_call].reshape(1, -1), targets[first : first + per_call].reshape(1, -1)
-        starts = {*range(0, x.numel(), width), *(x[0] == bos_id).nonzero().flatten().tolist()}
-        cu_seqlens, longest = packed_cu_seqlens([*sorted(starts), x.numel()])
+        starts = document_starts(x[0], bos_id, also=range(0, x.numel(), width))
+        cu_seqlens, longest = packed_cu_seqlens([*starts, x.numel()])
         nll = model(x, y, cu_seqlens=cu_seqlens.to(x.device), max_seqlen=longest, reduction="none")
         pieces.append(nll.view(-1, width))
     return torch.cat(pieces)
