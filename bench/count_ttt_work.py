@@ -1,0 +1,72 @@
+"""Count the positions phased TTT runs through the model on a validation shard (no model, CPU, seconds).
+
+Uses the evaluator's own planning (documents, stages, batches, window widths, row groups) and sums
+rows x width over every chunk, next to the number of scored tokens. `--trim-ended-rows` also counts a
+what-if in which each chunk runs only the power-of-two prefix of rows whose documents have not ended.
+
+    xz -dc ../shared/corpora/enwiki2015/sp8192/fineweb_val_000000.bin.xz > /tmp/val.bin
+    python bench/count_ttt_work.py /tmp/val.bin --max-docs 1000 --prefix-docs 400 --trim-ended-rows
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lit_golf.data.shards import read_shard  # noqa: E402
+from lit_golf.eval.config import EvalConfig  # noqa: E402
+from lit_golf.eval.documents import (  # noqa: E402
+    find_documents,
+    num_chunks,
+    plan_batches,
+    truncate_to_documents,
+    window_width,
+)
+from lit_golf.eval.lora import ALL_ROWS  # noqa: E402
+from lit_golf.eval.ttt import DocumentBatchScorer, build_stages  # noqa: E402
+
+
+def positions(cfg: EvalConfig, tokens: torch.Tensor, trim: bool) -> int:
+    scorer = SimpleNamespace(cfg=cfg, rows=cfg.ttt_batch_docs)  # all `_row_groups` reads
+    total = 0
+    for stage in build_stages(find_documents(tokens, cfg.bos_id), cfg):
+        for docs in plan_batches(stage.docs, cfg.ttt_batch_docs, 0, 1, cfg.ttt_chunk_size, cfg.ttt_context_len,
+                                 cfg.ttt_window_bucket):
+            lengths = [d.num_targets for d in docs] + [0] * (cfg.ttt_batch_docs - len(docs))
+            for ci in range(num_chunks(lengths[0], cfg.ttt_chunk_size)):
+                width = window_width(ci, cfg.ttt_chunk_size, cfg.ttt_context_len, cfg.ttt_window_bucket)
+                groups = DocumentBatchScorer._row_groups(scorer, lengths, ci * cfg.ttt_chunk_size, width)
+                rows = sum(cfg.ttt_batch_docs if g == ALL_ROWS else g.stop - g.start for g in groups)
+                if trim:
+                    active = sum(length > ci * cfg.ttt_chunk_size for length in lengths)
+                    rows = min(rows, 1 << (active - 1).bit_length())
+                total += rows * width
+    return total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("shard", type=Path)
+    parser.add_argument("--max-docs", type=int, default=None)
+    parser.add_argument("--prefix-docs", type=int, default=EvalConfig().phased_prefix_docs)
+    parser.add_argument("--trim-ended-rows", action="store_true")
+    args = parser.parse_args()
+    cfg = EvalConfig(max_docs=args.max_docs, phased_prefix_docs=args.prefix_docs)
+    tokens = truncate_to_documents(torch.from_numpy(read_shard(args.shard).astype("int64")), cfg.bos_id, cfg.max_docs)
+    docs = find_documents(tokens, cfg.bos_id)
+    scored = sum(d.num_targets for d in docs)
+    run = positions(cfg, tokens, trim=False)
+    print(f"{len(docs)} docs, {scored:,} scored tokens; TTT runs {run:,} positions ({run / scored:.1f}x)")
+    if args.trim_ended_rows:
+        trimmed = positions(cfg, tokens, trim=True)
+        print(f"with ended rows trimmed: {trimmed:,} positions ({trimmed / run:.2f}x of now)")
+
+
+if __name__ == "__main__":
+    main()
