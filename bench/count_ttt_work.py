@@ -1,11 +1,10 @@
 """Count the positions phased TTT runs through the model on a validation shard (no model, CPU, seconds).
 
 Uses the evaluator's own planning (documents, stages, batches, window widths, row groups) and sums
-rows x width over every chunk, next to the number of scored tokens. `--trim-ended-rows` also counts a
-what-if in which each chunk runs only the power-of-two prefix of rows whose documents have not ended.
+rows x width over every chunk, next to the number of scored tokens (rows of ended documents do not run).
 
     xz -dc ../shared/corpora/enwiki2015/sp8192/fineweb_val_000000.bin.xz > /tmp/val.bin
-    python bench/count_ttt_work.py /tmp/val.bin --max-docs 1000 --prefix-docs 400 --trim-ended-rows
+    python bench/count_ttt_work.py /tmp/val.bin --max-docs 1000 --prefix-docs 400
 """
 
 from __future__ import annotations
@@ -28,11 +27,10 @@ from lit_golf.eval.documents import (  # noqa: E402
     truncate_to_documents,
     window_width,
 )
-from lit_golf.eval.lora import ALL_ROWS  # noqa: E402
 from lit_golf.eval.ttt import DocumentBatchScorer, build_stages  # noqa: E402
 
 
-def positions(cfg: EvalConfig, tokens: torch.Tensor, trim: bool) -> int:
+def positions(cfg: EvalConfig, tokens: torch.Tensor) -> int:
     scorer = SimpleNamespace(cfg=cfg, rows=cfg.ttt_batch_docs)  # all `_row_groups` reads
     total = 0
     for stage in build_stages(find_documents(tokens, cfg.bos_id), cfg):
@@ -42,11 +40,7 @@ def positions(cfg: EvalConfig, tokens: torch.Tensor, trim: bool) -> int:
             for ci in range(num_chunks(lengths[0], cfg.ttt_chunk_size)):
                 width = window_width(ci, cfg.ttt_chunk_size, cfg.ttt_context_len, cfg.ttt_window_bucket)
                 groups = DocumentBatchScorer._row_groups(scorer, lengths, ci * cfg.ttt_chunk_size, width)
-                rows = sum(cfg.ttt_batch_docs if g == ALL_ROWS else g.stop - g.start for g in groups)
-                if trim:
-                    active = sum(length > ci * cfg.ttt_chunk_size for length in lengths)
-                    rows = min(rows, 1 << (active - 1).bit_length())
-                total += rows * width
+                total += sum(g.stop - g.start for g in groups) * width
     return total
 
 
@@ -55,17 +49,14 @@ def main() -> None:
     parser.add_argument("shard", type=Path)
     parser.add_argument("--max-docs", type=int, default=None)
     parser.add_argument("--prefix-docs", type=int, default=EvalConfig().phased_prefix_docs)
-    parser.add_argument("--trim-ended-rows", action="store_true")
+    parser.add_argument("--window-bucket", type=int, default=EvalConfig().ttt_window_bucket)
     args = parser.parse_args()
-    cfg = EvalConfig(max_docs=args.max_docs, phased_prefix_docs=args.prefix_docs)
+    cfg = EvalConfig(max_docs=args.max_docs, phased_prefix_docs=args.prefix_docs, ttt_window_bucket=args.window_bucket)
     tokens = truncate_to_documents(torch.from_numpy(read_shard(args.shard).astype("int64")), cfg.bos_id, cfg.max_docs)
     docs = find_documents(tokens, cfg.bos_id)
     scored = sum(d.num_targets for d in docs)
-    run = positions(cfg, tokens, trim=False)
+    run = positions(cfg, tokens)
     print(f"{len(docs)} docs, {scored:,} scored tokens; TTT runs {run:,} positions ({run / scored:.1f}x)")
-    if args.trim_ended_rows:
-        trimmed = positions(cfg, tokens, trim=True)
-        print(f"with ended rows trimmed: {trimmed:,} positions ({trimmed / run:.2f}x of now)")
 
 
 if __name__ == "__main__":

@@ -165,16 +165,15 @@ VarlenForward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor
 VarlenBackward = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
-def varlen_custom_op_kernel(
-    name: str, forward: VarlenForward, backward: VarlenBackward, dense_fn: Callable | None = None
-) -> AttentionKernel:
+def varlen_custom_op_kernel(name: str, forward: VarlenForward, backward: VarlenBackward) -> AttentionKernel:
     """A causal varlen kernel given as Python functions, registered as `torch.library` custom ops.
 
     `forward(q, k, v, cu_seqlens, max_seqlen)` takes `[T, H, D]` / `[T, Hkv, D]` and returns the output
     and the fp32 log-sum-exp `[H, T]`; `backward(grad, q, k, v, out, lse, cu_seqlens, max_seqlen)`
     returns `(dq, dk, dv)`. Kernels that JIT-compile from Python (FA4's CuTe DSL) cannot be traced by
     dynamo; as opaque ops with fake implementations they compile with `fullgraph=True` like the others.
-    A name can be registered once per process (`lit_golf::{name}_varlen_fwd` / `_bwd`).
+    Dense rows (no `cu_seqlens`: test-time training) run as one packed row of equal-length documents,
+    so they compile too. A name can be registered once per process (`lit_golf::{name}_varlen_fwd` / `_bwd`).
     """
 
     @torch.library.custom_op(f"lit_golf::{name}_varlen_fwd", mutates_args=())
@@ -210,13 +209,14 @@ def varlen_custom_op_kernel(
     varlen_fwd.register_autograd(backward_rule, setup_context=setup_context)
 
     def kernel(q, k, v, cu_seqlens, max_seqlen):
+        batch, seq_len = q.shape[:2]
         if cu_seqlens is None:
-            if dense_fn is None:
-                raise AttentionBackendError(f"attention backend {name} takes packed documents only (cu_seqlens)")
-            return _first(dense_fn(q, k, v, causal=True))
-        _check_packed(q, cu_seqlens)
-        out, _ = varlen_fwd(q[0], k[0], v[0], cu_seqlens, max_seqlen or q.shape[1])
-        return out[None]
+            cu_seqlens, max_seqlen = _dense_cu_seqlens(batch, seq_len, q.device), seq_len
+        else:
+            _check_packed(q, cu_seqlens)
+        q, k, v = (t.reshape(batch * seq_len, *t.shape[2:]) for t in (q, k, v))
+        out, _ = varlen_fwd(q, k, v, cu_seqlens, max_seqlen or seq_len)
+        return out.view(batch, seq_len, *out.shape[1:])
 
     return kernel
 
@@ -224,8 +224,7 @@ def varlen_custom_op_kernel(
 @functools.cache
 def _make_fa4() -> AttentionKernel:
     """FA4 (CuTe DSL) through its internal forward/backward, which expose the LSE the backward needs.
-    Dense rows (no `cu_seqlens`: evaluation, eager) use FA4's public function. Cached: one registration."""
-    module = importlib.import_module("flash_attn.cute")
+    Cached: one registration."""
     interface = importlib.import_module("flash_attn.cute.interface")
 
     def forward(q, k, v, cu_seqlens, max_seqlen):
@@ -241,7 +240,7 @@ def _make_fa4() -> AttentionKernel:
             max_seqlen_q=max_seqlen, max_seqlen_k=max_seqlen,
         )
 
-    return varlen_custom_op_kernel("fa4", forward, backward, module.flash_attn_func)
+    return varlen_custom_op_kernel("fa4", forward, backward)
 
 
 _FACTORIES: dict[str, Callable[[], AttentionKernel]] = {

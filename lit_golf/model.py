@@ -273,8 +273,14 @@ class GPT(nn.Module):
         max_seqlen: int = 0,
         lora: LoRA | None = None,
         reduction: str = "mean",
+        score_columns: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Softcapped logits `[B, T, V]`, or fp32 cross-entropy (`"mean"` scalar / `"none"` `[B, T]`)."""
+        """Softcapped logits `[B, T, V]`, or fp32 cross-entropy (`"mean"` scalar / `"none"` `[B, T]`).
+
+        `score_columns` (`[B, S]` column indices) runs the head only at those positions: the logits
+        are `[B, S, V]` and `target_ids` must be `[B, S]`. Test-time training scores at most a chunk
+        per row of a window of up to 2,048 positions, so the head and the loss shrink by that ratio.
+        """
         if reduction not in ("mean", "none"):
             raise ValueError(f"reduction={reduction!r} is not supported; use 'mean' or 'none'")
         x = rms_norm(to_stream_dtype(self.tok_emb(input_ids)))
@@ -282,6 +288,8 @@ class GPT(nn.Module):
         cos, sin = rotary_tables(input_ids.size(1), rope_dims, self.config.rope_base, x.device, x.dtype)
         ctx = StepContext(cos, sin, cu_seqlens, int(max_seqlen), lora)
         x = self._run_blocks(x, ctx)
+        if score_columns is not None:
+            x = x.gather(1, score_columns[..., None].expand(-1, -1, x.size(-1)))
         logits = self._logits(x, ctx)
         if target_ids is None:
             return logits

@@ -141,7 +141,7 @@ def test_varlen_custom_op_kernel_matches_pure_and_compiles_fullgraph():
     def run(fn):
         q, k, v = (t.requires_grad_() for t in random_qkv(1, 96))
         out = fn(q, k, v)
-        grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+        grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(out.device)
         return (out, *torch.autograd.grad(out, (q, k, v), grad))
 
     want = run(lambda q, k, v: attend(q, k, v, cu_seqlens=cu, max_seqlen=40, backend="pure"))
@@ -151,5 +151,10 @@ def test_varlen_custom_op_kernel_matches_pure_and_compiles_fullgraph():
     for got in (eager, compiled):
         for g, w in zip(got, want, strict=True):
             torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)
-    with pytest.raises(AttentionBackendError, match="packed documents only"):
-        backend(*random_qkv(2, 8))
+    # dense rows (test-time training) run as equal-length documents of one packed row
+    q, k, v = (t.requires_grad_() for t in random_qkv(3, 24))
+    for got, w in zip((backend(q, k, v), *[torch.autograd.grad(backend(q, k, v).sum(), t) for t in (q, k, v)]),
+                      (attend(q, k, v, backend="pure"),
+                       *[torch.autograd.grad(attend(q, k, v, backend="pure").sum(), t) for t in (q, k, v)]),
+                      strict=True):
+        torch.testing.assert_close(got, w, atol=1e-5, rtol=1e-5)

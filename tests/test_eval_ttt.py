@@ -18,7 +18,7 @@ from test_eval_support import (
 
 from lit_golf.data.tokenizer import target_bytes
 from lit_golf.eval.config import EvalConfig
-from lit_golf.eval.documents import find_documents, phase_boundaries
+from lit_golf.eval.documents import find_documents
 from lit_golf.eval.global_sgd import global_sgd
 from lit_golf.eval.plain import eval_plain
 from lit_golf.eval.runner import evaluate
@@ -58,6 +58,18 @@ def test_stages_follow_the_record_phases(val_tokens):
     assert build_stages(docs, small_eval_config(phased_enabled=False))[0].docs == docs
 
 
+def test_prefix_is_the_longest_documents_or_the_stream_start(val_tokens):
+    """The record's prefix: the first documents of its processing order (longest first), not of the stream."""
+    docs = find_documents(val_tokens, BOS)
+    longest = sorted(docs, key=lambda d: -d.num_targets)
+    stages = build_stages(docs, small_eval_config())
+    assert [d.num_targets for s in stages[:2] for d in s.docs] == [d.num_targets for d in longest[:6]]
+    assert stages[1].sgd_docs == stages[0].docs + stages[1].docs  # documents in scored order
+    assert sorted(d.index for s in stages for d in s.docs) == [d.index for d in docs]
+    stream = build_stages(docs, small_eval_config(phased_prefix_order="stream"))
+    assert [d.index for s in stream[:2] for d in s.docs] == list(range(6))
+
+
 def test_every_target_is_scored_once_with_exact_bytes(val_tokens):
     results, trace = run_ttt(val_tokens, small_eval_config())
     docs = find_documents(val_tokens, BOS)
@@ -90,8 +102,21 @@ def test_later_tokens_never_change_earlier_chunk_scores(val_tokens):
     assert any(after.chunk_nll[key] != pytest.approx(before.chunk_nll[key], rel=1e-9) for key in later)
 
 
-def test_global_sgd_reads_only_documents_already_scored(val_tokens):
-    cfg = small_eval_config()
+def sgd_trained_positions(sgd_docs, chunk: int) -> set[int]:
+    """Stream positions (inputs and targets) of all SGD chunks but the last, documents laid end to end in order."""
+    left = (sum(d.num_targets for d in sgd_docs) - 1) // chunk * chunk
+    positions = set()
+    for doc in sgd_docs:
+        take = min(left, doc.num_targets)
+        if take:
+            positions.update(range(doc.start, doc.start + take + 1))
+        left -= take
+    return positions
+
+
+@pytest.mark.parametrize("order", ["longest_first", "stream"])
+def test_global_sgd_reads_only_documents_already_scored(val_tokens, order):
+    cfg = small_eval_config(phased_prefix_order=order)
     docs = find_documents(val_tokens, BOS)
     starts = [d.start for d in docs]
     _, trace = run_ttt(val_tokens, cfg)
@@ -101,14 +126,14 @@ def test_global_sgd_reads_only_documents_already_scored(val_tokens):
             scored.add(event[1])
             continue
         _, phase, a, b = event
-        owners = {bisect.bisect_left(starts, p) - 1 for p in range(max(a, 1), b)}  # document whose target p is
+        owners = {bisect.bisect_left(starts, p) - 1 for p in range(a + 1, b)}  # document whose target p is
         assert owners <= scored, f"phase {phase} SGD read documents {sorted(owners - scored)} before scoring them"
         read_by_phase.setdefault(phase, set()).update(range(a, b))
-    boundaries = phase_boundaries(len(docs), cfg.phased_prefix_docs, cfg.phased_num_phases)
+    stages = build_stages(docs, cfg)
     assert sorted(read_by_phase) == [1, 2]
-    for phase, boundary in zip((1, 2), boundaries, strict=True):
-        assert read_by_phase[phase] == set(range(0, docs[boundary - 1].end))  # all prefix docs scored so far
-    rest = {d.index for d in docs[boundaries[-1] :]}
+    for phase in (1, 2):  # every prefix document scored so far, but the last chunk (as the record does)
+        assert read_by_phase[phase] == sgd_trained_positions(stages[phase - 1].sgd_docs, cfg.global_sgd_chunk_tokens)
+    rest = {d.index for d in stages[-1].docs}
     last_sgd = max(i for i, e in enumerate(trace.events) if e[0] == "sgd_read")
     assert {e[1] for e in trace.events[last_sgd:] if e[0] == "scored"} == rest
 
@@ -153,22 +178,24 @@ def test_max_docs_limits_every_evaluator_to_the_first_documents(val_tokens):
     assert results["val_tokens"] == results["ttt_tokens"] == docs[3].end - 1
 
 
-def _evaluate_on_rank(tokens: torch.Tensor) -> tuple[dict, dict, dict]:
-    """evaluate() with a trace, and the weights one global SGD on the phase-1 documents produces."""
+def _evaluate_on_rank(tokens: torch.Tensor) -> tuple[dict, dict, dict, list]:
+    """evaluate() with a trace, the weights one global SGD on the phase-1 documents produces, and the stages."""
     cfg = small_eval_config(sliding_enabled=True)
     trace = TTTTrace()
     results = evaluate(tiny_model(), tokens, synthetic_luts(), cfg, progress=False, trace=trace)
     model = tiny_model()
-    global_sgd(model, ValSet.build(tokens, synthetic_luts(), "cpu"), build_stages(find_documents(tokens, BOS), cfg)[0].docs, cfg)
-    return results, trace.chunk_nll, model.state_dict()
+    stages = build_stages(find_documents(tokens, BOS), cfg)
+    global_sgd(model, ValSet.build(tokens, synthetic_luts(), "cpu"), stages[0].docs, cfg)
+    return results, trace.chunk_nll, model.state_dict(), [[d.index for d in s.docs] for s in stages]
 
 
 @pytest.mark.slow
 def test_two_gloo_ranks_score_every_token_once_and_match_one_rank(val_tokens, tmp_path):
-    single, single_chunks, single_sgd = _evaluate_on_rank(val_tokens)
+    single, single_chunks, single_sgd, single_stages = _evaluate_on_rank(val_tokens)
     ranks = run_on_ranks(_evaluate_on_rank, 2, tmp_path, val_tokens)
+    assert [stages for *_, stages in ranks] == [single_stages, single_stages]  # the same prefix on every rank
     all_bytes = target_bytes(val_tokens[:-1], val_tokens[1:], synthetic_luts()).sum().item()
-    chunks = [set(chunk_nll) for _, chunk_nll, _ in ranks]
+    chunks = [set(chunk_nll) for _, chunk_nll, _, _ in ranks]
     assert chunks[0] and chunks[1] and not chunks[0] & chunks[1]
     assert chunks[0] | chunks[1] == set(single_chunks)
     merged = {**ranks[0][1], **ranks[1][1]}
@@ -176,7 +203,7 @@ def test_two_gloo_ranks_score_every_token_once_and_match_one_rank(val_tokens, tm
     for key, nll in single_chunks.items():  # same batches and adapters: same scores before any SGD
         if key[0] in phase1:
             assert merged[key] == pytest.approx(nll, rel=1e-9), key
-    for results, _, sgd in ranks:
+    for results, _, sgd, _ in ranks:
         for prefix in ("val", "sliding", "ttt"):
             assert (results[f"{prefix}_tokens"], results[f"{prefix}_bytes"]) == (val_tokens.numel() - 1, all_bytes)
         assert results["val_bpb"] == pytest.approx(single["val_bpb"], rel=1e-12)

@@ -222,6 +222,27 @@ def test_nonzero_lora_changes_output_at_each_site(site):
     assert not torch.allclose(adapted, plain)
 
 
+@pytest.mark.parametrize("with_lora", [False, True])
+def test_score_columns_equal_the_full_forward_at_those_columns(with_lora):
+    """TTT's fast path: the head only at the scored columns gives the full forward's per-token loss there,
+    and the same gradients reach the adapter."""
+    model = tiny_model()
+    model.looping_active = True
+    tokens, targets = random_tokens((3, 12), 256, 0), random_tokens((3, 12), 256, 1)
+    columns = torch.tensor([[4, 5, 6], [9, 10, 11], [0, 1, 11]])
+    lora = ProbeLoRA(model, scale=0.5) if with_lora else None
+    if with_lora:
+        for b in lora.b.values():
+            b.requires_grad_(True)
+    full = model(tokens, targets, lora=lora, reduction="none").gather(1, columns)
+    picked = model(tokens, targets.gather(1, columns), lora=lora, reduction="none", score_columns=columns)
+    torch.testing.assert_close(picked, full, rtol=1e-6, atol=1e-6)
+    if with_lora:
+        grads = [torch.autograd.grad(nll.sum(), list(lora.b.values())) for nll in (full, picked)]
+        for a, b in zip(*grads, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)  # fp32 sums over 3 vs 12 positions
+
+
 # ----------------------------------------------------------------------------- banks, export names, taps
 
 

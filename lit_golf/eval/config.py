@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 from lit_golf.config import config_from_dict
 
 LORA_SITES = ("q", "k", "v", "o", "mlp", "head")
+PREFIX_ORDERS = ("longest_first", "stream")
 
 
 @dataclass
@@ -31,14 +32,20 @@ class EvalConfig:
     ttt_context_len: int = 2048
     ttt_batch_docs: int = 64
     ttt_grad_steps: int = 1
-    # context windows are padded up to a multiple of this (capped at ttt_context_len): few static shapes
-    ttt_window_bucket: int = 256
+    # context windows are padded up to a multiple of this (capped at ttt_context_len): few shapes
+    ttt_window_bucket: int = 64
     # at most this many row positions (rows x width) per forward/backward, bounding activation memory
-    ttt_tokens_per_pass: int = 32768
+    # (64 rows x 2,048 in one pass take ~35 GB on the record model)
+    ttt_tokens_per_pass: int = 131072
+    # torch.compile the TTT forward/backward on CUDA (one graph, the window width a dynamic dimension)
+    ttt_compile: bool = True
     # multi-phase global SGD of the base model on already-scored documents
     phased_enabled: bool = True
     phased_prefix_docs: int = 2000
     phased_num_phases: int = 3
+    # which documents form the prefix: "longest_first" = the first `phased_prefix_docs` in the record's
+    # processing order (all documents sorted by length, longest first); "stream" = the first in the stream
+    phased_prefix_order: str = "longest_first"
     global_sgd_lr: float = 1e-3
     global_sgd_momentum: float = 0.9
     global_sgd_chunk_tokens: int = 32768
@@ -60,6 +67,8 @@ class EvalConfig:
         unknown = sorted(set(self.ttt_lora_targets) - set(LORA_SITES))
         if unknown:
             problems.append(f"ttt_lora_targets has unknown sites {unknown}; choose from {list(LORA_SITES)}")
+        if self.phased_prefix_order not in PREFIX_ORDERS:
+            problems.append(f"phased_prefix_order={self.phased_prefix_order!r}; choose from {list(PREFIX_ORDERS)}")
         if self.sliding_stride > self.eval_seq_len:
             problems.append(f"sliding_stride={self.sliding_stride} must not exceed eval_seq_len={self.eval_seq_len}")
         if self.ttt_chunk_size > self.ttt_context_len:

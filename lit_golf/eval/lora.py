@@ -68,7 +68,7 @@ class BatchedLoRA(nn.Module):
 
     @contextlib.contextmanager
     def select_rows(self, rows: slice) -> Iterator[None]:
-        """Serve only adapters `rows` (a forward over a slice of the batch, to bound activation memory)."""
+        """Serve only adapters `rows` (a contiguous slice: the rows still running, or a memory-bounded part)."""
         self.active_rows = rows
         try:
             yield
@@ -81,6 +81,9 @@ class BatchedLoRA(nn.Module):
             return None
         index = 0 if site == HEAD_SITE else slot
         a, b = self.A[site][index], self.B[site][index]
-        if self.active_rows != ALL_ROWS:  # slicing a parameter costs a full-size gradient buffer
-            a, b = a[self.active_rows], b[self.active_rows]
+        if x.size(0) != self.rows:
+            # the slice's length is read off `x`, so a compiled graph with a dynamic row count serves every
+            # slice that starts at the same row (slicing a parameter costs a full-size gradient buffer)
+            start = self.active_rows.start or 0
+            a, b = a.narrow(0, start, x.size(0)), b.narrow(0, start, x.size(0))
         return (x @ a.mT) @ b.mT

@@ -8,12 +8,17 @@ left-to-right pass, with the model's normalized softmax.
   document ending at the chunk (never another document's), then the adapter takes `ttt_grad_steps`
   AdamW steps on that chunk's loss alone. The last chunk is not trained on: nothing is left to score.
 * Batches: `ttt_batch_docs` documents of similar length advance chunk by chunk together, one padded
-  row each; finished and padding rows are masked out of scores and losses. Row widths are rounded
-  up to `ttt_window_bucket` so only a few shapes ever run, and the rows go through the model in
-  slices of at most `ttt_tokens_per_pass` positions (gradients accumulate; one optimizer step).
-* Phases: the first `phased_prefix_docs` documents (stream order) are scored in `phased_num_phases`
-  stages; after each, every rank runs global SGD of the base weights on all prefix documents scored
-  so far (`global_sgd`); the remaining documents are then scored with the adapted base.
+  row each, longest first; once a document has ended its row no longer runs, and padding positions
+  are masked out of scores and losses. Row widths are rounded up to `ttt_window_bucket`, and the rows
+  go through the model in slices of at most `ttt_tokens_per_pass` positions (gradients accumulate;
+  one optimizer step).
+* Phases: the first `phased_prefix_docs` documents of the processing order (the record's: longest
+  first; or stream order) are scored in `phased_num_phases` stages; after each, every rank runs global
+  SGD of the base weights on all prefix documents scored so far, in scored order (`global_sgd`); the
+  remaining documents are then scored with the adapted base.
+* Speed: the head and loss run only at each row's chunk positions (`score_columns`), all rows go
+  through the model in one pass where memory allows, and on CUDA the forward/backward is compiled
+  once with the window width as a dynamic dimension.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from lit_golf.eval.documents import (
     window_width,
 )
 from lit_golf.eval.global_sgd import global_sgd
-from lit_golf.eval.lora import ALL_ROWS, BatchedLoRA
+from lit_golf.eval.lora import BatchedLoRA
 from lit_golf.eval.metric import BitsPerByte
 from lit_golf.eval.runtime import Stopwatch, autocast, eval_mode, rank_and_world
 from lit_golf.eval.valset import ValSet
@@ -66,18 +71,30 @@ class Stage:
     sgd_docs: list[Document] | None
 
 
+def processing_order(docs: list[Document], cfg: EvalConfig) -> list[Document]:
+    """The order the prefix is taken from: the record's (longest first; ties by stream position) or the stream's."""
+    if cfg.phased_prefix_order == "stream":
+        return docs
+    return sorted(docs, key=lambda d: (-d.num_targets, d.index))
+
+
 def build_stages(docs: list[Document], cfg: EvalConfig) -> list[Stage]:
-    """The prefix phases (each followed by SGD on all prefix documents so far), then the rest."""
+    """The prefix phases (each followed by SGD on all prefix documents so far), then the rest.
+
+    Every rank computes the same stages from the same documents, so the prefix never depends on
+    timing or on the number of ranks.
+    """
     if not cfg.phased_enabled or cfg.phased_prefix_docs == 0:
         return [Stage("all", docs, None)]
+    ordered = processing_order(docs, cfg)
     stages, done = [], 0
     for phase, boundary in enumerate(phase_boundaries(len(docs), cfg.phased_prefix_docs, cfg.phased_num_phases), 1):
         if boundary > done:
             later = boundary < len(docs)
-            stages.append(Stage(f"phase{phase}", docs[done:boundary], docs[:boundary] if later else None))
+            stages.append(Stage(f"phase{phase}", ordered[done:boundary], ordered[:boundary] if later else None))
             done = boundary
     if done < len(docs):
-        stages.append(Stage("rest", docs[done:], None))
+        stages.append(Stage("rest", ordered[done:], None))
     return stages
 
 
@@ -93,6 +110,31 @@ class DocumentBatchScorer:
             weight_decay=cfg.ttt_weight_decay, fused=val.device.type == "cuda",
         )
         self.generator = torch.Generator(device=val.device)
+        self.compiled = cfg.ttt_compile and val.device.type == "cuda"
+        self.forward = torch.compile(self._chunk_nll) if self.compiled else self._chunk_nll
+        self.chunk_columns = torch.arange(cfg.ttt_chunk_size, device=val.device)
+
+    def _chunk_nll(self, inputs: torch.Tensor, targets: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+        """NLL `[rows, chunk]` of `targets` at window `columns` of `inputs`, with the adapters of the active rows."""
+        with autocast(inputs.device):
+            return self.model(inputs, targets, lora=self.lora, reduction="none", score_columns=columns)
+
+    def warm_up(self) -> None:
+        """Compile the TTT graph on random tokens at the narrowest and widest window (a dynamic width
+        compiles once; a static one at least shows its cost here), leaving adapters and metric untouched."""
+        cfg, device = self.cfg, self.val.device
+        vocab = self.model.config.vocab_size
+        columns = self.chunk_columns[None, :].expand(self.rows, -1).contiguous()
+        for width in sorted({window_width(0, cfg.ttt_chunk_size, cfg.ttt_context_len, cfg.ttt_window_bucket),
+                             cfg.ttt_context_len}):
+            inputs = torch.randint(2, vocab, (self.rows, width), device=device)
+            targets = inputs.gather(1, columns)
+            for tensor in (inputs, targets, columns):
+                torch._dynamo.maybe_mark_dynamic(tensor, 0)
+            torch._dynamo.maybe_mark_dynamic(inputs, 1)
+            nll = self.forward(inputs, targets, columns)
+            nll.sum().backward()
+        self.optimizer.zero_grad(set_to_none=True)
 
     def score(self, docs: list[Document]) -> None:
         """Score `docs` (at most `ttt_batch_docs`, longest first) into the metric, chunk by chunk."""
@@ -107,7 +149,11 @@ class DocumentBatchScorer:
             chunk_hi = targets.clamp(max=chunk_lo + cfg.ttt_chunk_size)
             win_start = (chunk_hi - cfg.ttt_context_len).clamp(min=0)
             length = torch.where(targets > chunk_lo, chunk_hi - win_start, 0)
+            # window column of each row's chunk positions; past the row's end they are padding, not scored
+            columns = (chunk_lo - win_start)[:, None] + self.chunk_columns[None, :]
+            scored = columns < length[:, None]
             width = window_width(ci, cfg.ttt_chunk_size, cfg.ttt_context_len, cfg.ttt_window_bucket)
+            columns = columns.clamp(max=width - 1)
             groups = self._row_groups(lengths, chunk_lo, width)
             train = ci + 1 < chunks
             has_next = targets > chunk_lo + cfg.ttt_chunk_size
@@ -115,30 +161,33 @@ class DocumentBatchScorer:
                 self.optimizer.zero_grad(set_to_none=True)
                 for rows in groups:
                     batch = self.val.gather(doc_start[rows] + win_start[rows], length[rows], width)
-                    columns = torch.arange(width, device=device)
-                    scored = batch.valid & (columns[None, :] >= (chunk_lo - win_start[rows])[:, None])
-                    with self.lora.select_rows(rows), torch.set_grad_enabled(train), autocast(device):
-                        nll = self.model(batch.inputs, batch.targets, lora=self.lora, reduction="none")
+                    row_columns = columns[rows]
+                    chunk_targets = batch.targets.gather(1, row_columns)
+                    if self.compiled:  # one graph for every row count and width
+                        for tensor in (batch.inputs, chunk_targets, row_columns):
+                            torch._dynamo.maybe_mark_dynamic(tensor, 0)
+                        torch._dynamo.maybe_mark_dynamic(batch.inputs, 1)
+                    # the compiled graph always records gradients: a no-grad variant would be a second compile
+                    with self.lora.select_rows(rows), torch.set_grad_enabled(train or self.compiled):
+                        nll = self.forward(batch.inputs, chunk_targets, row_columns)
                     if step == 0:
-                        self.metric.update(nll, batch.target_bytes, scored)
+                        self.metric.update(nll, batch.target_bytes.gather(1, row_columns), scored[rows])
                         if self.trace is not None:
-                            self._record_chunk(docs[rows], ci, nll, scored)
+                            self._record_chunk(docs[rows], ci, nll, scored[rows])
                     if train:
-                        self._backward(nll, scored, has_next[rows])
+                        self._backward(nll, scored[rows], has_next[rows])
                 if train:
                     self.optimizer.step()
         if self.trace is not None:
             self.trace.events.extend(("scored", d.index) for d in docs)
 
     def _row_groups(self, lengths: list[int], chunk_lo: int, width: int) -> list[slice]:
-        """Equal slices of the batch rows, `ttt_tokens_per_pass // width` (a power of two) rows each,
-        skipping slices whose documents have all ended (rows are sorted longest first)."""
+        """The rows whose documents reach this chunk (a prefix: rows are sorted longest first), in slices of
+        at most `ttt_tokens_per_pass // width` rows (a power of two) to bound activation memory."""
+        running = sum(length > chunk_lo for length in lengths)
         fit = max(1, self.cfg.ttt_tokens_per_pass // width)
-        size = min(self.rows, 1 << (fit.bit_length() - 1))
-        if size == self.rows:
-            return [ALL_ROWS]
-        starts = range(0, self.rows, size)
-        return [slice(g, g + size) for g in starts if max(lengths[g : g + size]) > chunk_lo]
+        size = 1 << (fit.bit_length() - 1)
+        return [slice(g, min(g + size, running)) for g in range(0, running, size)]
 
     def _backward(self, nll: torch.Tensor, scored: torch.Tensor, has_next: torch.Tensor) -> None:
         """Gradient of each row's mean chunk loss (rows without a later chunk contribute nothing)."""
@@ -194,6 +243,11 @@ def run_phased_ttt(
     try:
         # eval mode throughout, global SGD included: the model's train mode only swaps in training kernels
         with eval_mode(model):
+            if scorer.compiled:
+                with stopwatch.section("ttt_compile"):
+                    scorer.warm_up()
+                if rank == 0:
+                    log.info("ttt: compiled in %.1fs", stopwatch.seconds["ttt_compile"])
             for phase, (stage, plan) in enumerate(zip(stages, plans, strict=True), 1):
                 with stopwatch.section(f"ttt_score_{stage.name}"):
                     for batch in plan:

@@ -1,0 +1,105 @@
+"""Phased-TTT throughput of an artifact on one GPU: launch -> final TTT bpb, every second counted.
+
+Loads the artifact and the validation shard, runs `run_phased_ttt` with the record's TTT settings
+(prefix scaled to the document count) and writes one JSON line of numbers: scored tokens/s, positions/s
+(rows x width actually run, from the evaluator's own planning), compile seconds, launch -> bpb,
+TTT bpb, peak memory. Run it twice on one box for a cold and a warm (Inductor cache) compile.
+
+    python bench/ttt_throughput.py --artifact A.ptz --data-dir DATA --max-docs 5000 --prefix-docs 200 --out r.json
+"""
+
+from __future__ import annotations
+
+import time
+
+LAUNCH = time.time()  # before the heavy imports: they are part of an evaluation's wall clock
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from count_ttt_work import positions  # noqa: E402
+
+from lit_golf import artifact  # noqa: E402
+from lit_golf.data.datamodule import GolfDataModule  # noqa: E402
+from lit_golf.eval.config import EvalConfig  # noqa: E402
+from lit_golf.eval.documents import find_documents, truncate_to_documents  # noqa: E402
+from lit_golf.eval.runtime import Stopwatch  # noqa: E402
+from lit_golf.eval.ttt import run_phased_ttt  # noqa: E402
+from lit_golf.eval.valset import ValSet  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--artifact", required=True)
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--max-docs", type=int, default=5000)
+    parser.add_argument("--prefix-docs", type=int, default=200)
+    parser.add_argument("--eager", action="store_true", help="no torch.compile (the path before this benchmark)")
+    parser.add_argument("--window-bucket", type=int, default=EvalConfig().ttt_window_bucket)
+    parser.add_argument("--tokens-per-pass", type=int, default=EvalConfig().ttt_tokens_per_pass)
+    parser.add_argument("--attention-backend", default=None, help="override the artifact's runtime backend")
+    parser.add_argument("--label", default="")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+
+    device = torch.device("cuda")
+    cfg = EvalConfig(
+        max_docs=args.max_docs, phased_prefix_docs=args.prefix_docs, ttt_compile=not args.eager,
+        ttt_window_bucket=args.window_bucket, ttt_tokens_per_pass=args.tokens_per_pass,
+    )
+    overrides = {"attention_backend": args.attention_backend} if args.attention_backend else {}
+    model = artifact.load(args.artifact, device, **overrides)
+    data = GolfDataModule(data_dir=args.data_dir, vocab_size=model.config.vocab_size)
+    tokens = truncate_to_documents(data.val_tokens(), cfg.bos_id, cfg.max_docs)
+    val = ValSet.build(tokens, data.byte_luts(), device)
+    loaded = time.time()
+    stopwatch = Stopwatch(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    with stopwatch.section("ttt"):
+        metric = run_phased_ttt(model, val, cfg, stopwatch=stopwatch, progress=False)
+        totals = metric.totals()
+    done = time.time()
+    scored = int(totals["tokens"])
+    run_positions = positions(cfg, tokens)
+    compile_s = stopwatch.seconds.get("ttt_compile", 0.0)
+    ttt_s = stopwatch.seconds["ttt"] - compile_s
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    result = {
+        "label": args.label,
+        "gpu": torch.cuda.get_device_name(device),
+        "commit": commit or None,
+        "artifact": args.artifact,
+        "attention_backend": model.attention_backend_name,
+        "compiled": cfg.ttt_compile,
+        "docs": len(find_documents(tokens, cfg.bos_id)),
+        "prefix_docs": cfg.phased_prefix_docs,
+        "window_bucket": cfg.ttt_window_bucket,
+        "scored_tokens": scored,
+        "positions": run_positions,
+        "ttt_s_after_compile": ttt_s,
+        "scored_tokens_per_s": scored / ttt_s,
+        "positions_per_s": run_positions / ttt_s,
+        "compile_s": compile_s,
+        "load_s": loaded - LAUNCH,
+        "launch_to_bpb_s": done - LAUNCH,
+        "ttt_bpb": totals["bpb"],
+        "sections_s": {k: round(v, 2) for k, v in stopwatch.seconds.items()},
+        "peak_memory_gb": torch.cuda.max_memory_allocated(device) / 1e9,
+        "config": {k: v for k, v in cfg.to_dict().items() if k.startswith(("ttt_", "phased_", "global_sgd_"))},
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with args.out.open("a") as f:
+        f.write(json.dumps(result) + "\n")
+    print(json.dumps({k: v for k, v in result.items() if k != "config"}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
