@@ -16,6 +16,7 @@ LAUNCH = time.time()  # before the heavy imports: they are part of an evaluation
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import os  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -71,7 +72,9 @@ def main() -> None:
     run_positions = positions(cfg, tokens)
     compile_s = stopwatch.seconds.get("ttt_compile", 0.0)
     ttt_s = stopwatch.seconds["ttt"] - compile_s
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = os.environ.get("LIT_GOLF_COMMIT") or subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
     result = {
         "label": args.label,
         "gpu": torch.cuda.get_device_name(device),
