@@ -1,7 +1,8 @@
 """`lit-golf prepare-data`: tokenize a document corpus into upstream-format shards.
 
 Every document becomes `[BOS] + sp.encode(text)`; the first `--num-val-docs` documents form the
-validation stream and the rest the training stream. Each stream is cut into shards of exactly
+validation stream and the rest the training stream; `--train-tokenizer` trains on training documents
+only, so no validation text leaks into the tokenizer. Each stream is cut into shards of exactly
 `--shard-tokens` tokens (a document may continue in the next shard), which reproduces the
 published FineWeb export token for token when given the same documents and tokenizer.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import hashlib
+import itertools
 import json
 import lzma
 import multiprocessing
@@ -32,6 +33,7 @@ from lit_golf.data.shards import (
     BOS_ID,
     SPLITS,
     dataset_dir,
+    file_sha256,
     shard_glob,
     shard_name,
     tokenizer_path,
@@ -74,25 +76,54 @@ def _document_format(path: Path) -> str:
 
 def _read_file(path: Path, text_field: str) -> Iterator[str]:
     fmt = _document_format(path)
-    with open_text(path) as f:
-        for line_no, line in enumerate(f, start=1):
-            if fmt == "txt":
-                line = line.rstrip("\n")
-                if line:
-                    yield line
-                continue
-            if not line.strip():
-                continue
+    line_no = 0
+    try:
+        with open_text(path) as f:
+            for line_no, line in enumerate(f, start=1):
+                if fmt == "txt":
+                    line = line.rstrip("\n")
+                    if line:
+                        yield line
+                    continue
+                if not line.strip():
+                    continue
+                try:
+                    text = json.loads(line)[text_field]
+                except (json.JSONDecodeError, KeyError, TypeError) as err:
+                    problem = f"no {text_field!r} field" if isinstance(err, KeyError) else err
+                    raise PrepareError(
+                        f"{path}:{line_no} is not a JSON object with a {text_field!r} string ({problem}): "
+                        "fix the line or pass --text-field"
+                    ) from None
+                if not isinstance(text, str):
+                    raise PrepareError(f"{path}:{line_no} field {text_field!r} is not a string: fix the line")
+                yield text
+    except UnicodeDecodeError:
+        bad_line, err = _first_undecodable_line(path)
+        raise PrepareError(
+            f"{path}:{bad_line or line_no + 1} is not valid UTF-8 ({err}): fix or drop the line, or convert the "
+            "file to UTF-8"
+        ) from None
+    except (OSError, EOFError, lzma.LZMAError) as err:
+        kind = {".gz": "gzip", ".xz": "xz"}.get(path.suffix, "plain text")
+        where = f"after line {line_no}" if line_no else "at its start"
+        raise PrepareError(
+            f"{path} cannot be read as {kind} {where} ({str(err).strip() or type(err).__name__}): "
+            "the file is corrupt or truncated, or its suffix does not match its compression"
+        ) from None
+
+
+def _first_undecodable_line(path: Path) -> tuple[int | None, str]:
+    """Line number (1-based) and reason of the first line that is not UTF-8; only called after a decode error,
+    since text mode decodes whole blocks ahead of the line being read."""
+    opener = COMPRESSED_SUFFIXES.get(path.suffix, open)
+    with opener(path, "rb") as f:
+        for line_no, raw in enumerate(f, start=1):
             try:
-                text = json.loads(line)[text_field]
-            except (json.JSONDecodeError, KeyError, TypeError) as err:
-                raise PrepareError(
-                    f"{path}:{line_no} is not a JSON object with a {text_field!r} string ({err}): "
-                    "fix the line or pass --text-field"
-                ) from None
-            if not isinstance(text, str):
-                raise PrepareError(f"{path}:{line_no} field {text_field!r} is not a string: fix the line")
-            yield text
+                raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                return line_no, f"{err.reason} at byte {err.start}"
+    return None, "incomplete multi-byte character at the end of the file"
 
 
 def iter_documents(paths: Iterable[Path], text_field: str = "text", max_docs: int | None = None) -> Iterator[str]:
@@ -130,16 +161,36 @@ def sentencepiece_trainer_options(vocab_size: int) -> dict:
 
 def train_tokenizer(docs: Iterable[str], vocab_size: int, model_path: Path) -> Path:
     """Train a SentencePiece BPE model on `docs` and write it to `model_path` (plus its .vocab)."""
-    texts = (doc.replace("\x00", " ").strip() for doc in docs)
+    reading_errors: list[PrepareError] = []
+
+    def sentences() -> Iterator[str]:
+        try:
+            for doc in docs:
+                text = doc.replace("\x00", " ").strip()
+                if text:
+                    yield text
+        except PrepareError as err:  # SentencePiece would bury it in its own RuntimeError
+            reading_errors.append(err)
+            raise
+
     model_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=model_path.parent) as tmp:
         prefix = Path(tmp) / "sp"
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=(t for t in texts if t),
-            model_prefix=str(prefix),
-            minloglevel=2,
-            **sentencepiece_trainer_options(vocab_size),
-        )
+        try:
+            spm.SentencePieceTrainer.train(
+                sentence_iterator=sentences(),
+                model_prefix=str(prefix),
+                minloglevel=2,
+                **sentencepiece_trainer_options(vocab_size),
+            )
+        except RuntimeError as err:
+            if reading_errors:
+                raise reading_errors[0] from None
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise PrepareError(
+                f"SentencePiece could not train a {vocab_size}-token tokenizer on the training documents ({reason}): "
+                "pass more text (more documents, or a larger --tokenizer-train-docs)"
+            ) from None
         actual = int(spm.SentencePieceProcessor(model_file=f"{prefix}.model").vocab_size())
         if actual != vocab_size:
             raise PrepareError(
@@ -151,12 +202,7 @@ def train_tokenizer(docs: Iterable[str], vocab_size: int, model_path: Path) -> P
     return model_path
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+sha256_of = file_sha256
 
 
 # ---------------------------------------------------------------------------------------------
@@ -290,12 +336,42 @@ def _target_vocab(args: argparse.Namespace) -> int:
     return vocab
 
 
+def _too_few_documents(inputs: list[Path], count: int, num_val_docs: int) -> PrepareError:
+    """The error for inputs that leave no training document: empty, or all of them kept for validation."""
+    names = f"input {inputs[0]}" if len(inputs) == 1 else f"the {len(inputs)} inputs ({', '.join(map(str, inputs))})"
+    if count == 0:
+        return PrepareError(
+            f"{names} hold{'s' if len(inputs) == 1 else ''} no documents: pass --input files with text "
+            "(.jsonl: one JSON object with a text field per line; .txt: one document per line)"
+        )
+    return PrepareError(
+        f"{names} hold{'s' if len(inputs) == 1 else ''} {count} document{'s' if count != 1 else ''} and "
+        f"--num-val-docs {num_val_docs} keeps {'all of them' if count > 1 else 'it'} for validation, leaving none "
+        f"for training: pass --num-val-docs below {count} (or more documents)"
+    )
+
+
+def _training_documents(args: argparse.Namespace, inputs: list[Path]) -> Iterator[str]:
+    """The documents after the first `--num-val-docs` (the training split), at most `--tokenizer-train-docs`.
+
+    Reads through the validation documents first, so an input that leaves no training document is
+    refused here, before SentencePiece starts.
+    """
+    docs = iter_documents(inputs, args.text_field, args.max_docs)
+    val_seen = sum(1 for _ in itertools.islice(docs, args.num_val_docs))
+    first = next(docs, None)
+    if first is None:
+        raise _too_few_documents(inputs, val_seen, args.num_val_docs)
+    return itertools.islice(itertools.chain([first], docs), args.tokenizer_train_docs)
+
+
 def _install_tokenizer(args: argparse.Namespace, inputs: list[Path], out: Path, vocab: int) -> Path:
-    """Train the tokenizer into `<out>/tokenizers/`, or copy the given one there; return its path."""
+    """Train the tokenizer (on training documents only) into `<out>/tokenizers/`, or copy the given one there;
+    return its path."""
     target = tokenizer_path(out, vocab)
     if args.train_tokenizer:
-        print(f"training a {vocab}-token SentencePiece BPE tokenizer -> {target}", file=sys.stderr)
-        docs = iter_documents(inputs, args.text_field, min(args.tokenizer_train_docs, args.max_docs or sys.maxsize))
+        docs = _training_documents(args, inputs)
+        print(f"training a {vocab}-token SentencePiece BPE tokenizer on training documents -> {target}", file=sys.stderr)
         return train_tokenizer(docs, vocab, target)
     source = Path(args.tokenizer)
     if not (target.exists() and target.samefile(source)):
@@ -318,10 +394,15 @@ def _check_args(args: argparse.Namespace, inputs: list[Path]) -> None:
             f"--vocab-size {args.vocab_size} must exceed 260 (256 byte tokens + 4 specials) and fit uint16 shards "
             f"(<= {MAX_VOCAB})"
         )
-    for name in ("num_val_docs", "shard_tokens", "workers", "max_docs"):
+    for name in ("num_val_docs", "shard_tokens", "workers", "max_docs", "tokenizer_train_docs"):
         value = getattr(args, name)
         if value is not None and value < (0 if name == "num_val_docs" else 1):
             raise PrepareError(f"--{name.replace('_', '-')} must be positive, got {value}")
+    if args.max_docs is not None and args.num_val_docs >= args.max_docs:
+        raise PrepareError(
+            f"--num-val-docs {args.num_val_docs} must be below --max-docs {args.max_docs}: otherwise no document "
+            "is left for training"
+        )
 
 
 def _clear_or_refuse(directory: Path, overwrite: bool) -> None:
@@ -354,6 +435,10 @@ def prepare(args: argparse.Namespace) -> dict:
             bar.update(n_docs)
     for sink in sinks.values():
         sink.flush()
+    if sinks["train"].stats.docs == 0:  # nothing to train on: leave no half-made dataset behind
+        for path in (p for split in SPLITS for p in target_dir.glob(shard_glob(split))):
+            path.unlink()
+        raise _too_few_documents(inputs, sinks["val"].stats.docs, args.num_val_docs)
 
     manifest = {
         "vocab_size": vocab_size,
@@ -377,11 +462,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--input", action="append", required=True, help="document file; repeat for several")
     parser.add_argument("--out", default="data", help="data directory to write (default: data)")
     parser.add_argument("--tokenizer", help="existing SentencePiece model (copied to OUT/tokenizers/)")
-    parser.add_argument("--train-tokenizer", action="store_true", help="train a BPE tokenizer on the first documents")
+    parser.add_argument(
+        "--train-tokenizer", action="store_true",
+        help="train a BPE tokenizer on the first training documents (never on validation ones)",
+    )
     parser.add_argument("--vocab-size", type=int, help="vocabulary of the tokenizer to train (or check)")
     parser.add_argument(
         "--tokenizer-train-docs", type=int, default=DEFAULT_TOKENIZER_TRAIN_DOCS,
-        help=f"documents used to train the tokenizer (default: {DEFAULT_TOKENIZER_TRAIN_DOCS})",
+        help=f"training documents used to train the tokenizer (default: {DEFAULT_TOKENIZER_TRAIN_DOCS})",
     )
     parser.add_argument("--text-field", default="text", help="JSON field holding the text (default: text)")
     parser.add_argument(

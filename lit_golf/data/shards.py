@@ -7,7 +7,10 @@ there is no EOS, so document boundaries are simply the BOS positions.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +40,39 @@ def tokenizer_path(data_dir: str | Path, vocab_size: int) -> Path:
     return Path(data_dir) / "tokenizers" / tokenizer_filename(vocab_size)
 
 
+def manifest_path(data_dir: str | Path, vocab_size: int) -> Path:
+    """`manifest.json` of a dataset directory (written by `prepare-data`; optional)."""
+    return dataset_dir(data_dir, vocab_size) / "manifest.json"
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def manifest_tokenizer_sha256(path: str | Path) -> str | None:
+    """sha256 of the tokenizer a dataset manifest records, or None (no manifest, or it records none).
+
+    `prepare-data` writes `"tokenizer": {"path": ..., "sha256": ...}`; other manifests that name the
+    hash anywhere in their `"tokenizer"` entry (e.g. `"fineweb_8192_bpe.model sha256 4e97..."`) count too.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ShardError(
+            f"manifest {path} is not readable JSON ({err}): restore it, or re-run `lit-golf prepare-data`"
+        ) from None
+    entry = manifest.get("tokenizer") if isinstance(manifest, dict) else None
+    found = re.search(r"\b[0-9a-fA-F]{64}\b", json.dumps(entry)) if entry is not None else None
+    return found.group(0).lower() if found else None
+
+
 def shard_name(split: str, index: int) -> str:
     return f"fineweb_{split}_{index:06d}.bin"
 
@@ -51,6 +87,18 @@ def find_shards(data_dir: str | Path, split: str, vocab_size: int) -> list[Path]
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     pattern = dataset_dir(data_dir, vocab_size) / shard_glob(split)
     files = sorted(pattern.parent.glob(pattern.name))
+    if not files and any(pattern.parent.glob(shard_glob("train" if split == "val" else "val"))):
+        if split == "val":
+            raise ShardError(
+                f"the validation split in {pattern.parent} is empty (train shards but no {pattern.name}; "
+                "prepare-data ran with --num-val-docs 0?): re-run `lit-golf prepare-data` with --num-val-docs N > 0 "
+                "(and --overwrite)"
+            )
+        raise ShardError(
+            f"the training split in {pattern.parent} is empty (val shards but no {pattern.name}): re-run "
+            "`lit-golf prepare-data` with --num-val-docs below the number of documents (and --overwrite), "
+            f"or `lit-golf download --variant sp{vocab_size} --train-shards N`"
+        )
     if not files:
         raise ShardError(
             f"no files match {pattern}: run `lit-golf download --variant sp{vocab_size}` or "
