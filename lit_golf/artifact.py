@@ -21,10 +21,15 @@ def load(path: str | Path, device: torch.device | str = "cpu", **config_override
     `config_overrides` replace runtime-only GPTConfig fields recorded at export time, e.g.
     `attention_backend="sdpa"` on a machine without FlashAttention.
     """
+    return load_with_header(path, device, **config_overrides)[0]
+
+
+def load_with_header(path: str | Path, device: torch.device | str = "cpu", **config_overrides) -> tuple[GPT, dict]:
+    """`load`, and the artifact's header (config, looping state, quantization, `tokenizer` file and sha256)."""
     header, tensors = read_artifact(path)
     config = GPTConfig.from_dict({**header["gpt_config"], **config_overrides})
     state = rebank_state_dict(dequantize_tensors(tensors), config)
     model = GPT(config)
     model.load_state_dict(state)
     model.looping_active = bool(header["looping_active"])
-    return model.to(device).eval()
+    return model.to(device).eval(), header

@@ -281,7 +281,7 @@ class GolfLightningModule(L.LightningModule):
     # ------------------------------------------------------------------- test
     def _load_artifact(self) -> None:
         runtime = {k: getattr(self.gpt_config, k) for k in GPTConfig.RUNTIME_FIELDS}
-        loaded = artifact.load(self.artifact, **runtime)
+        loaded, header = artifact.load_with_header(self.artifact, **runtime)
         want, got = self.gpt_config.architecture(), loaded.config.architecture()
         if want != got:
             diff = {k: (v, got[k]) for k, v in want.items() if got[k] != v}
@@ -289,6 +289,9 @@ class GolfLightningModule(L.LightningModule):
                 f"artifact {self.artifact} was built for a different model (config vs artifact: {diff}); "
                 "use the config the artifact was trained with"
             )
+        dm = self._trainer.datamodule if self._trainer is not None else None
+        if hasattr(dm, "check_artifact_tokenizer"):
+            dm.check_artifact_tokenizer(header, self.artifact)
         self.gpt.load_state_dict(loaded.state_dict())
         self.gpt.looping_active = loaded.looping_active
         log.info("evaluating artifact %s", self.artifact)

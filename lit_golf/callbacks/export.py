@@ -16,7 +16,7 @@ from lit_golf.eval.runner import plain_bpb
 from lit_golf.export.budget import ArtifactTooLarge
 from lit_golf.export.config import ExportConfig
 from lit_golf.export.hessians import collect_hessians
-from lit_golf.export.pipeline import ExportReport, build_artifact, calibration_batches
+from lit_golf.export.pipeline import ExportReport, build_artifact, calibration_batches, tokenizer_record
 
 log = logging.getLogger("lit_golf")
 
@@ -71,7 +71,7 @@ class GPTQExport(Callback):
         if trainer.is_global_zero:
             log.info("export: Hessians done in %.1fs; GPTQ + %s compression", time.perf_counter() - started,
                      cfg.compressor)
-            self.report = build_artifact(pl_module.gpt, hessians, cfg, out_dir)
+            self.report = build_artifact(pl_module.gpt, hessians, cfg, out_dir, tokenizer_record(trainer.datamodule))
             publish_table(trainer, self.report)
             log.info("export: done in %.1fs", time.perf_counter() - started)
             outcome = (str(self.report.artifact_path), _budget_error(self.report))

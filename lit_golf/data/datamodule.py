@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from functools import cached_property
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -11,8 +13,23 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, IterableDataset
 
 from lit_golf.data.packing import TrainSteps, TrainStream
-from lit_golf.data.shards import BOS_ID, ShardError, find_shards, read_shard, tokenizer_path
-from lit_golf.data.tokenizer import ByteLUTs, build_byte_luts, load_tokenizer
+from lit_golf.data.shards import (
+    BOS_ID,
+    ShardError,
+    file_sha256,
+    find_shards,
+    manifest_path,
+    manifest_tokenizer_sha256,
+    read_shard,
+    tokenizer_path,
+)
+from lit_golf.data.tokenizer import ByteLUTs, TokenizerError, build_byte_luts, load_tokenizer
+
+log = logging.getLogger("lit_golf")
+
+
+class TokenizerMismatch(TokenizerError):
+    """The data's tokenizer is not the one its shards (manifest) or an artifact were made with."""
 
 
 def grad_accum_steps_for(train_batch_tokens: int, world_size: int, tokens_per_microbatch: int) -> int:
@@ -133,6 +150,11 @@ class GolfDataModule(LightningDataModule):
         for name, value in positive.items():
             if value <= 0:
                 raise ValueError(f"GolfDataModule: {name}={value} must be positive")
+        if max_val_tokens is not None and max_val_tokens < 2:
+            raise ValueError(
+                f"GolfDataModule: max_val_tokens={max_val_tokens} is too small: validation needs at least 2 tokens "
+                "(one prediction); raise --data.max_val_tokens or drop it (null = all validation tokens)"
+            )
         self.save_hyperparameters()
         self.data_dir, self.vocab_size = data_dir, vocab_size
         self.train_seq_len, self.train_batch_tokens = train_seq_len, train_batch_tokens
@@ -178,6 +200,7 @@ class GolfDataModule(LightningDataModule):
             find_shards(self.data_dir, "train", self.vocab_size)
         find_shards(self.data_dir, "val", self.vocab_size)
         self.byte_luts()
+        self.check_tokenizer()
 
     def train_stream(self) -> TrainStream:
         return TrainStream(
@@ -218,10 +241,15 @@ class GolfDataModule(LightningDataModule):
     @cached_property
     def _val_tokens(self) -> torch.Tensor:
         files = find_shards(self.data_dir, "val", self.vocab_size)
-        tokens = np.concatenate([read_shard(f, self.vocab_size) for f in files])
-        tokens = truncate_at_document(tokens, self.max_val_tokens)
+        stored = np.concatenate([read_shard(f, self.vocab_size) for f in files])
+        tokens = truncate_at_document(stored, self.max_val_tokens)
+        if stored.size < 2:
+            raise ShardError(f"validation shards in {files[0].parent} hold {stored.size} tokens: need at least 2")
         if tokens.size < 2:
-            raise ShardError(f"validation shards in {files[0].parent} hold {tokens.size} tokens: need at least 2")
+            raise ValueError(
+                f"max_val_tokens={self.max_val_tokens} keeps {tokens.size} of the {stored.size} validation tokens "
+                f"in {files[0].parent} (cut at a document end): raise --data.max_val_tokens or drop it"
+            )
         return torch.from_numpy(tokens.astype(np.int64))
 
     def byte_luts(self) -> ByteLUTs:
@@ -232,6 +260,47 @@ class GolfDataModule(LightningDataModule):
     def _byte_luts(self) -> ByteLUTs:
         sp = load_tokenizer(tokenizer_path(self.data_dir, self.vocab_size), self.vocab_size)
         return build_byte_luts(sp, self.vocab_size)
+
+    # -- tokenizer identity -------------------------------------------------------------------
+
+    @property
+    def tokenizer_file(self) -> Path:
+        return tokenizer_path(self.data_dir, self.vocab_size)
+
+    @cached_property
+    def tokenizer_sha256(self) -> str:
+        return file_sha256(self.tokenizer_file)
+
+    def tokenizer_record(self) -> dict[str, str]:
+        """What an artifact records about the tokenizer it was trained with (file name and sha256)."""
+        return {"file": self.tokenizer_file.name, "sha256": self.tokenizer_sha256}
+
+    def check_tokenizer(self) -> None:
+        """The tokenizer must be the one the shards were made with, when the dataset's manifest says which."""
+        manifest = manifest_path(self.data_dir, self.vocab_size)
+        recorded = manifest_tokenizer_sha256(manifest)
+        if recorded is not None and recorded != self.tokenizer_sha256:
+            raise TokenizerMismatch(
+                f"tokenizer {self.tokenizer_file} (sha256 {self.tokenizer_sha256}) is not the one the shards were made "
+                f"with: {manifest} records sha256 {recorded}; put that tokenizer back or re-run `lit-golf prepare-data`"
+            )
+
+    def check_artifact_tokenizer(self, header: dict, artifact: str | Path) -> None:
+        """The artifact must have been trained with this data's tokenizer; artifacts that predate the
+        record load with a warning."""
+        recorded = (header.get("tokenizer") or {}).get("sha256")
+        if recorded is None:
+            log.warning(
+                "warning: artifact %s records no tokenizer (exported before lit_golf recorded one): make sure it was "
+                "trained with %s (sha256 %s)", artifact, self.tokenizer_file, self.tokenizer_sha256,
+            )
+        elif recorded != self.tokenizer_sha256:
+            name = header["tokenizer"].get("file", "?")
+            raise TokenizerMismatch(
+                f"artifact {artifact} was trained with tokenizer {name} (sha256 {recorded}) but the data's tokenizer "
+                f"{self.tokenizer_file} has sha256 {self.tokenizer_sha256}: evaluate it on the data it was trained "
+                "on (--data.data_dir) or train and export it again"
+            )
 
     def calibration_batches(
         self, num_batches: int, seq_len: int, batch_seqs: int, seed: int | None = None

@@ -87,8 +87,9 @@ def quantize_model(
     return stored, errors
 
 
-def artifact_header(gpt: GPT, cfg: ExportConfig) -> dict:
-    """What the loader needs besides the tensors: architecture, looping state, quantization, versions."""
+def artifact_header(gpt: GPT, cfg: ExportConfig, tokenizer: dict | None = None) -> dict:
+    """What the loader needs besides the tensors: architecture, looping state, quantization, versions,
+    and the tokenizer the model was trained with (`{"file", "sha256"}`, checked when it is evaluated)."""
     quantization = {}
     for group in GROUPS:
         bits, clip_sigmas = cfg.group_quantization(group)
@@ -99,7 +100,14 @@ def artifact_header(gpt: GPT, cfg: ExportConfig) -> dict:
         "quantization": quantization,
         "lit_golf_version": lit_golf.__version__,
         "torch_version": torch.__version__.split("+")[0],
+        **({"tokenizer": dict(tokenizer)} if tokenizer else {}),
     }
+
+
+def tokenizer_record(datamodule) -> dict | None:
+    """The datamodule's tokenizer file and sha256 for the artifact header (None when it cannot say)."""
+    record = getattr(datamodule, "tokenizer_record", None)
+    return record() if callable(record) else None
 
 
 def _size_rows(stored: dict[str, StoredTensor], parts: dict, errors: dict[str, float], code: CodeSize) -> list[SizeRow]:
@@ -115,7 +123,9 @@ def _size_rows(stored: dict[str, StoredTensor], parts: dict, errors: dict[str, f
     return rows
 
 
-def build_artifact(gpt: GPT, hessians: dict[str, torch.Tensor], cfg: ExportConfig, out_dir: str | Path) -> ExportReport:
+def build_artifact(
+    gpt: GPT, hessians: dict[str, torch.Tensor], cfg: ExportConfig, out_dir: str | Path, tokenizer: dict | None = None
+) -> ExportReport:
     """Quantize `gpt`, write `artifact.ptz` and `artifact.json` into `out_dir`, and report the sizes.
 
     Does not check the budget (the caller decides when to fail: `report.check_budget()`), so an
@@ -123,7 +133,7 @@ def build_artifact(gpt: GPT, hessians: dict[str, torch.Tensor], cfg: ExportConfi
     """
     out_dir = Path(out_dir)
     stored, errors = quantize_model(gpt, hessians, cfg)
-    blob, parts = pack(artifact_header(gpt, cfg), stored, cfg.compressor, cfg.brotli_quality)
+    blob, parts = pack(artifact_header(gpt, cfg, tokenizer), stored, cfg.compressor, cfg.brotli_quality)
     artifact_path = write_artifact(out_dir / ARTIFACT_NAME, blob)
     code = measure_code(cfg.compressor, cfg.brotli_quality)
     rows = _size_rows(stored, parts, errors, code)
@@ -147,10 +157,12 @@ def build_artifact(gpt: GPT, hessians: dict[str, torch.Tensor], cfg: ExportConfi
     return report
 
 
-def export_model(gpt: GPT, batches: Iterable, cfg: ExportConfig, out_dir: str | Path | None = None) -> ExportReport:
+def export_model(
+    gpt: GPT, batches: Iterable, cfg: ExportConfig, out_dir: str | Path | None = None, tokenizer: dict | None = None
+) -> ExportReport:
     """Single-process export: Hessians on `batches`, GPTQ, write files, then the budget check (raises)."""
     hessians = collect_hessians(gpt, batches)
-    report = build_artifact(gpt, hessians, cfg, out_dir or cfg.out_dir or "artifact")
+    report = build_artifact(gpt, hessians, cfg, out_dir or cfg.out_dir or "artifact", tokenizer)
     report.check_budget()
     return report
 
@@ -225,6 +237,6 @@ def export_from_checkpoint(
     gpt = gpt_from_checkpoint(ckpt_path, getattr(module, "gpt_config", None))
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     gpt.to(device)
-    report = export_model(gpt, calibration_batches(datamodule, cfg), cfg, out_dir)
+    report = export_model(gpt, calibration_batches(datamodule, cfg), cfg, out_dir, tokenizer_record(datamodule))
     log.info("artifact %s\n%s", report.artifact_path, report.table)
     return report
