@@ -32,6 +32,10 @@ from lit_golf.schedule import TrainingConfig, lr_multiplier
 log = logging.getLogger("lit_golf")
 
 
+class TrainingDiverged(ValueError):
+    """The training loss became NaN or infinite (a ValueError: the CLI reports it in one line)."""
+
+
 class CompileCache:
     """Inductor/Triton artifacts of the compiled shapes, kept in one file across launches.
 
@@ -104,6 +108,7 @@ class GolfLightningModule(L.LightningModule):
         self.last_train_loss = torch.zeros(())
         self.test_results: dict = {}
         self._fraction_from_clock = False
+        self._loss_check_every = 1  # steps between finite-loss checks; set at fit start
         self.val_bpb = BitsPerByte()  # a submodule: follows the model's device, reduces across ranks
         self._luts = None  # byte tables on the model's device, made at the first validation batch
 
@@ -124,7 +129,10 @@ class GolfLightningModule(L.LightningModule):
             # Only the inner GPT: compiling the LightningModule would trace Lightning's hooks too.
             self._compiled = torch.compile(self.gpt, fullgraph=True, dynamic=False)
 
-        self._fraction_from_clock = any(isinstance(cb, WallClockBudget) for cb in self.trainer.callbacks)
+        clock = next((cb for cb in self.trainer.callbacks if isinstance(cb, WallClockBudget)), None)
+        self._fraction_from_clock = clock is not None
+        # The loss is read on the steps where the wall clock syncs the device anyway: no extra host sync.
+        self._loss_check_every = clock.sync_every_steps if clock is not None else max(self.trainer.log_every_n_steps, 1)
         dm = self.trainer.datamodule
         self.tokens_per_step = dm.train_batch_tokens
         n_params = sum(p.numel() for p in self.gpt.parameters())
@@ -181,6 +189,20 @@ class GolfLightningModule(L.LightningModule):
         optimizer.zero_grad(set_to_none=True)
         self.last_train_loss = loss_sum / len(batch)
         return None
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        if self.global_step % self._loss_check_every == 0:
+            self.check_finite_loss()
+
+    def check_finite_loss(self) -> None:
+        """Stop at a NaN/inf training loss (on any rank) with one line, instead of training on to a broken export."""
+        loss = float(self.last_train_loss)
+        if self.trainer.strategy.reduce_boolean_decision(not math.isfinite(loss), all=False):
+            raise TrainingDiverged(
+                f"training diverged: the train loss is {loss} at step {self.global_step} (checked every "
+                f"{self._loss_check_every} steps): the learning rate is likely too high "
+                "(model.optim.matrix_lr / embed_lr / scalar_lr), or the data is bad"
+            )
 
     def _accumulate_gradients(self, micro_batches) -> torch.Tensor:
         model = self.step_model

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Callback
 
 from lit_golf import artifact
@@ -58,6 +59,7 @@ class GPTQExport(Callback):
 
     def export(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         cfg = self.config
+        check_finite_weights(pl_module.gpt, trainer.global_step)  # every rank holds the same weights
         # `trainer.log_dir` is a collective (it broadcasts), so every rank asks for it.
         out_dir = Path(cfg.out_dir) if cfg.out_dir else Path(trainer.log_dir or trainer.default_root_dir) / "artifact"
         measure = self.measure_quant_gap and hasattr(trainer.datamodule, "val_tokens")
@@ -111,6 +113,19 @@ class GPTQExport(Callback):
             trainer.logger.log_metrics({f"export/{k}": v for k, v in self.quant_gap.items()}, step=trainer.global_step)
         table = self.artifact_path.with_suffix(".json")
         table.write_text(json.dumps({**json.loads(table.read_text()), **self.quant_gap}, indent=2))
+
+
+def check_finite_weights(gpt: torch.nn.Module, step: int) -> None:
+    """One line instead of GPTQ's indirect failure when training left NaN/inf weights (it diverged)."""
+    bad = [name for name, t in gpt.state_dict().items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        from lit_golf.module import TrainingDiverged
+
+        raise TrainingDiverged(
+            f"training diverged: {len(bad)} weight tensors hold NaN/inf at step {step} (e.g. {bad[0]}), nothing "
+            "exported: the learning rate is likely too high (model.optim.matrix_lr / embed_lr / scalar_lr), or the "
+            "data is bad"
+        )
 
 
 def _budget_error(report: ExportReport) -> str | None:

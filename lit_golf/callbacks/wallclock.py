@@ -148,6 +148,11 @@ class WallClockBudget(Callback):
         self._elapsed = 0.0
 
     @property
+    def sync_every_steps(self) -> int:
+        """Steps between agreement points, where the device is synchronized anyway (other checks ride along)."""
+        return self._agreement.sync_every_steps
+
+    @property
     def elapsed_seconds(self) -> float:
         """Agreed (or extrapolated) training seconds after the last finished step, the same on all ranks."""
         return self._elapsed
