@@ -3,6 +3,8 @@
 Builds a corpus from the standard library's docstrings, trains a small SentencePiece tokenizer,
 prepares shards, fits `configs/tiny_cpu.yaml`, exports the GPTQ artifact and evaluates it with
 plain and phased test-time training — the same commands a user runs on real data, in a few minutes.
+Run again, it reuses the tokenizer and shards of the earlier run when they were made from the same
+corpus with the same settings (and says so), and rebuilds them otherwise; a failing step fails the demo.
 """
 
 from __future__ import annotations
@@ -19,6 +21,48 @@ def _say(message: str) -> None:
     print(f"[demo] {message}", flush=True)
 
 
+def prepare_demo_data(corpus: Path, data_dir: Path, vocab_size: int, num_val_docs: int) -> tuple[dict, bool] | None:
+    """Tokenizer + shards for the demo: `(manifest, reused)`, or None when prepare-data failed (it printed why).
+
+    Reused only when a stamp left by an earlier demo names the same corpus (sha256), vocabulary and
+    validation split, and the manifest's tokenizer and shards are all still there; rebuilt otherwise.
+    """
+    from lit_golf.data import prepare
+    from lit_golf.data.shards import (
+        SPLITS,
+        dataset_dir,
+        file_sha256,
+        manifest_path,
+        shard_glob,
+        tokenizer_path,
+    )
+
+    directory = dataset_dir(data_dir, vocab_size)
+    stamp = directory / "demo_stamp.json"
+    wanted = {"corpus_sha256": file_sha256(corpus), "vocab_size": vocab_size, "num_val_docs": num_val_docs}
+    try:
+        manifest = json.loads(manifest_path(data_dir, vocab_size).read_text())
+        tokenizer = tokenizer_path(data_dir, vocab_size)
+        intact = (
+            json.loads(stamp.read_text()) == wanted
+            and file_sha256(tokenizer) == manifest["tokenizer"]["sha256"]
+            and all(len(list(directory.glob(shard_glob(s)))) == manifest["splits"][s]["shards"] for s in SPLITS)
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        intact = False
+    if intact:
+        return manifest, True
+    stamp.unlink(missing_ok=True)
+    code = prepare.cli_main([
+        "--input", str(corpus), "--train-tokenizer", "--vocab-size", str(vocab_size),
+        "--num-val-docs", str(num_val_docs), "--out", str(data_dir), "--overwrite",
+    ])
+    if code != 0:
+        return None
+    stamp.write_text(json.dumps(wanted) + "\n")
+    return json.loads(manifest_path(data_dir, vocab_size).read_text()), False
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lit-golf demo", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="demo_run", help="folder for corpus, data, logs and artifact")
@@ -33,9 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
 def cli_main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from lit_golf.cli import run_lightning_cli
-    from lit_golf.data import prepare
     from lit_golf.data.demo_corpus import write_stdlib_corpus
-    from lit_golf.data.shards import dataset_dir
 
     config = Path(args.config)
     if not config.is_file():
@@ -49,12 +91,17 @@ def cli_main(argv: list[str] | None = None) -> int:
     n_docs = write_stdlib_corpus(corpus, max_docs=args.max_docs)
     _say(f"1/4 corpus: {n_docs} documents from the Python standard library's docstrings -> {corpus}")
 
-    prepare.cli_main([
-        "--input", str(corpus), "--train-tokenizer", "--vocab-size", str(args.vocab_size),
-        "--num-val-docs", str(args.num_val_docs), "--out", str(data_dir),
-    ])
-    manifest = json.loads((dataset_dir(data_dir, args.vocab_size) / "manifest.json").read_text())
-    _say(f"2/4 data: SentencePiece BPE vocab {args.vocab_size} trained; shards + manifest under {data_dir}")
+    prepared = prepare_demo_data(corpus, data_dir, args.vocab_size, args.num_val_docs)
+    if prepared is None:
+        _say("2/4 data: prepare-data failed (its error is above); demo stopped")
+        return 2
+    manifest, reused = prepared
+    if reused:
+        _say(f"2/4 data: reusing the tokenizer and shards an earlier demo made from this corpus under {data_dir} "
+             "(delete that folder to rebuild)")
+    else:
+        _say(f"2/4 data: SentencePiece BPE vocab {args.vocab_size} trained on the training documents; "
+             f"shards + manifest under {data_dir}")
 
     common = [
         "--config", str(config), "--data.data_dir", str(data_dir), "--data.vocab_size", str(args.vocab_size),
