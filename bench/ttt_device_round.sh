@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One device call for the TTT benchmark: install carried wheels, unpack enwiki2015 (5,000 val docs),
-# optionally run the CUDA tests and a short record-config fit + export, then each TTT run in $RUNS.
+# run the CUDA tests (TESTS=first or last) and optionally a short record-config fit + export, then each TTT run in $RUNS.
 # Usage (repo root; wheels in .whl/, xz shards + tokenizer in .gpu/data/):
-#   TESTS=1 FIT_STEPS=40 RUNS="fast-1000:--max-docs 1000 --prefix-docs 40" bash bench/ttt_device_round.sh
+#   TESTS=first FIT_STEPS=40 RUNS="fast-1000:--max-docs 1000 --prefix-docs 40" bash bench/ttt_device_round.sh
 #   ARTIFACT=.gpu/artifact.ptz RUNS="cold:--max-docs 5000;warm:--max-docs 5000" bash bench/ttt_device_round.sh
 # RUNS: ';'-separated `label:bench/ttt_throughput.py args`; results append to $OUT/ttt.jsonl.
 set -uo pipefail
@@ -11,11 +11,12 @@ python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 [ -d "$data/datasets" ] || bash bench/unpack_enwiki.sh "$data" 5000 > "$out/data.txt" 2>&1 || exit 1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
-if [ "${TESTS:-0}" = 1 ]; then
-  timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_eval_ttt_cuda.py tests/test_attention.py \
+run_tests() {
+  timeout "${TESTS_TIMEOUT:-300}" python3 -m pytest -q -p no:cacheprovider tests/test_eval_ttt_cuda.py tests/test_attention.py \
     > "$out/gpu_tests.txt" 2>&1
   tail -3 "$out/gpu_tests.txt"
-fi
+}
+[ "${TESTS:-0}" = first ] && run_tests
 artifact=${ARTIFACT:-}
 if [ "${FIT_STEPS:-0}" -gt 0 ]; then
   start=$(date +%s)
@@ -36,4 +37,5 @@ for run in "${runs[@]}"; do
   echo "run $label rc $?"; grep -E '"(scored_tokens_per_s|positions_per_s|compile_s|launch_to_bpb_s|ttt_bpb|peak_memory_gb)"' "$out/ttt_$label.log"
   grep -E "Error|error" "$out/ttt_$label.log" | tail -3
 done
+[ "${TESTS:-0}" = last ] && run_tests
 exit 0

@@ -16,6 +16,7 @@ LAUNCH = time.time()  # before the heavy imports: they are part of an evaluation
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import logging  # noqa: E402
 import os  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -35,6 +36,7 @@ from lit_golf.eval.documents import find_documents, truncate_to_documents  # noq
 from lit_golf.eval.runtime import Stopwatch  # noqa: E402
 from lit_golf.eval.ttt import run_phased_ttt  # noqa: E402
 from lit_golf.eval.valset import ValSet  # noqa: E402
+from lit_golf.module import CompileCache  # noqa: E402
 
 
 def main() -> None:
@@ -47,11 +49,16 @@ def main() -> None:
     parser.add_argument("--window-bucket", type=int, default=EvalConfig().ttt_window_bucket)
     parser.add_argument("--tokens-per-pass", type=int, default=EvalConfig().ttt_tokens_per_pass)
     parser.add_argument("--attention-backend", default=None, help="override the artifact's runtime backend")
+    parser.add_argument("--compile-cache", default=None,
+                        help="mega-cache file: loaded first when present (a warm launch on a fresh box), saved at the end")
     parser.add_argument("--label", default="")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
 
     device = torch.device("cuda")
+    cache = CompileCache(args.compile_cache)
+    cache.load()
     cfg = EvalConfig(
         max_docs=args.max_docs, phased_prefix_docs=args.prefix_docs, ttt_compile=not args.eager,
         ttt_window_bucket=args.window_bucket, ttt_tokens_per_pass=args.tokens_per_pass,
@@ -65,9 +72,10 @@ def main() -> None:
     stopwatch = Stopwatch(device)
     torch.cuda.reset_peak_memory_stats(device)
     with stopwatch.section("ttt"):
-        metric = run_phased_ttt(model, val, cfg, stopwatch=stopwatch, progress=False)
+        metric = run_phased_ttt(model, val, cfg, stopwatch=stopwatch, progress=True)
         totals = metric.totals()
     done = time.time()
+    cache.save()
     scored = int(totals["tokens"])
     run_positions = positions(cfg, tokens)
     compile_s = stopwatch.seconds.get("ttt_compile", 0.0)

@@ -19,7 +19,6 @@ import torch.nn as nn
 from lit_golf.eval.config import LORA_SITES
 
 HEAD_SITE = "head"
-ALL_ROWS = slice(None)
 
 
 def site_shapes(model: nn.Module) -> dict[str, tuple[int, int]]:
@@ -47,7 +46,7 @@ class BatchedLoRA(nn.Module):
         slots = executed_slots(model)
         device = next(model.parameters()).device
         self.rows, self.rank, self.num_slots = rows, rank, slots
-        self.active_rows = ALL_ROWS
+        self.row_offset = 0
         self.A = nn.ModuleDict()
         self.B = nn.ModuleDict()
         for site in targets:
@@ -68,12 +67,13 @@ class BatchedLoRA(nn.Module):
 
     @contextlib.contextmanager
     def select_rows(self, rows: slice) -> Iterator[None]:
-        """Serve only adapters `rows` (a contiguous slice: the rows still running, or a memory-bounded part)."""
-        self.active_rows = rows
+        """Serve only adapters `rows` (a contiguous slice: the rows still running, or a memory-bounded part);
+        the forward's inputs hold exactly those rows."""
+        self.row_offset = rows.start or 0
         try:
             yield
         finally:
-            self.active_rows = ALL_ROWS
+            self.row_offset = 0
 
     def delta(self, site: str, slot: int, x: torch.Tensor) -> torch.Tensor | None:
         """Per-row low-rank update of the projection at `site` in execution `slot`; `x` is `[rows, T, in]`."""
@@ -81,9 +81,8 @@ class BatchedLoRA(nn.Module):
             return None
         index = 0 if site == HEAD_SITE else slot
         a, b = self.A[site][index], self.B[site][index]
-        if x.size(0) != self.rows:
-            # the slice's length is read off `x`, so a compiled graph with a dynamic row count serves every
-            # slice that starts at the same row (slicing a parameter costs a full-size gradient buffer)
-            start = self.active_rows.start or 0
-            a, b = a.narrow(0, start, x.size(0)), b.narrow(0, start, x.size(0))
+        # The rows served are read off `x` (no branch on the count), so one compiled graph with a dynamic
+        # row count serves every slice that starts at the same row. (A slice of a parameter costs a
+        # full-size gradient buffer.)
+        a, b = a.narrow(0, self.row_offset, x.size(0)), b.narrow(0, self.row_offset, x.size(0))
         return (x @ a.mT) @ b.mT

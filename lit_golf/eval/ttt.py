@@ -184,7 +184,8 @@ class DocumentBatchScorer:
     def _row_groups(self, lengths: list[int], chunk_lo: int, width: int) -> list[slice]:
         """The rows whose documents reach this chunk (a prefix: rows are sorted longest first), in slices of
         at most `ttt_tokens_per_pass // width` rows (a power of two) to bound activation memory."""
-        running = sum(length > chunk_lo for length in lengths)
+        # at least 2 rows: a compiled graph treats a dimension of size 1 as a constant and would recompile
+        running = max(sum(length > chunk_lo for length in lengths), min(2, self.rows))
         fit = max(1, self.cfg.ttt_tokens_per_pass // width)
         size = 1 << (fit.bit_length() - 1)
         return [slice(g, min(g + size, running)) for g in range(0, running, size)]
