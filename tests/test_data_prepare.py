@@ -34,7 +34,7 @@ def expected_stream(sp: spm.SentencePieceProcessor, docs: list[str]) -> np.ndarr
 def test_reproduces_the_published_enwiki_val_shard_exactly(tmp_path):
     argv = [
         "--input", str(ENWIKI / "docs_first15000.jsonl.xz"), "--tokenizer", str(SP8192), "--num-val-docs", "5000",
-        "--max-docs", "5000", "--workers", "2", "--out", str(tmp_path / "out"), "--quiet",
+        "--max-docs", "5001", "--workers", "2", "--out", str(tmp_path / "out"), "--quiet",  # + 1 train document
     ]
     assert cli_main(argv) == 0
     reference = tmp_path / "reference.bin"
@@ -160,13 +160,16 @@ def test_missing_input_and_existing_shards(tmp_path, tiny_data, capsys):
     assert cli_main(["--input", str(tmp_path / "d.txt"), "--num-val-docs", "1", *base]) == 0
     assert cli_main(["--input", str(tmp_path / "d.txt"), "--num-val-docs", "1", *base]) == 2
     assert "already holds 2 shards: pass --overwrite" in capsys.readouterr().err
-    assert cli_main(["--input", str(tmp_path / "d.txt"), "--num-val-docs", "2", "--overwrite", *base]) == 0
-    assert [p.name for p in dataset_dir(tmp_path / "o", 512).glob("*.bin")] == ["fineweb_val_000000.bin"]
+    shards = dataset_dir(tmp_path / "o", 512)
+    (shards / "fineweb_train_000007.bin").write_bytes((shards / "fineweb_train_000000.bin").read_bytes())  # stale
+    assert cli_main(["--input", str(tmp_path / "d.txt"), "--num-val-docs", "1", "--overwrite", *base]) == 0
+    assert sorted(p.name for p in shards.glob("*.bin")) == ["fineweb_train_000000.bin", "fineweb_val_000000.bin"]
 
 
 def test_too_little_text_for_the_vocabulary(tmp_path, capsys):
     (tmp_path / "d.txt").write_text("tiny corpus\n")
-    argv = ["--input", str(tmp_path / "d.txt"), "--train-tokenizer", "--vocab-size", "4096", "--out", str(tmp_path / "o"), "--quiet"]
+    argv = ["--input", str(tmp_path / "d.txt"), "--train-tokenizer", "--vocab-size", "4096", "--num-val-docs", "0",
+            "--out", str(tmp_path / "o"), "--quiet"]
     assert cli_main(argv) == 2
     assert "only support a vocabulary of" in capsys.readouterr().err
 
