@@ -48,7 +48,13 @@ class GPTConfig:
     fused_mlp: bool = True
 
     def __post_init__(self) -> None:
-        problems = []
+        least = dict(vocab_size=1, num_layers=1, model_dim=1, num_heads=1, num_kv_heads=1, rope_dims=0,
+                     num_loops=0, xsa_last_n=0, parallel_start_layer=0)
+        problems = [f"{k}={getattr(self, k)} must be >= {n}" for k, n in least.items() if getattr(self, k) < n]
+        problems += [f"{k}={getattr(self, k)} must be positive" for k in ("mlp_mult", "rope_base", "logit_softcap")
+                     if not getattr(self, k) > 0]
+        if problems:  # the checks below divide by these
+            raise ValueError("invalid GPTConfig: " + "; ".join(problems))
         if self.model_dim % self.num_heads:
             problems.append(f"model_dim={self.model_dim} is not divisible by num_heads={self.num_heads}")
         elif self.head_dim % 2:
@@ -57,8 +63,6 @@ class GPTConfig:
             problems.append(f"num_heads={self.num_heads} is not divisible by num_kv_heads={self.num_kv_heads}")
         if self.rope_dims % 2 or self.rope_dims > self.model_dim // max(self.num_heads, 1):
             problems.append(f"rope_dims={self.rope_dims} must be even and at most head_dim")
-        if self.logit_softcap <= 0:
-            problems.append(f"logit_softcap={self.logit_softcap} must be positive")
         if self.num_loops and not (0 <= self.loop_start <= self.loop_end < self.num_layers):
             problems.append(
                 f"loop_start={self.loop_start}..loop_end={self.loop_end} must lie inside 0..{self.num_layers - 1}"
