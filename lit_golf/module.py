@@ -25,6 +25,7 @@ from lit_golf.eval.config import EvalConfig
 from lit_golf.eval.metric import BitsPerByte
 from lit_golf.eval.plain import document_masked_nll
 from lit_golf.eval.runner import evaluate
+from lit_golf.export.pipeline import check_vocab, checkpoint_weights
 from lit_golf.model import GPT
 from lit_golf.optim import OptimConfig, build_golf_optimizer, muon_momentum
 from lit_golf.schedule import TrainingConfig, lr_multiplier
@@ -74,6 +75,8 @@ class GolfLightningModule(L.LightningModule):
         training: LR warmdown, loop switch, compile switches.
         evaluation: plain/sliding/TTT evaluation run by `lit-golf test`.
         artifact: path of an exported artifact whose (dequantized) weights `test` evaluates.
+        use_ema_weights: `test`/`validate`/`export` with a checkpoint (`--ckpt`) evaluate the EMA
+            average it holds, as the fit's own artifact does; false selects the raw weights.
     """
 
     def __init__(
@@ -83,6 +86,7 @@ class GolfLightningModule(L.LightningModule):
         training: TrainingConfig | None = None,
         evaluation: EvalConfig | None = None,
         artifact: str | None = None,
+        use_ema_weights: bool = True,
     ) -> None:
         super().__init__()
         self.gpt_config = gpt or GPTConfig()
@@ -90,6 +94,7 @@ class GolfLightningModule(L.LightningModule):
         self.training_config = training or TrainingConfig()
         self.eval_config = evaluation or EvalConfig()
         self.artifact = artifact
+        self.use_ema_weights = use_ema_weights
         # What a checkpoint needs to rebuild and resume the model. Evaluation settings stay out: with
         # `--ckpt_path`, LightningCLI lets checkpoint hparams override the command line, and `test`
         # must honour the evaluation flags it is given.
@@ -114,7 +119,8 @@ class GolfLightningModule(L.LightningModule):
 
     # ------------------------------------------------------------------ setup
     def setup(self, stage: str) -> None:
-        if stage == "test" and self.artifact:
+        check_vocab(self.gpt_config.vocab_size, getattr(self._trainer, "datamodule", None))
+        if stage in ("test", "validate") and self.artifact:
             self._load_artifact()
 
     def configure_optimizers(self):
@@ -299,6 +305,15 @@ class GolfLightningModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.gpt.looping_active = checkpoint.get("looping_active", self.gpt.looping_active)
+        stage = getattr(self._trainer.state.fn, "value", None) if self._trainer is not None else None
+        if stage in ("test", "validate"):  # not when resuming a fit: that continues from the raw weights
+            # Lightning loads `checkpoint["state_dict"]` after this hook: swap the EMA average in there.
+            weights = checkpoint["state_dict"]
+            source = self._trainer.ckpt_path
+            raw = {k[len("gpt."):]: v for k, v in weights.items() if k.startswith("gpt.")}
+            chosen, which = checkpoint_weights(checkpoint, raw, self.use_ema_weights, source)
+            weights.update({f"gpt.{k}": v for k, v in chosen.items()})
+            log.info("%s: checkpoint %s: %s", stage, source, which)
 
     # ------------------------------------------------------------------- test
     def _load_artifact(self) -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import warnings
+import zipfile
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -167,6 +169,21 @@ def export_model(
     return report
 
 
+def check_vocab(model_vocab: int, datamodule, model_source: str = "model.gpt.vocab_size") -> None:
+    """One line when the model's vocabulary differs from the data's (a datamodule without `vocab_size` passes)."""
+    data_vocab = getattr(datamodule, "vocab_size", None)
+    if data_vocab is None or data_vocab == model_vocab:
+        return
+    from lit_golf.data.shards import tokenizer_path
+
+    tokenizer = tokenizer_path(datamodule.data_dir, data_vocab) if hasattr(datamodule, "data_dir") else "?"
+    raise ValueError(
+        f"the model's vocab_size={model_vocab} ({model_source}) differs from the data's vocab_size={data_vocab} "
+        f"(tokenizer {tokenizer}): model and tokenizer must share one vocabulary: --model.gpt.vocab_size "
+        f"{data_vocab} for this data, or --data.vocab_size {model_vocab} for data of a {model_vocab}-token tokenizer"
+    )
+
+
 def calibration_batches(datamodule, cfg: ExportConfig, rank: int = 0, world_size: int = 1) -> Iterable:
     """This rank's share of the datamodule's calibration batches (every `world_size`-th from `rank`).
 
@@ -183,22 +200,82 @@ def calibration_batches(datamodule, cfg: ExportConfig, rank: int = 0, world_size
     return itertools.islice(batches, rank, None, world_size)
 
 
-def gpt_from_checkpoint(ckpt_path: str | Path, fallback_config: GPTConfig | None = None) -> GPT:
+def load_checkpoint(ckpt_path: str | Path, weights_only: bool = True) -> dict:
+    """The dict of a Lightning checkpoint written by `lit-golf fit` (`state_dict` with `gpt.*` weights).
+
+    Anything else (a missing file, a folder, garbage, a plain tensor or state dict, another model's
+    checkpoint) raises one line that names the file; torch's own unpickling advice never reaches the user.
+    """
+    path = Path(ckpt_path)
+    if not path.is_file():
+        what = "is a directory, not a file" if path.is_dir() else "does not exist"
+        raise FileNotFoundError(f"checkpoint {path} {what}; pass --ckpt PATH of a fit run's .ckpt")
+    try:
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4" for a pickle that is no checkpoint
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location="cpu", weights_only=weights_only, mmap=zipfile.is_zipfile(path))
+    except Exception as exc:  # torch's message may advise weights_only=False: do not pass that on
+        why = "not a file written by torch.save" if not zipfile.is_zipfile(path) else f"torch.load fails: {type(exc).__name__}"
+        raise ValueError(f"{path} is not a Lightning checkpoint written by `lit-golf fit` ({why})") from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
+        raise ValueError(
+            f"{path} is not a Lightning checkpoint written by `lit-golf fit` (a torch file without 'state_dict'); "
+            "pass a fit run's .ckpt"
+        )
+    if not any(k.startswith("gpt.") for k in ckpt["state_dict"]):
+        raise ValueError(
+            f"{path} is not a Lightning checkpoint written by `lit-golf fit` (its state_dict has no 'gpt.*' weights)"
+        )
+    return ckpt
+
+
+def check_checkpoint(ckpt_path: str | Path) -> None:
+    """Raise one line unless `ckpt_path` is a checkpoint written by `lit-golf fit` (cheap: memory-mapped)."""
+    load_checkpoint(ckpt_path, weights_only=True)
+
+
+def checkpoint_weights(
+    ckpt: dict, state: dict[str, torch.Tensor], use_ema: bool = True, source: str | Path = "checkpoint"
+) -> tuple[dict[str, torch.Tensor], str]:
+    """The GPT weights to evaluate or export from `ckpt`, and which they are (for the log).
+
+    `state` holds the checkpoint's raw `gpt.*` weights without the prefix. When the fit ran the `EMA`
+    callback, its fp32 average sits in `ckpt["callbacks"]["EMA"]["shadow"]`; as the fit's own artifact
+    does, that average is used (cast to each weight's dtype) unless `use_ema` is False.
+    """
+    ema = next((v for k, v in (ckpt.get("callbacks") or {}).items()
+                if k.split("{")[0] == "EMA" and isinstance(v, dict) and v.get("shadow")), None)
+    if ema is None:
+        return state, "raw weights (the checkpoint holds no EMA average)"
+    if not use_ema:
+        return state, "raw weights (--model.use_ema_weights false; the checkpoint also holds an EMA average)"
+    shadow = ema["shadow"]
+    missing = sorted(k for k, v in state.items() if v.is_floating_point() and k not in shadow)
+    extra = sorted(set(shadow) - set(state))
+    if missing or extra:
+        raise ValueError(
+            f"{source}: the EMA average does not match the weights (no average for {missing}, unknown {extra}); "
+            "--model.use_ema_weights false uses the raw weights"
+        )
+    averaged = {k: shadow[k].to(v.dtype) if k in shadow else v for k, v in state.items()}
+    return averaged, f"EMA average (decay {ema.get('decay')}; --model.use_ema_weights false selects the raw weights)"
+
+
+def gpt_from_checkpoint(
+    ckpt_path: str | Path, fallback_config: GPTConfig | None = None, use_ema: bool = True
+) -> GPT:
     """The inner GPT of a Lightning checkpoint written by `GolfLightningModule`.
 
     Assumes what that module saves: hyperparameters with the GPTConfig as a dict under 'gpt' (used
     when present, else `fallback_config`), weights under 'state_dict' with the prefix 'gpt.' (a
     'gpt._orig_mod.' prefix from a compiled model is accepted too), and optionally a top-level
     'looping_active'; without it the model is exported looping when the config loops (the record
-    turns looping on mid-training, so a finished run ends with it on).
+    turns looping on mid-training, so a finished run ends with it on). The weights are the EMA
+    average when the checkpoint holds one and `use_ema` (see `checkpoint_weights`).
     """
     ckpt_path = Path(ckpt_path)
-    if not ckpt_path.is_file():
-        raise FileNotFoundError(f"checkpoint {ckpt_path} does not exist; pass --ckpt PATH of a fit run's .ckpt")
     # weights_only=False: Lightning checkpoints hold plain Python hyperparameters; the file is the user's own.
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise ValueError(f"{ckpt_path} is not a Lightning checkpoint (no 'state_dict'); pass a fit run's .ckpt")
+    ckpt = load_checkpoint(ckpt_path, weights_only=False)
     saved = ckpt.get("hyper_parameters", {}).get("gpt")
     if isinstance(saved, GPTConfig):
         config = saved
@@ -211,8 +288,7 @@ def gpt_from_checkpoint(ckpt_path: str | Path, fallback_config: GPTConfig | None
         state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
         if state:
             break
-    if not state:
-        raise ValueError(f"{ckpt_path} has no 'gpt.*' weights; was it written by GolfLightningModule?")
+    state, which = checkpoint_weights(ckpt, state, use_ema, ckpt_path)
     gpt = GPT(config)
     try:
         gpt.load_state_dict(state)
@@ -220,6 +296,7 @@ def gpt_from_checkpoint(ckpt_path: str | Path, fallback_config: GPTConfig | None
         first = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
         raise ValueError(f"{ckpt_path} does not fit GPTConfig {config}: {first}") from None
     gpt.looping_active = bool(ckpt.get("looping_active", config.num_loops > 0))
+    log.info("checkpoint %s: %s", ckpt_path, which)
     return gpt
 
 
@@ -229,12 +306,14 @@ def export_from_checkpoint(
 ) -> ExportReport:
     """`lit-golf export`: GPTQ-export the GPT stored in `ckpt_path` with `datamodule`'s calibration batches.
 
-    `module` (a GolfLightningModule or None) only supplies the GPTConfig when the checkpoint has none.
+    `module` (a GolfLightningModule or None) supplies the GPTConfig when the checkpoint has none, and
+    `use_ema_weights` (default True: the checkpoint's EMA average when it holds one).
     Runs on CUDA when available. Raises `ArtifactTooLarge` after writing the files when over budget.
     """
     if ckpt_path is None:
         raise ValueError("export needs a checkpoint: pass --ckpt PATH (a .ckpt written by `lit-golf fit`)")
-    gpt = gpt_from_checkpoint(ckpt_path, getattr(module, "gpt_config", None))
+    gpt = gpt_from_checkpoint(ckpt_path, getattr(module, "gpt_config", None), getattr(module, "use_ema_weights", True))
+    check_vocab(gpt.config.vocab_size, datamodule, f"checkpoint {ckpt_path}")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     gpt.to(device)
     report = export_model(gpt, calibration_batches(datamodule, cfg), cfg, out_dir, tokenizer_record(datamodule))
