@@ -15,6 +15,15 @@ TINY_VOCAB = 512
 SHARED = Path(os.environ.get("LIT_GOLF_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 
 
+@pytest.fixture(autouse=True)
+def no_leftover_process_group():
+    """Lightning's DDP strategy (and the CLI's golf_ddp) keeps a process group for later Trainer calls;
+    end it after each test so later tests (which fork their own groups) start clean, whatever the order."""
+    yield
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 @dataclass(frozen=True)
 class TinyData:
     """A data_dir laid out like the real one: `datasets/fineweb10B_sp512/` + `tokenizers/fineweb_512_bpe.model`."""

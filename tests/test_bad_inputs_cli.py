@@ -19,10 +19,10 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
+from test_eval_support import small_gpt
 
 from lit_golf.callbacks.ema import EMA
 from lit_golf.cli import main, run_lightning_cli
-from lit_golf.config import GPTConfig
 from lit_golf.data.datamodule import GolfDataModule
 from lit_golf.export import pipeline
 from lit_golf.model import GPT
@@ -36,18 +36,6 @@ RECORD = REPO / "configs" / "record.yaml"
 QUICK_TEST = ["--model.evaluation.ttt_enabled", "false", "--model.evaluation.phased_enabled", "false",
               "--model.evaluation.max_docs", "4", "--data.max_val_tokens", "2048", "--trainer.logger", "false"]
 
-
-@pytest.fixture(autouse=True)
-def no_leftover_process_group():
-    """The CLI's golf_ddp strategy opens a one-process group; close it so later tests start clean."""
-    yield
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-
-
-def small_gpt(vocab: int) -> GPTConfig:
-    return GPTConfig(vocab_size=vocab, num_layers=4, model_dim=64, num_heads=4, num_kv_heads=2, rope_dims=8,
-                     xsa_last_n=4, parallel_start_layer=3, num_loops=1, loop_start=1, loop_end=2)
 
 
 @pytest.fixture(scope="module")

@@ -35,13 +35,6 @@ EVAL_QUICK = ["--model.evaluation.ttt_enabled", "false", "--model.evaluation.max
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture(autouse=True)
-def no_leftover_process_group():
-    """`fit`/`test` through the CLI start a gloo process group (strategy golf_ddp); end it after each test."""
-    yield
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-
 
 def one_error_line(err: str, command: str) -> str:
     """The single `lit-golf <command>: error:` line of `err`; no traceback anywhere."""

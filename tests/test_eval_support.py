@@ -38,6 +38,12 @@ def tiny_model(seed: int = 0, looping: bool = True) -> GPT:
     return model
 
 
+def small_gpt(vocab: int) -> GPTConfig:
+    """The training and CLI tests' model: 4 layers with looping, parallel lanes and XSA, dim 64."""
+    return GPTConfig(vocab_size=vocab, num_layers=4, model_dim=64, num_heads=4, num_kv_heads=2, rope_dims=8,
+                     xsa_last_n=4, parallel_start_layer=3, num_loops=1, loop_start=1, loop_end=2)
+
+
 def synthetic_val(lengths: list[int], seed: int = 0) -> torch.Tensor:
     """Documents `[BOS, w1..wn]` (words never BOS or 0) of the given lengths, concatenated."""
     g = torch.Generator().manual_seed(seed)

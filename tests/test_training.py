@@ -9,10 +9,10 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from test_eval_support import small_gpt
 
 from lit_golf import artifact
 from lit_golf.cli import main, run_lightning_cli
-from lit_golf.config import GPTConfig
 from lit_golf.data.datamodule import GolfDataModule
 from lit_golf.eval.runner import plain_bpb
 from lit_golf.module import GolfLightningModule
@@ -24,19 +24,6 @@ REPO = Path(__file__).resolve().parent.parent
 TINY_CPU = REPO / "configs" / "tiny_cpu.yaml"
 FIXED_STEPS_CPU = REPO / "configs" / "overrides" / "fixed_steps_cpu.yaml"  # no wall clock: tests count steps
 
-
-@pytest.fixture(autouse=True)
-def no_leftover_process_group():
-    """Lightning's DDP strategy keeps its process group for later Trainer calls; end it after each test
-    so later tests (which fork their own groups) start clean, whatever the order."""
-    yield
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-
-
-def small_gpt(vocab: int) -> GPTConfig:
-    return GPTConfig(vocab_size=vocab, num_layers=4, model_dim=64, num_heads=4, num_kv_heads=2, rope_dims=8,
-                     xsa_last_n=4, parallel_start_layer=3, num_loops=1, loop_start=1, loop_end=2)
 
 
 def datamodule(tiny_data, tokens_per_microbatch: int) -> GolfDataModule:
