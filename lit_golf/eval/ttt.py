@@ -18,7 +18,7 @@ left-to-right pass, with the model's normalized softmax.
   remaining documents are then scored with the adapted base.
 * Speed: the head and loss run only at each row's chunk positions (`score_columns`), all rows go
   through the model in one pass where memory allows, and on CUDA the forward/backward is compiled
-  once with the window width as a dynamic dimension.
+  once with the row count and window width as dynamic dimensions (timed warm-up inside the eval).
 """
 
 from __future__ import annotations
