@@ -20,6 +20,7 @@ from lit_golf.data.shards import (
     find_shards,
     manifest_path,
     manifest_tokenizer_sha256,
+    read_header,
     read_shard,
     tokenizer_path,
 )
@@ -163,6 +164,11 @@ class GolfDataModule(LightningDataModule):
         self.cu_min_len = cu_min_len
         self.max_val_tokens, self.calibration_seed = max_val_tokens, calibration_seed
         self._distributed: tuple[int, int] | None = None
+        # Resume state: the global stream position (tokens) the train loader starts at, and the training
+        # steps consumed since (counted where Lightning hands a batch to the step, after its prefetch).
+        self._start_position = 0
+        self._steps_consumed = 0
+        self._stream: TrainStream | None = None
 
     # -- distribution -------------------------------------------------------------------------
 
@@ -214,11 +220,48 @@ class GolfDataModule(LightningDataModule):
             cu_min_len=self.cu_min_len,
             seed=self.seed,
             vocab_size=self.vocab_size,
+            start_position=self._start_position,
         )
 
     def train_dataloader(self) -> DataLoader:
         """One item = one optimizer step: a list of `grad_accum_steps` micro-batches."""
-        return DataLoader(TrainSteps(self.train_stream()), batch_size=None, num_workers=0)
+        self._stream = self.train_stream()
+        self._steps_consumed = 0
+        return DataLoader(TrainSteps(self._stream), batch_size=None, num_workers=0)
+
+    # -- resume: the data position is part of the checkpoint ----------------------------------
+
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        """Counts the training steps actually handed to `training_step` (not the ones prefetched)."""
+        if self.trainer is not None and self.trainer.training:
+            self._steps_consumed += 1
+        return batch
+
+    def state_dict(self) -> dict:
+        """The train stream's position after the steps trained so far (saved in every checkpoint; the same on
+        every rank, and every rank restores it from the checkpoint file)."""
+        if self._stream is None:
+            return {}
+        return self._stream.state(self._steps_consumed)
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Continue the train stream where the checkpoint's run was: the next batch is the one it would have fed."""
+        if not state_dict:
+            return
+        train_tokens = sum(read_header(f) for f in find_shards(self.data_dir, "train", self.vocab_size))
+        if state_dict.get("seed") != self.seed or state_dict.get("train_tokens") != train_tokens:
+            log.warning(
+                "warning: the checkpoint's data position was saved for seed %s over %s train tokens; this run has "
+                "seed %s and %s train tokens: the resumed run does not see the batches the original would have",
+                state_dict.get("seed"), state_dict.get("train_tokens"), self.seed, train_tokens,
+            )
+        self._start_position = int(state_dict["position"])
+        self._steps_consumed = 0
+        if self._stream is not None:
+            self._stream.load_state(state_dict)
+        log.info("data: resuming the train stream at token %s (epoch %s, shard %s, offset %s)",
+                 f"{self._start_position:,}", state_dict.get("epoch"), state_dict.get("shard"),
+                 state_dict.get("shard_offset"))
 
     def val_dataloader(self) -> DataLoader:
         windows = ValWindows(self.val_tokens(), self.eval_seq_len, self.val_batch_seqs, self.rank, self.world_size)

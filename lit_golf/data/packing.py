@@ -20,6 +20,7 @@ This module has no Lightning dependency so benchmarks and tools can drive `Train
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -80,28 +81,53 @@ class ShardStream:
 
     `read(start, n)` returns tokens `[cursor + start, cursor + start + n)` across shard (and epoch)
     boundaries, with the offsets of the seams inside them; `advance(n)` moves the cursor and drops
-    shards it has passed.
+    shards it has passed. `position` starts the cursor that many tokens into the endless stream
+    (a resumed run): shards before it are skipped by their header sizes, never read, and the stream
+    from there on (tokens and seams) is exactly the one a cursor that advanced there would see.
     """
 
-    def __init__(self, files: Sequence[Path], seed: int, vocab_size: int | None = None):
+    def __init__(self, files: Sequence[Path], seed: int, vocab_size: int | None = None, position: int = 0):
         if not files:
             raise ShardError("no train shards given: run `lit-golf download` or `lit-golf prepare-data`")
+        if position < 0:
+            raise ValueError(f"stream position={position} must be >= 0")
         sizes = [read_header(f) for f in files]
         if sum(sizes) == 0:
             raise ShardError(f"the train shards ({files[0]} ...) hold no tokens: prepare the data again")
         self.files, self.seed, self.vocab_size = list(files), seed, vocab_size
+        self._sizes = sizes
         self._order = self._index_sequence(nonempty=[i for i, size in enumerate(sizes) if size])
         self._previous_index = -1
+        offset = self._skip_whole_shards(position)
         self._loader = ThreadPoolExecutor(1, thread_name_prefix="shard-prefetch")
         self._next: tuple[Future, bool] = self._submit_next()
         self._loaded: deque[tuple[np.ndarray, bool]] = deque()  # (tokens, begins at a seam)
         self._offset = 0  # cursor position inside the first loaded shard
         self._available = 0  # tokens loaded from the cursor on
         self._append_next()
+        self._offset, self._available = offset, self._available - offset
 
-    def _index_sequence(self, nonempty: list[int]) -> Iterator[int]:
+    def _skip_whole_shards(self, position: int) -> int:
+        """Drop the shards that lie wholly before `position` from the order; the offset into the next one."""
+        epoch_tokens = sum(self._sizes)
+        epochs, position = divmod(position, epoch_tokens)
+        if epochs:  # whole epochs: the order is a pure function of (seed, epoch), skip without summing
+            self._order = self._index_sequence(
+                nonempty=[i for i, size in enumerate(self._sizes) if size], first_epoch=epochs
+            )
+            last_of_previous = [i for i in epoch_shard_order(len(self.files), self.seed, epochs - 1) if self._sizes[i]]
+            self._previous_index = last_of_previous[-1]
+        while True:
+            index = next(self._order)
+            if position < self._sizes[index]:
+                self._order = itertools.chain([index], self._order)
+                return position
+            position -= self._sizes[index]
+            self._previous_index = index
+
+    def _index_sequence(self, nonempty: list[int], first_epoch: int = 0) -> Iterator[int]:
         keep = set(nonempty)
-        epoch = 0
+        epoch = first_epoch
         while True:
             yield from (i for i in epoch_shard_order(len(self.files), self.seed, epoch) if i in keep)
             epoch += 1
@@ -158,7 +184,10 @@ class ShardStream:
 class TrainStream:
     """Optimizer steps for one rank: lists of `grad_accum_steps` micro-batches `(inputs, targets, cu_seqlens)`.
 
-    Iterating prepares the next step in a background thread while the current one trains.
+    Iterating prepares the next step in a background thread while the current one trains. The
+    stream starts `start_position` tokens into the (global, all-rank) token stream: a resumed run sets
+    it from `state(steps_consumed)` of the run it continues (`load_state`), so it feeds the same steps.
+    What was prefetched but not trained on is not part of the state: the position counts consumed steps.
     """
 
     def __init__(
@@ -175,6 +204,7 @@ class TrainStream:
         seed: int = 1337,
         vocab_size: int | None = None,
         pin_memory: bool | None = None,
+        start_position: int = 0,
     ):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank={rank} must lie in 0..world_size-1={world_size - 1}")
@@ -183,10 +213,33 @@ class TrainStream:
         self.train_seq_len, self.cu_bucket, self.cu_min_len = train_seq_len, cu_bucket, cu_min_len
         self.rank, self.world_size, self.seed, self.vocab_size = rank, world_size, seed, vocab_size
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.start_position = start_position
 
     @property
     def tokens_per_step(self) -> int:
         return self.grad_accum_steps * self.world_size * self.tokens_per_microbatch
+
+    def state(self, steps_consumed: int) -> dict:
+        """Where the stream stands after `steps_consumed` steps from `start_position` (the same on every rank:
+        each step takes `tokens_per_step` tokens of the one global stream). `position` is what restores;
+        epoch, shard and offset say where that is, and seed/train_tokens identify the stream."""
+        position = self.start_position + steps_consumed * self.tokens_per_step
+        sizes = [read_header(f) for f in self.files]
+        epoch, offset = divmod(position, sum(sizes))
+        shard = None
+        for index in epoch_shard_order(len(self.files), self.seed, epoch):
+            if offset < sizes[index]:
+                shard = index
+                break
+            offset -= sizes[index]
+        return {
+            "position": position, "epoch": epoch, "shard": self.files[shard].name, "shard_offset": offset,
+            "seed": self.seed, "train_tokens": sum(sizes), "tokens_per_step": self.tokens_per_step,
+        }
+
+    def load_state(self, state: dict) -> None:
+        """Start at the position `state(...)` recorded."""
+        self.start_position = int(state["position"])
 
     def micro_batch(self, window: np.ndarray, seams: np.ndarray | None = None) -> MicroBatch:
         """Turn a window of N + 1 stream tokens into `(inputs [1, N], targets [1, N], cu_seqlens)`."""
@@ -208,7 +261,7 @@ class TrainStream:
         return step
 
     def __iter__(self) -> Iterator[list[MicroBatch]]:
-        stream = ShardStream(self.files, self.seed, self.vocab_size)
+        stream = ShardStream(self.files, self.seed, self.vocab_size, position=self.start_position)
         builder = ThreadPoolExecutor(1, thread_name_prefix="step-prefetch")
         try:
             pending = builder.submit(self.next_step, stream)
