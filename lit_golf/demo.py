@@ -14,7 +14,9 @@ import json
 import time
 from pathlib import Path
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "tiny_cpu.yaml"
+from lit_golf.config_files import CONFIG_DIR, config_names, resolve_config
+
+DEFAULT_CONFIG = CONFIG_DIR / "tiny_cpu.yaml"
 
 
 def _say(message: str) -> None:
@@ -66,7 +68,7 @@ def prepare_demo_data(corpus: Path, data_dir: Path, vocab_size: int, num_val_doc
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lit-golf demo", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="demo_run", help="folder for corpus, data, logs and artifact")
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="fit/test config (default: tiny_cpu.yaml)")
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="fit/test config: a file or a shipped name (default: tiny_cpu)")
     parser.add_argument("--vocab-size", type=int, default=1024, help="size of the tokenizer trained on the corpus")
     parser.add_argument("--max-docs", type=int, default=20_000, help="at most this many documents from the standard library")
     parser.add_argument("--num-val-docs", type=int, default=300, help="first documents kept for validation")
@@ -76,12 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cli_main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from lit_golf.cli import run_lightning_cli
+    from lit_golf.callbacks.export import GPTQExport
     from lit_golf.data.demo_corpus import write_stdlib_corpus
+    from lit_golf.lightning_cli import run_lightning_cli
 
-    config = Path(args.config)
+    config = Path(resolve_config(args.config))
     if not config.is_file():
-        raise SystemExit(f"lit-golf demo: config {config} not found; pass --config configs/tiny_cpu.yaml from the repo root")
+        raise SystemExit(f"lit-golf demo: config {config} not found; pass a file or one of {', '.join(config_names())}")
     out = Path(args.out)
     data_dir = out / "data"
     started = time.perf_counter()
@@ -111,7 +114,7 @@ def cli_main(argv: list[str] | None = None) -> int:
     if args.max_steps is not None:
         fit_args += ["--trainer.max_steps", str(args.max_steps)]
     fit = run_lightning_cli(fit_args)
-    export = next(cb for cb in fit.trainer.callbacks if type(cb).__name__ == "GPTQExport")
+    export = next(cb for cb in fit.trainer.callbacks if isinstance(cb, GPTQExport))
     pre_quant = float(fit.trainer.callback_metrics.get("val/bpb", float("nan")))
     gap = export.quant_gap["quant_gap_bpb"] if export.quant_gap else float("nan")
     _say(f"3/4 fit: {fit.trainer.global_step} steps, val bpb {pre_quant:.4f}; artifact {export.artifact_path} "

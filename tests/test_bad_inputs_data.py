@@ -366,12 +366,12 @@ class StopAfterData(Exception):
 
 @pytest.fixture
 def demo_without_training(monkeypatch):
-    import lit_golf.cli
+    import lit_golf.lightning_cli
 
     def refuse(argv):
         raise StopAfterData(argv[0])
 
-    monkeypatch.setattr(lit_golf.cli, "run_lightning_cli", refuse)
+    monkeypatch.setattr(lit_golf.lightning_cli, "run_lightning_cli", refuse)
 
 
 DEMO_ARGS = ["--max-docs", "700", "--vocab-size", str(VOCAB), "--num-val-docs", "20"]

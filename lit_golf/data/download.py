@@ -36,7 +36,6 @@ from lit_golf.data.shards import (
     tokenizer_filename,
     tokenizer_path,
 )
-from lit_golf.data.tokenizer import TokenizerError, load_tokenizer
 
 # sp1024 is in the challenge's own repository; the SP-8192 export used by the 2026 records was
 # published separately (see the records' READMEs in openai/parameter-golf).
@@ -258,6 +257,9 @@ def download(args: argparse.Namespace) -> dict:
             val_shards = _download_by_name(hub, layout, args.train_shards)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    # imported here, not at the top: it loads torch, and `lit-golf download --help` should answer at once
+    from lit_golf.data.tokenizer import load_tokenizer
+
     tokenizer = tokenizer_path(data_dir, layout.vocab_size)
     load_tokenizer(tokenizer, layout.vocab_size)  # the files must fit together
     return {"repo_id": repo_id, "variant": args.variant, "val_shards": val_shards, "train_shards": args.train_shards,
@@ -303,6 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cli_main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from lit_golf.data.tokenizer import TokenizerError
+
     if args.train_shards < 0:
         print(f"lit-golf download: error: --train-shards must be >= 0, got {args.train_shards}", file=sys.stderr)
         return 2

@@ -1,0 +1,177 @@
+"""LightningCLI construction: `fit`, `validate`, `test`, `export` (imported only when one of them runs).
+
+`lit_golf.cli` dispatches without importing this module, so `lit-golf --help` and the data tools start
+without Lightning or torch. `export` is a method of `GolfTrainer`, the LightningCLI way of adding a
+subcommand; `GolfCLI` checks inputs before anything is built.
+"""
+
+from __future__ import annotations
+
+import argparse
+import warnings
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch import Trainer
+from lightning.pytorch.cli import LightningCLI
+
+from lit_golf import strategy  # noqa: F401  (registers the golf_ddp strategy name)
+from lit_golf.callbacks.export import GPTQExport, publish_table
+from lit_golf.config_files import config_names
+from lit_golf.data.datamodule import GolfDataModule
+from lit_golf.export.budget import ArtifactTooLarge
+from lit_golf.export.config import ExportConfig
+from lit_golf.export.pipeline import ExportReport, check_checkpoint, check_vocab, export_from_checkpoint
+from lit_golf.module import GolfLightningModule
+
+# Bad input (files, configs, budgets) is reported in one line; LIT_GOLF_TRACEBACK=1 shows the traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, ArtifactTooLarge, MisconfigurationException, argparse.ArgumentError)
+
+
+class GolfTrainer(Trainer):
+    """A Trainer with one more entry point: `export`."""
+
+    def export(
+        self,
+        model: GolfLightningModule,
+        datamodule: GolfDataModule,
+        ckpt_path: str | None = None,
+        out_dir: str = "artifact",
+        export_config: ExportConfig | None = None,
+    ) -> ExportReport:
+        """GPTQ-quantize `model` (weights from `ckpt_path`) and write `artifact.ptz` + `artifact.json`.
+
+        Args:
+            ckpt_path: Lightning checkpoint whose `gpt.*` weights are exported.
+            out_dir: folder for the artifact files.
+            export_config: quantization bits, clip sigmas, calibration and byte budget.
+        """
+        if export_config is None:  # the settings of the config's GPTQExport callback, else the record's
+            callback = next((cb for cb in self.callbacks if isinstance(cb, GPTQExport)), None)
+            export_config = callback.config if callback is not None else ExportConfig()
+        report = export_from_checkpoint(model, datamodule, ckpt_path, out_dir, export_config)
+        publish_table(self, report)
+        report.check_budget()
+        return report
+
+
+class GolfCLI(LightningCLI):
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        commands = dict(LightningCLI.subcommands())
+        commands["export"] = {"model", "datamodule"}
+        return commands
+
+    def init_parser(self, **kwargs):
+        # Parse errors raise (`main` prints their one line) instead of printing 60+ lines of usage.
+        kwargs.setdefault("exit_on_error", False)
+        return super().init_parser(**kwargs)
+
+    def parse_arguments(self, parser, args) -> None:
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        if subcommand:
+            check_inputs(subcommand, self.config[subcommand])
+
+    def before_instantiate_classes(self) -> None:
+        # After `--ckpt`'s hyperparameters replaced the model's: the vocabulary checked is the one that loads.
+        config = self.config[self.config.subcommand]
+        vocab, data_vocab = config.get("model.gpt.vocab_size"), config.get("data.vocab_size")
+        if isinstance(vocab, int) and isinstance(data_vocab, int) and min(vocab, data_vocab) >= 1:
+            data = SimpleNamespace(vocab_size=data_vocab, data_dir=config.get("data.data_dir"))
+            check_vocab(vocab, data, "model.gpt.vocab_size" + (", from the checkpoint" if config.get("ckpt_path") else ""))
+
+
+def check_inputs(subcommand: str, config) -> None:
+    """Refuse, before anything is built, what would fail later or silently score the wrong weights."""
+    ckpt = config.get("ckpt_path")
+    artifact = config.get("model.artifact") if subcommand in ("test", "validate") else None
+    if subcommand in ("test", "validate"):
+        if ckpt and artifact:
+            raise ValueError(
+                f"got both --artifact {artifact} and --ckpt {ckpt}: pass one (--artifact scores the exported, "
+                "quantized submission; --ckpt the checkpoint's weights)"
+            )
+        if not ckpt and not artifact:
+            raise ValueError(
+                f"{subcommand} needs weights to score: pass --artifact PATH (an artifact.ptz written by fit or export) "
+                "or --ckpt PATH (a .ckpt written by `lit-golf fit`); without either it would score a randomly "
+                "initialised model"
+            )
+    if ckpt:
+        check_checkpoint(ckpt)
+    accelerator = config.get("trainer.accelerator")
+    if isinstance(accelerator, str) and accelerator.lower() in ("gpu", "cuda") and not torch.cuda.is_available():
+        if not (accelerator.lower() == "gpu" and torch.backends.mps.is_available()):
+            raise ValueError(
+                f"trainer.accelerator={accelerator} needs CUDA GPUs and this machine has none "
+                f"(torch {torch.__version__}, torch.cuda.is_available() is False); "
+                "for a CPU run use --config configs/tiny_cpu.yaml"
+            )
+
+
+# Lightning warnings that do not apply here, so the log stays readable:
+QUIET_WARNINGS = (
+    "LightningCLI's args parameter is intended",  # every entry point here hands over `args`
+    ".*does not have many workers",  # the loaders prefetch in threads of the main process by design
+    ".*`IterableDataset` has `__len__` defined",  # validation windows are split across ranks by hand
+    ".*sync_dist=True",  # val metrics come from a torchmetrics Metric that reduces across ranks itself
+    ".*is not supported by the model summary",
+    r".*isinstance\(treespec, LeafSpec\)",  # Lightning's own use of a deprecated torch API
+)
+
+
+def check_config_files(argv: list[str]) -> None:
+    """A `--config` file that is missing or not valid YAML: one line with the file, the problem and where."""
+    import yaml
+
+    values = [b for a, b in zip(argv, argv[1:], strict=False) if a in ("-c", "--config")]
+    values += [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    for value in values:
+        path = Path(value)
+        if not path.is_file():
+            # jsonargparse reads a value that names no file as inline YAML; one that looks like a path is a typo
+            # (a bare word is not a config either: it is neither a file nor a shipped config's name)
+            if not any(c in value for c in ":{}\n"):
+                what = "file does not exist" if path.suffix in (".yaml", ".yml", ".json") else "no such file or config"
+                raise FileNotFoundError(f"--config {value}: {what} (shipped configs, by name: {', '.join(config_names())})")
+            continue
+        try:
+            yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ValueError(f"--config {path} is not valid YAML: {problem}{where}") from None
+
+
+# Short flags users ask for, mapped onto the LightningCLI fields that carry them.
+ALIASES = {"--artifact": "--model.artifact", "--ckpt": "--ckpt_path"}
+
+
+def _expand_aliases(argv: list[str]) -> list[str]:
+    out = []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        out.append(ALIASES.get(key, key) + sep + value if key in ALIASES else arg)
+    return out
+
+
+def run_lightning_cli(argv: list[str]) -> GolfCLI:
+    for message in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
+    return GolfCLI(
+        GolfLightningModule,
+        GolfDataModule,
+        trainer_class=GolfTrainer,
+        args=_expand_aliases(argv),
+        seed_everything_default=1337,
+        save_config_kwargs={"overwrite": True},
+        trainer_defaults={
+            "inference_mode": False,  # test-time training needs autograd inside `test`
+            "use_distributed_sampler": False,  # the DataModule splits data across ranks itself
+            "num_sanity_val_steps": 0,
+        },
+    )
