@@ -307,6 +307,19 @@ def test_throughput_from_fake_clock_excludes_validation(caplog):
     assert lines[-1].endswith("train_time 0.0m")
 
 
+def test_throughput_resumes_its_clock_from_the_checkpoint_state():
+    first = Throughput(log_every_n_steps=4, clock=fake_clock)
+    fit(TinyGolfModule(step_seconds=lambda rank, i: 0.25), [first], max_steps=8)
+    state = first.state_dict()
+    assert state == {"steps": 8, "train_seconds": pytest.approx(2.0)}
+    resumed = Throughput(log_every_n_steps=4, clock=fake_clock)
+    resumed.load_state_dict(state)
+    fit(TinyGolfModule(step_seconds=lambda rank, i: 0.5), [resumed], max_steps=4)
+    assert resumed.last.train_seconds == pytest.approx(4.0)  # 2 s before the checkpoint + 4 x 0.5 s
+    assert resumed.last.step_ms == pytest.approx(500.0)  # the rate covers this launch's steps only
+    assert resumed.state_dict() == {"steps": 12, "train_seconds": pytest.approx(4.0)}
+
+
 def test_throughput_skips_mfu_without_peak_on_cpu():
     logger = RecordingLogger()
     throughput = Throughput(log_every_n_steps=2, clock=fake_clock)

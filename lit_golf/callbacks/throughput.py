@@ -54,11 +54,12 @@ def flops_per_token(model: nn.Module, seq_len: int | None) -> float:
 class StepRate:
     """Counts steps and training seconds; `take()` returns both since the previous `take()`."""
 
-    def __init__(self, clock: Clock = time.perf_counter, synchronize: bool = True) -> None:
-        self.timer = TrainingClock(clock, synchronize)
-        self.steps = 0
-        self._taken_steps = 0
-        self._taken_seconds = 0.0
+    def __init__(self, clock: Clock = time.perf_counter, synchronize: bool = True, steps: int = 0,
+                 seconds: float = 0.0) -> None:
+        self.timer = TrainingClock(clock, synchronize, offset=seconds)  # a resumed run starts at its checkpoint's
+        self.steps = steps
+        self._taken_steps = steps
+        self._taken_seconds = seconds
 
     def step(self) -> None:
         self.steps += 1
@@ -117,6 +118,7 @@ class Throughput(Callback):
             raise ValueError(f"Throughput: log_every_n_steps={log_every_n_steps} must be at least 1")
         self.log_every_n_steps = log_every_n_steps
         self.peak_flops = peak_flops
+        self._clock = clock
         self._rate = StepRate(clock)
         self._total_peak: float | None = None
         self.last: ThroughputSample | None = None
@@ -161,3 +163,10 @@ class Throughput(Callback):
 
     def on_validation_end(self, trainer, pl_module) -> None:
         self._rate.timer.validation_ended(pl_module.device)
+
+    def state_dict(self) -> dict:
+        """Steps and training seconds so far: a resumed run's `train_time` continues from here."""
+        return {"steps": self._rate.steps, "train_seconds": self._rate.timer.read()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._rate = StepRate(self._clock, steps=int(state_dict["steps"]), seconds=float(state_dict["train_seconds"]))

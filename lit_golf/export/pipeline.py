@@ -230,7 +230,11 @@ def load_checkpoint(ckpt_path: str | Path, weights_only: bool = True) -> dict:
 
 
 def check_checkpoint(ckpt_path: str | Path) -> None:
-    """Raise one line unless `ckpt_path` is a checkpoint written by `lit-golf fit` (cheap: memory-mapped)."""
+    """Raise one line unless `ckpt_path` is a checkpoint written by `lit-golf fit` (cheap: memory-mapped).
+
+    `last` is Lightning's name for the latest checkpoint of the run (`RunCheckpoint` finds it); it passes."""
+    if str(ckpt_path) == "last":
+        return
     load_checkpoint(ckpt_path, weights_only=True)
 
 

@@ -1,0 +1,148 @@
+"""A killed run resumes and continues the *same* run: `lit-golf fit` of tiny_cpu in a subprocess, killed
+with SIGKILL after a checkpoint, resumed with `--ckpt_path last`, ends bit-identical to an uninterrupted
+run of the same seed (weights, optimizer state, EMA, artifact bytes), in the same run folder."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+TINY_CPU = REPO / "configs" / "tiny_cpu.yaml"
+FIXED_STEPS_CPU = REPO / "configs" / "overrides" / "fixed_steps_cpu.yaml"
+LIT_GOLF = Path(sys.executable).parent / "lit-golf"
+STEPS = 20  # the configs checkpoint every 10 steps: killed after step 10's checkpoint, 10 steps left to resume
+
+
+def fit_command(tiny_data, save_dir: Path, *extra: str) -> list[str]:
+    launcher = [str(LIT_GOLF)] if LIT_GOLF.is_file() else [sys.executable, "-m", "lit_golf.cli"]
+    return [
+        *launcher, "fit", "--config", str(TINY_CPU), "--config", str(FIXED_STEPS_CPU),
+        "--data.data_dir", str(tiny_data.data_dir), "--data.vocab_size", str(tiny_data.vocab_size),
+        "--model.gpt.vocab_size", str(tiny_data.vocab_size), "--data.max_val_tokens", "4096",
+        "--data.train_batch_tokens", "1024", "--data.tokens_per_microbatch", "512",  # cheap steps
+        "--trainer.logger.init_args.save_dir", str(save_dir), "--trainer.max_steps", str(STEPS),
+        "--trainer.val_check_interval", "15", *extra,
+    ]
+
+
+def quiet_env() -> dict[str, str]:
+    # One thread per run: both runs do the same float arithmetic, and they can share the 2-core box.
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
+
+
+def start(command: list[str], log: Path) -> subprocess.Popen:
+    return subprocess.Popen(command, cwd=REPO, env=quiet_env(), stdout=log.open("wb"), stderr=subprocess.STDOUT)
+
+
+def finish(process: subprocess.Popen, log: Path, timeout: float = 300) -> None:
+    assert process.wait(timeout=timeout) == 0, log.read_text()[-4000:]
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def assert_same_tensors(got: dict, want: dict, what: str) -> None:
+    assert got.keys() == want.keys(), what
+    for key, value in want.items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(got[key], value), f"{what}: {key} differs"
+        elif isinstance(value, dict):
+            assert_same_tensors(got[key], value, f"{what}.{key}")
+        else:
+            assert got[key] == value, f"{what}: {key}"
+
+
+@pytest.mark.slow
+def test_killed_fixed_step_run_resumes_bit_identical_into_the_same_folder(tiny_data, tmp_path):
+    straight_dir, killed_dir = tmp_path / "straight", tmp_path / "killed"
+    straight = start(fit_command(tiny_data, straight_dir), tmp_path / "straight.log")
+    killed = start(fit_command(tiny_data, killed_dir), tmp_path / "killed.log")
+    run = killed_dir / "tiny_cpu" / "version_0"
+    last = run / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 240
+    while not last.is_file() and killed.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    killed.send_signal(signal.SIGKILL)  # kill -9: no handler runs, no final checkpoint
+    assert killed.wait(timeout=60) == -signal.SIGKILL, (tmp_path / "killed.log").read_text()[-4000:]
+    killed_at = load(last)["global_step"]
+    assert 10 <= killed_at < STEPS
+    assert not (run / "artifact" / "artifact.ptz").exists()
+
+    resumed = start(fit_command(tiny_data, killed_dir, "--ckpt_path", "last"), tmp_path / "resumed.log")
+    finish(resumed, tmp_path / "resumed.log")
+    finish(straight, tmp_path / "straight.log")
+    log = (tmp_path / "resumed.log").read_text()
+    assert "resuming" in log and "data: resuming the train stream" in log, log[-4000:]
+
+    # the same run folder: no second version, both launches' events and the artifact in version_0
+    assert sorted(p.name for p in (killed_dir / "tiny_cpu").iterdir()) == ["version_0"]
+    assert len(list(run.glob("events.out.tfevents.*"))) == 2
+    reference = straight_dir / "tiny_cpu" / "version_0"
+    want, got = load(reference / "checkpoints" / "last.ckpt"), load(last)
+    assert want["global_step"] == got["global_step"] == STEPS
+    assert_same_tensors(got["state_dict"], want["state_dict"], "weights")
+    assert_same_tensors(got["optimizer_states"][0]["state"], want["optimizer_states"][0]["state"], "optimizer")
+    ema = next(k for k in want["callbacks"] if k.startswith("EMA"))
+    assert_same_tensors(got["callbacks"][ema], want["callbacks"][ema], "EMA")
+    assert got["looping_active"] == want["looping_active"]
+    assert got["GolfDataModule"]["position"] == want["GolfDataModule"]["position"]
+    want_bytes = (reference / "artifact" / "artifact.ptz").read_bytes()
+    assert (run / "artifact" / "artifact.ptz").read_bytes() == want_bytes
+
+
+BUDGET, RESERVE = 6.0, 0.5
+WALL_CLOCK_OVERLAY = f"""
+trainer:
+  max_steps: 10000
+  callbacks:
+    - class_path: lit_golf.callbacks.WallClockBudget
+      init_args: {{budget_seconds: {BUDGET}, reserve_seconds: {RESERVE}, sync_every_steps: 2}}
+    - class_path: lit_golf.callbacks.Throughput
+      init_args: {{log_every_n_steps: 2}}
+    - class_path: lit_golf.callbacks.RunCheckpoint
+      init_args: {{every_n_train_steps: 3}}
+"""
+
+
+def state_of(ckpt: dict, name: str) -> dict:
+    return next(v for k, v in ckpt["callbacks"].items() if k.startswith(name))
+
+
+@pytest.mark.slow
+def test_killed_wall_clock_run_resumes_with_the_remaining_budget(tiny_data, tmp_path):
+    overlay = tmp_path / "wall_clock.yaml"
+    overlay.write_text(WALL_CLOCK_OVERLAY)
+    save_dir = tmp_path / "logs"
+    command = [*fit_command(tiny_data, save_dir), "--config", str(overlay), "--trainer.max_steps", "10000",
+               "--trainer.val_check_interval", "10000"]
+    killed = start(command, tmp_path / "killed.log")
+    last = save_dir / "tiny_cpu" / "version_0" / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 240
+    while not last.is_file() and killed.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    killed.send_signal(signal.SIGKILL)
+    assert killed.wait(timeout=60) == -signal.SIGKILL, (tmp_path / "killed.log").read_text()[-4000:]
+    at_kill = load(last)
+    spent = state_of(at_kill, "WallClockBudget")["elapsed_seconds"]
+    assert 0 < spent < BUDGET - RESERVE
+
+    resumed = start([*command, "--ckpt_path", "last"], tmp_path / "resumed.log")
+    finish(resumed, tmp_path / "resumed.log")
+    final = load(last)  # RunCheckpoint also saves the step at which the budget stopped training
+    assert final["global_step"] > at_kill["global_step"]
+    total = state_of(final, "WallClockBudget")["elapsed_seconds"]
+    # the budget is spent once in all: the time before the checkpoint counts, the resumed launch adds the rest
+    assert BUDGET - RESERVE <= total < BUDGET - RESERVE + 3.0
+    this_launch = state_of(final, "Throughput")["train_seconds"] - state_of(at_kill, "Throughput")["train_seconds"]
+    assert this_launch == pytest.approx(total - spent, abs=1.5)
+    assert this_launch < BUDGET - RESERVE - spent + 3.0
+    assert sorted(p.name for p in (save_dir / "tiny_cpu").iterdir()) == ["version_0"]
