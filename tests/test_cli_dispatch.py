@@ -186,3 +186,31 @@ def test_rank_zero_filter_follows_lightnings_rank(monkeypatch):
     assert process_rank() == 2 and not RankZeroFilter().filter(info)
     monkeypatch.setattr(rank_zero_only, "rank", 0)
     assert RankZeroFilter().filter(info) and info.rank_prefix == ""
+
+
+@pytest.mark.slow
+def test_a_built_wheel_ships_the_configs_and_runs_them_by_name_outside_the_repo(tmp_path):
+    import shutil
+    import zipfile
+
+    pytest.importorskip("setuptools", reason="building without isolation needs setuptools in this environment")
+    source = tmp_path / "src"
+    shutil.copytree(PACKAGE, source / "lit_golf", symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "configs", source / "configs")
+    for name in ("setup.cfg", "pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "--no-build-isolation", "-q",
+                            "-w", str(tmp_path / "wheel")], cwd=source, capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr
+    (wheel,) = (tmp_path / "wheel").glob("lit_golf-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {f"lit_golf/configs/{n}.yaml" for n in config_names()} <= set(names)
+    zipfile.ZipFile(wheel).extractall(tmp_path / "site")
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    code = ("import sys, lit_golf; from lit_golf.cli import main; print(lit_golf.__file__); "
+            "sys.exit(main(['fit', '--config', 'record', '--print_config']))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=outside, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(tmp_path / "site")})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(str(tmp_path / "site")) and "num_layers: 11" in done.stdout
