@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -33,9 +34,22 @@ def fit_command(tiny_data, save_dir: Path, *extra: str) -> list[str]:
     ]
 
 
+DIST_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK",
+                  "LOCAL_WORLD_SIZE")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def quiet_env() -> dict[str, str]:
-    # One thread per run: both runs do the same float arithmetic, and they can share the 2-core box.
-    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
+    # One thread per run: both runs do the same float arithmetic, and they can share the 2-core box. Each run
+    # gets its own port for its one-process gloo group (earlier in-process DDP tests leave MASTER_PORT set).
+    env = {k: v for k, v in os.environ.items() if k not in DIST_VARIABLES}
+    return {**env, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONHASHSEED": "0",
+            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
 
 
 def start(command: list[str], log: Path) -> subprocess.Popen:
@@ -146,3 +160,32 @@ def test_killed_wall_clock_run_resumes_with_the_remaining_budget(tiny_data, tmp_
     assert this_launch == pytest.approx(total - spent, abs=1.5)
     assert this_launch < BUDGET - RESERVE - spent + 3.0
     assert sorted(p.name for p in (save_dir / "tiny_cpu").iterdir()) == ["version_0"]
+
+
+def test_last_picks_the_newest_run_and_reuses_its_folder(tmp_path):
+    from types import SimpleNamespace
+
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from lightning.pytorch.trainer.states import TrainerFn
+
+    from lit_golf.callbacks.checkpoint import RunCheckpoint
+
+    root = tmp_path / "logs" / "tiny_cpu"
+    for version, step in (("version_1", 7), ("version_0", 3)):  # version_0 written last: it is the newest
+        (root / version / "checkpoints").mkdir(parents=True)
+        torch.save({"global_step": step}, root / version / "checkpoints" / "last.ckpt")
+        time.sleep(0.02)
+    logger = TensorBoardLogger(save_dir=str(tmp_path / "logs"), name="tiny_cpu")
+    trainer = SimpleNamespace(logger=logger, state=SimpleNamespace(fn=TrainerFn.FITTING))
+    latest = RunCheckpoint().continue_latest_run(trainer)
+    assert latest == root / "version_0" / "checkpoints" / "last.ckpt"
+    assert Path(logger.log_dir) == root / "version_0" and logger._kwargs["purge_step"] == 4
+    fixed = TensorBoardLogger(save_dir=str(tmp_path / "logs"), name="tiny_cpu", version=5)
+    assert RunCheckpoint().continue_latest_run(SimpleNamespace(logger=fixed)) is None  # a chosen version stays
+
+    empty = TensorBoardLogger(save_dir=str(tmp_path / "none"), name="tiny_cpu")
+    callback = RunCheckpoint()
+    testing = SimpleNamespace(logger=empty, loggers=[empty], state=SimpleNamespace(fn=TrainerFn.TESTING),
+                              default_root_dir=str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="--ckpt last: no last.ckpt"):
+        callback._find_last_checkpoints(testing)

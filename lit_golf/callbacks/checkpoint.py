@@ -84,7 +84,12 @@ class RunCheckpoint(ModelCheckpoint):
         # logger at the run that holds the newest last.ckpt, so the checkpoint is looked up (and the run
         # continues) there rather than in a fresh version folder.
         self.continue_latest_run(trainer)
-        return super()._find_last_checkpoints(trainer)
+        found = super()._find_last_checkpoints(trainer)
+        if not found and getattr(trainer.state.fn, "value", None) in ("test", "validate"):
+            # `fit` may start fresh without one; scoring a randomly initialised model must not happen silently
+            where = self.dirpath or getattr(trainer.logger, "root_dir", None) or "the run folder"
+            raise FileNotFoundError(f"--ckpt last: no last.ckpt under {where}; pass --ckpt PATH of a fit's checkpoint")
+        return found
 
     def continue_latest_run(self, trainer) -> Path | None:
         logger = trainer.logger
