@@ -37,7 +37,7 @@ class EvalConfig:
     # at most this many row positions (rows x width) per forward/backward, bounding activation memory
     # (64 rows x 2,048 in one pass take ~35 GB on the record model)
     ttt_tokens_per_pass: int = 131072
-    # torch.compile the TTT forward/backward on CUDA (one graph, the window width a dynamic dimension)
+    # torch.compile the TTT forward/backward on CUDA (one graph: row count and window width dynamic)
     ttt_compile: bool = True
     # multi-phase global SGD of the base model on already-scored documents
     phased_enabled: bool = True

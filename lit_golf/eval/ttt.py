@@ -111,13 +111,22 @@ class DocumentBatchScorer:
         )
         self.generator = torch.Generator(device=val.device)
         self.compiled = cfg.ttt_compile and val.device.type == "cuda"
-        self.forward = torch.compile(self._chunk_nll) if self.compiled else self._chunk_nll
+        self.compiled_chunk_nll = torch.compile(self._chunk_nll) if self.compiled else None
         self.chunk_columns = torch.arange(cfg.ttt_chunk_size, device=val.device)
 
     def _chunk_nll(self, inputs: torch.Tensor, targets: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
         """NLL `[rows, chunk]` of `targets` at window `columns` of `inputs`, with the adapters of the active rows."""
         with autocast(inputs.device):
             return self.model(inputs, targets, lora=self.lora, reduction="none", score_columns=columns)
+
+    def chunk_nll(self, inputs: torch.Tensor, targets: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+        """`_chunk_nll`, through the compiled graph on CUDA: one graph for every row count and width."""
+        if self.compiled_chunk_nll is None:
+            return self._chunk_nll(inputs, targets, columns)
+        for tensor in (inputs, targets, columns):
+            torch._dynamo.maybe_mark_dynamic(tensor, 0)
+        torch._dynamo.maybe_mark_dynamic(inputs, 1)
+        return self.compiled_chunk_nll(inputs, targets, columns)
 
     def warm_up(self) -> None:
         """Compile the TTT graph on random tokens at the narrowest and widest window (a dynamic width
@@ -128,11 +137,7 @@ class DocumentBatchScorer:
         for width in sorted({window_width(0, cfg.ttt_chunk_size, cfg.ttt_context_len, cfg.ttt_window_bucket),
                              cfg.ttt_context_len}):
             inputs = torch.randint(2, vocab, (self.rows, width), device=device)
-            targets = inputs.gather(1, columns)
-            for tensor in (inputs, targets, columns):
-                torch._dynamo.maybe_mark_dynamic(tensor, 0)
-            torch._dynamo.maybe_mark_dynamic(inputs, 1)
-            nll = self.forward(inputs, targets, columns)
+            nll = self.chunk_nll(inputs, inputs.gather(1, columns), columns)
             nll.sum().backward()
         self.optimizer.zero_grad(set_to_none=True)
 
@@ -163,13 +168,9 @@ class DocumentBatchScorer:
                     batch = self.val.gather(doc_start[rows] + win_start[rows], length[rows], width)
                     row_columns = columns[rows]
                     chunk_targets = batch.targets.gather(1, row_columns)
-                    if self.compiled:  # one graph for every row count and width
-                        for tensor in (batch.inputs, chunk_targets, row_columns):
-                            torch._dynamo.maybe_mark_dynamic(tensor, 0)
-                        torch._dynamo.maybe_mark_dynamic(batch.inputs, 1)
                     # the compiled graph always records gradients: a no-grad variant would be a second compile
                     with self.lora.select_rows(rows), torch.set_grad_enabled(train or self.compiled):
-                        nll = self.forward(batch.inputs, chunk_targets, row_columns)
+                        nll = self.chunk_nll(batch.inputs, chunk_targets, row_columns)
                     if step == 0:
                         self.metric.update(nll, batch.target_bytes.gather(1, row_columns), scored[rows])
                         if self.trace is not None:
