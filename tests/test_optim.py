@@ -28,6 +28,7 @@ from lit_golf.optim.golf_optimizer import (
     nesterov_momentum,
     normalize_rows,
 )
+from lit_golf.optim.newton_schulz import NewtonSchulzSchedule
 
 MUON5 = NS_SCHEDULES["muon5"]
 # Two correct runs whose bank gradients differ by one bf16 rounding (another device, another
@@ -72,14 +73,14 @@ def no_clip(**overrides) -> OptimConfig:
 
 
 # ---------------------------------------------------------------- Newton-Schulz
-def explicit_newton_schulz(matrix: torch.Tensor, coefficients) -> torch.Tensor:
+def explicit_newton_schulz(matrix: torch.Tensor, schedule: NewtonSchulzSchedule) -> torch.Tensor:
     """One matrix, float64, the polynomial written out term by term."""
     x = matrix.double()
     tall = x.shape[0] > x.shape[1]
     if tall:
         x = x.T
-    x = x / (torch.linalg.matrix_norm(x) + 1e-7)
-    for a, b, c in coefficients:
+    x = x / (schedule.safety_factor * torch.linalg.matrix_norm(x) + 1e-7)
+    for a, b, c in schedule.coefficients:
         gram = x @ x.T
         x = a * x + b * gram @ x + c * gram @ gram @ x
     return x.T if tall else x
@@ -108,8 +109,39 @@ def test_orthogonalize_applies_per_step_triples_in_order():
     G = torch.randn(2, 4, 6, generator=torch.Generator().manual_seed(3))
     X = G.bfloat16() / (G.bfloat16().norm(dim=(-2, -1), keepdim=True) + 1e-7)
     # (1,0,0) then (2,0,0) is a pure scaling by 2; (0,1,0) is X X^T X: both checkable exactly.
-    torch.testing.assert_close(orthogonalize(G, ((1.0, 0.0, 0.0), (2.0, 0.0, 0.0))), 2 * X)
-    torch.testing.assert_close(orthogonalize(G, ((0.0, 1.0, 0.0),)), (X @ X.mT) @ X)
+    torch.testing.assert_close(orthogonalize(G, NewtonSchulzSchedule(((1.0, 0.0, 0.0), (2.0, 0.0, 0.0)))), 2 * X)
+    torch.testing.assert_close(orthogonalize(G, NewtonSchulzSchedule(((0.0, 1.0, 0.0),))), (X @ X.mT) @ X)
+
+
+def test_orthogonalize_divides_by_the_safety_factor_times_the_norm():
+    G = torch.randn(2, 4, 6, generator=torch.Generator().manual_seed(3))
+    norm = G.bfloat16().norm(dim=(-2, -1), keepdim=True)
+    identity = ((1.0, 0.0, 0.0),)
+    torch.testing.assert_close(orthogonalize(G, NewtonSchulzSchedule(identity, 1.02)),
+                               G.bfloat16() / (norm * 1.02 + 1e-7))
+
+
+def orthogonality_error(X: torch.Tensor) -> tuple[float, float]:
+    """Worst matrix's (max |sigma - 1|, RMS of X X^T - I over the short side), in fp32."""
+    X = X.float()
+    if X.size(-2) > X.size(-1):
+        X = X.mT
+    sigma_gap = (torch.linalg.svdvals(X) - 1).abs().amax()
+    gram_gap = (X @ X.mT - torch.eye(X.size(-2))).norm(dim=(-2, -1)) / X.size(-2) ** 0.5
+    return sigma_gap.item(), gram_gap.amax().item()
+
+
+# the record's banks (qo, kv, mlp up, mlp down: [n, rows, cols]) with every side divided by 8, and a ragged one
+@pytest.mark.parametrize("shape", [(4, 64, 64), (4, 32, 64), (2, 256, 64), (2, 64, 256), (3, 24, 40)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_polar_express_gets_closer_to_orthogonal_than_muon5_in_five_steps(shape, dtype):
+    G = torch.randn(shape, generator=torch.Generator().manual_seed(sum(shape))).to(dtype)
+    assert len(NS_SCHEDULES["polar_express"].coefficients) == len(MUON5.coefficients) == 5
+    pe_sigma, pe_gram = orthogonality_error(orthogonalize(G, NS_SCHEDULES["polar_express"]))
+    ns_sigma, ns_gram = orthogonality_error(orthogonalize(G, MUON5))
+    assert pe_gram < 0.7 * ns_gram
+    if shape[-1] != shape[-2]:  # square Gaussian matrices have singular values near 0 that neither reaches
+        assert pe_sigma < 0.7 * ns_sigma
 
 
 def test_orthogonalize_transposes_tall_matrices_consistently():
@@ -130,12 +162,37 @@ def scratch_schedule():
 def test_register_schedule_selects_by_name(scratch_schedule):
     triples = [(3.0, -3.2, 1.2), (2.0, -1.5, 0.5)]
     register_schedule(scratch_schedule, triples)
-    assert get_schedule(scratch_schedule) == tuple(tuple(t) for t in triples)
+    assert get_schedule(scratch_schedule) == NewtonSchulzSchedule(tuple(tuple(t) for t in triples), 1.0)
     assert OptimConfig(muon_backend=scratch_schedule).muon_backend == scratch_schedule
-    with pytest.raises(ValueError, match="already registered; pass replace=True"):
-        register_schedule(scratch_schedule, triples)
+    register_schedule(scratch_schedule, triples)  # the same schedule again: a no-op
+    with pytest.raises(ValueError, match="already registered with other coefficients; .* replace=True"):
+        register_schedule(scratch_schedule, triples, safety_factor=1.01)
     register_schedule(scratch_schedule, triples[:1], replace=True)
-    assert len(get_schedule(scratch_schedule)) == 1
+    assert len(get_schedule(scratch_schedule).coefficients) == 1
+
+
+def test_yaml_selects_polar_express_by_name_or_inline_triples(scratch_schedule):
+    assert get_schedule(OptimConfig(muon_backend="polar_express").muon_backend).safety_factor == 1.02
+    # the 04-23 record's variant: the Polar Express triples under a plain Frobenius normalization
+    triples = [list(t) for t in NS_SCHEDULES["polar_express"].coefficients]
+    cfg = OptimConfig(muon_backend=scratch_schedule, ns_coefficients=triples, ns_safety_factor=1.0)
+    assert get_schedule(cfg.muon_backend) == NewtonSchulzSchedule(NS_SCHEDULES["polar_express"].coefficients, 1.0)
+    OptimConfig(muon_backend=scratch_schedule, ns_coefficients=triples)  # validated again (resume): fine
+    opt = build_golf_optimizer(tiny_model(), cfg)
+    assert opt.param_groups[0]["ns_schedule"] == scratch_schedule
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"ns_coefficients": [[1.0, 0.0, 0.0]]}, r"muon_backend='muon5'.* already registered with other coefficients"),
+    ({"ns_safety_factor": 1.02}, "ns_safety_factor=1.02 applies only to inline ns_coefficients"),
+    ({"muon_backend": "test_scratch", "ns_coefficients": [[1.0, 0.0, 0.0]], "ns_safety_factor": 0.5},
+     r"safety_factor=0.5 must be a finite number >= 1"),
+    ({"muon_backend": "test_scratch", "ns_coefficients": [[1.0, 0.0]]}, "three finite numbers"),
+])
+def test_bad_inline_schedules_fail_with_one_line(scratch_schedule, overrides, message):
+    with pytest.raises(ValueError, match=f"invalid OptimConfig: .*{message}"):
+        OptimConfig(**overrides)
+    assert scratch_schedule not in NS_SCHEDULES and NS_SCHEDULES["muon5"] == MUON5
 
 
 def test_register_schedule_rejects_bad_triples(scratch_schedule):
@@ -193,9 +250,10 @@ def test_decoupled_weight_decay_and_update():
     torch.testing.assert_close(param, expected)
 
 
-def test_muon_steps_match_hand_composed_reference():
+@pytest.mark.parametrize("backend", ["muon5", "polar_express"])
+def test_muon_steps_match_hand_composed_reference(backend):
     model = tiny_model()
-    opt = build_golf_optimizer(model, no_clip())
+    opt = build_golf_optimizer(model, no_clip(muon_backend=backend))
     group = opt.param_groups[0]
     assert group["kind"] == "muon"
     bank = model.mlp_up_bank  # tall: exercises the transpose and the shape scale
@@ -208,7 +266,7 @@ def test_muon_steps_match_hand_composed_reference():
         # one rounding, as the optimizer does: bf16 Newton-Schulz amplifies a second rounding visibly
         direction = grad.add(buffer, alpha=group["momentum"])
         direction = direction / direction.float().norm(dim=-1, keepdim=True).clamp_min(1e-7).bfloat16()
-        update = orthogonalize(direction, MUON5).float()
+        update = orthogonalize(direction, NS_SCHEDULES[backend]).float()
         expected = expected * (1 - group["lr"] * group["weight_decay"]) - group["lr"] * math.sqrt(2.0) * update
         opt.step()
         torch.testing.assert_close(bank.detach(), expected, atol=1e-6, rtol=0)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lit_golf.optim.newton_schulz import get_schedule
+from lit_golf.optim.newton_schulz import get_schedule, register_schedule
 
 
 @dataclass
@@ -23,6 +23,11 @@ class OptimConfig:
     muon_nesterov: bool = True
     muon_row_normalize: bool = True
     muon_backend: str = "muon5"
+    """Newton-Schulz schedule name ("muon5", "polar_express", ...), or the name given to `ns_coefficients`."""
+    ns_coefficients: list[list[float]] | None = None
+    """Inline per-iteration ``[a, b, c]`` triples, registered under `muon_backend` (a new name) at validation."""
+    ns_safety_factor: float = 1.0
+    """Input normalization of `ns_coefficients`: divide by this times the Frobenius norm (>= 1)."""
     # AdamW: tied token embedding
     embed_lr: float = 0.03
     embed_weight_decay: float = 0.085
@@ -48,8 +53,17 @@ class OptimConfig:
                 problems.append(f"{name}={getattr(self, name)} must lie in [0, 1)")
         if self.adam_eps <= 0:
             problems.append(f"adam_eps={self.adam_eps} must be > 0")
+        if self.ns_coefficients is None and self.ns_safety_factor != 1.0:
+            problems.append(f"ns_safety_factor={self.ns_safety_factor} applies only to inline ns_coefficients; "
+                            "a named muon_backend carries its own")
         if problems:
             raise ValueError("invalid OptimConfig: " + "; ".join(problems))
+        if self.ns_coefficients is not None:
+            try:
+                register_schedule(self.muon_backend, self.ns_coefficients, safety_factor=self.ns_safety_factor)
+            except ValueError as err:
+                raise ValueError(f"invalid OptimConfig: ns_coefficients under muon_backend="
+                                 f"{self.muon_backend!r}: {err}") from None
         get_schedule(self.muon_backend)
 
 

@@ -2,16 +2,17 @@
 
 Each iteration applies the odd quintic ``X <- a X + (b A + c A^2) X`` with ``A = X X^T``, which pushes
 every singular value of ``X`` towards 1 without an SVD. A *schedule* is the sequence of ``(a, b, c)``
-triples, one per iteration, so a fixed-coefficient recipe ("muon5": the record's 5 x the same triple)
-and a per-step recipe such as Polar Express are the same kind of object and are picked by name.
+triples, one per iteration, plus the safety factor of the input normalization the triples were
+derived for, so a fixed-coefficient recipe ("muon5": the record's 5 x the same triple) and a
+per-step recipe ("polar_express") are the same kind of object and are picked by name.
 
-Adding a schedule (for example the Polar Express coefficients, one tuned triple per iteration)::
+Adding a schedule::
 
     from lit_golf.optim import register_schedule
-    register_schedule("polar_express", [(a1, b1, c1), (a2, b2, c2), ...])
+    register_schedule("mine", [(a1, b1, c1), (a2, b2, c2), ...], safety_factor=1.01)
 
-after which ``OptimConfig(muon_backend="polar_express")`` selects it. Registration has to happen
-before the config is validated, e.g. at import time of the module that defines the coefficients.
+after which ``OptimConfig(muon_backend="mine")`` selects it; YAML can give the triples inline instead
+(``ns_coefficients``, see `OptimConfig`). Registration has to happen before the config is validated.
 """
 
 from __future__ import annotations
@@ -19,30 +20,52 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 
 Coefficients = tuple[tuple[float, float, float], ...]
 
+
+class NewtonSchulzSchedule(NamedTuple):
+    """Per-iteration ``(a, b, c)`` triples and the normalization they assume.
+
+    The input is divided by ``safety_factor * ||G||_F``: the Frobenius norm bounds the spectral norm,
+    and a factor above 1 leaves room for bf16 rounding to push a singular value past 1, where
+    coefficients tuned on ``[l, 1]`` diverge. A tuple, so torch.compile guards on its values.
+    """
+
+    coefficients: Coefficients
+    safety_factor: float = 1.0
+
+
 MUON5_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 
-NS_SCHEDULES: dict[str, Coefficients] = {"muon5": (MUON5_COEFFICIENTS,) * 5}
+# Polar Express (Amsel et al. 2025, arXiv:2505.16932): one minimax-optimal quintic per iteration for
+# 5 iterations, as computed for modded-nanogpt with a 2% safety margin, so the input is normalized by
+# 1.02 x its Frobenius norm. The 2026-04-23 record applies the same triples with a plain Frobenius
+# normalization; ``ns_coefficients`` with ``ns_safety_factor: 1.0`` in YAML reproduces that exactly.
+POLAR_EXPRESS_COEFFICIENTS = (
+    (8.156554524902461, -22.48329292557795, 15.878769915207462),
+    (4.042929935166739, -2.808917465908714, 0.5000178451051316),
+    (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
+    (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
+    (2.3465413258596377, -1.7097828382687081, 0.42323551169305323),
+)
+POLAR_EXPRESS_SAFETY_FACTOR = 1.02
+
+NS_SCHEDULES: dict[str, NewtonSchulzSchedule] = {
+    "muon5": NewtonSchulzSchedule((MUON5_COEFFICIENTS,) * 5),
+    "polar_express": NewtonSchulzSchedule(POLAR_EXPRESS_COEFFICIENTS, POLAR_EXPRESS_SAFETY_FACTOR),
+}
 
 
 class UnknownScheduleError(ValueError):
     """A Newton–Schulz schedule name that is not in `NS_SCHEDULES`."""
 
 
-def register_schedule(name: str, coefficients: Sequence[Sequence[float]], *, replace: bool = False) -> None:
-    """Add a schedule of per-iteration ``(a, b, c)`` triples under `name`.
-
-    Refuses to silently overwrite an existing name (pass ``replace=True`` to do it on purpose) and
-    rejects malformed triples here, so a typo fails at registration instead of mid-training.
-    """
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"Newton-Schulz schedule name must be a non-empty string, got {name!r}")
-    if name in NS_SCHEDULES and not replace:
-        raise ValueError(f"Newton-Schulz schedule {name!r} is already registered; pass replace=True to overwrite it")
+def make_schedule(name: str, coefficients: Sequence[Sequence[float]], safety_factor: float = 1.0) -> NewtonSchulzSchedule:
+    """A validated schedule; `name` only labels the errors, so a typo fails here, not mid-training."""
     triples = []
     for step, triple in enumerate(coefficients):
         values = tuple(float(v) for v in triple)
@@ -54,33 +77,60 @@ def register_schedule(name: str, coefficients: Sequence[Sequence[float]], *, rep
         triples.append(values)
     if not triples:
         raise ValueError(f"Newton-Schulz schedule {name!r} has no iterations; give at least one (a, b, c) triple")
-    NS_SCHEDULES[name] = tuple(triples)
+    if not (math.isfinite(safety_factor) and safety_factor >= 1.0):
+        raise ValueError(
+            f"Newton-Schulz schedule {name!r}: safety_factor={safety_factor!r} must be a finite number >= 1 "
+            "(it only ever shrinks the normalized input)"
+        )
+    return NewtonSchulzSchedule(tuple(triples), float(safety_factor))
 
 
-def get_schedule(name: str) -> Coefficients:
-    """The coefficients registered under `name`, or a one-line error listing the known names."""
+def register_schedule(
+    name: str, coefficients: Sequence[Sequence[float]], *, safety_factor: float = 1.0, replace: bool = False
+) -> None:
+    """Add a schedule of per-iteration ``(a, b, c)`` triples under `name`.
+
+    Registering the same schedule again is a no-op (a config is validated once per process and
+    again on resume); a different one under a taken name is refused unless ``replace=True``.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"Newton-Schulz schedule name must be a non-empty string, got {name!r}")
+    schedule = make_schedule(name, coefficients, safety_factor)
+    if NS_SCHEDULES.get(name, schedule) != schedule and not replace:
+        raise ValueError(
+            f"Newton-Schulz schedule {name!r} is already registered with other coefficients; "
+            "pick another name or pass replace=True to overwrite it"
+        )
+    NS_SCHEDULES[name] = schedule
+
+
+def get_schedule(name: str) -> NewtonSchulzSchedule:
+    """The schedule registered under `name`, or a one-line error listing the known names."""
     try:
         return NS_SCHEDULES[name]
     except KeyError:
         known = ", ".join(sorted(NS_SCHEDULES))
         raise UnknownScheduleError(
             f"unknown Newton-Schulz schedule {name!r} (known: {known}); "
-            "add one with lit_golf.optim.register_schedule(name, triples)"
+            "add one with lit_golf.optim.register_schedule(name, triples) or ns_coefficients in the config"
         ) from None
 
 
-def orthogonalize(G: torch.Tensor, coefficients: Coefficients, eps: float = 1e-7) -> torch.Tensor:
+def orthogonalize(G: torch.Tensor, schedule: NewtonSchulzSchedule, eps: float = 1e-7) -> torch.Tensor:
     """Approximate the orthogonal polar factor of every matrix in `G` (``[..., rows, cols]``), in bf16.
 
     Wide orientation keeps ``X X^T`` the small side, so tall matrices are transposed in and out.
-    Dividing by the Frobenius norm bounds the spectral norm by 1, inside the iteration's basin.
+    Dividing by the (safety-scaled) Frobenius norm bounds the spectral norm by 1, inside the basin.
     """
     X = G.to(torch.bfloat16)
     tall = X.size(-2) > X.size(-1)
     if tall:
         X = X.mT
-    X = X / (X.norm(dim=(-2, -1), keepdim=True) + eps)
-    for a, b, c in coefficients:
+    norm = X.norm(dim=(-2, -1), keepdim=True)
+    if schedule.safety_factor != 1.0:  # a Python-level branch: muon5 keeps its exact arithmetic
+        norm = norm * schedule.safety_factor
+    X = X / (norm + eps)
+    for a, b, c in schedule.coefficients:
         gram = X @ X.mT
         X = a * X + (b * gram + c * (gram @ gram)) @ X
     return X.mT if tall else X
