@@ -46,12 +46,26 @@ class GPTConfig:
     loop_end: int = 5
     attention_backend: str = "auto"
     fused_mlp: bool = True
+    # Frontier switches (issue 17): off reproduces the 04-14 record, `configs/frontier.yaml` turns them on.
+    smear_gate: bool = False
+    """Add to each token's embedding a gated share of the previous token's (`x_t + λ·σ(w·x_t[:gate_window])·x_{t-1}`,
+    `w` and `λ` zero at init); never across a document start (BOS) or an attention segment start."""
+    sparse_attn_gate: bool = False
+    """Scale each attention head's output by `σ(scale·W_h·x[:gate_window])` (after XSA, before the output
+    projection); `W` starts at zero, i.e. a gate of 1/2 on an output projection that starts at zero."""
+    sparse_attn_gate_scale: float = 1.0
+    """`scale` inside the sparse attention gate's sigmoid."""
+    gate_window: int = 12
+    """Leading residual dimensions read by the SmearGate and the sparse attention gate."""
+    fused_softcap_ce: bool = False
+    """Training loss through the fused softcapped cross-entropy Triton kernel (CUDA); evaluation keeps the exact path."""
 
     def __post_init__(self) -> None:
         least = dict(vocab_size=1, num_layers=1, model_dim=1, num_heads=1, num_kv_heads=1, rope_dims=0,
                      num_loops=0, xsa_last_n=0, parallel_start_layer=0)
         problems = [f"{k}={getattr(self, k)} must be >= {n}" for k, n in least.items() if getattr(self, k) < n]
-        problems += [f"{k}={getattr(self, k)} must be positive" for k in ("mlp_mult", "rope_base", "logit_softcap")
+        problems += [f"{k}={getattr(self, k)} must be positive"
+                     for k in ("mlp_mult", "rope_base", "logit_softcap", "sparse_attn_gate_scale")
                      if not getattr(self, k) > 0]
         if problems:  # the checks below divide by these
             raise ValueError("invalid GPTConfig: " + "; ".join(problems))
@@ -67,6 +81,8 @@ class GPTConfig:
             problems.append(
                 f"loop_start={self.loop_start}..loop_end={self.loop_end} must lie inside 0..{self.num_layers - 1}"
             )
+        if (self.smear_gate or self.sparse_attn_gate) and not 1 <= self.gate_window <= self.model_dim:
+            problems.append(f"gate_window={self.gate_window} must lie in 1..model_dim={self.model_dim}")
         if self.parallel_final_lane not in ("mean", "attn", "mlp"):
             problems.append(f"parallel_final_lane={self.parallel_final_lane!r} must be 'mean', 'attn' or 'mlp'")
         if problems:
@@ -99,8 +115,8 @@ class GPTConfig:
         return asdict(self)
 
     # Kernel choices: they change how the same weights are computed, not the model, so an artifact
-    # trained with FA4 and the fused MLP evaluates on a box with neither.
-    RUNTIME_FIELDS = ("attention_backend", "fused_mlp")
+    # trained with FA4, the fused MLP and the fused loss evaluates on a box with none of them.
+    RUNTIME_FIELDS = ("attention_backend", "fused_mlp", "fused_softcap_ce")
 
     def architecture(self) -> dict:
         """The fields that define the weights and the function they compute (all but `RUNTIME_FIELDS`)."""

@@ -5,7 +5,8 @@ kept as `x0`; an encoder and a decoder half of blocks joined U-Net style (each e
 mixed back into the mirrored decoder input through a learned weight and a sigmoid gate); from
 `parallel_start_layer` on, the decoder carries two residual lanes (attention reads lane 0, the MLP
 reads lane 1, a 2x2 matrix routes both outputs into both lanes); depth recurrence replays blocks
-`loop_start..loop_end` when `looping_active` is set.
+`loop_start..loop_end` when `looping_active` is set. Frontier switches (off in the record): a SmearGate
+on the embedding, a sparse per-head gate on the attention output, and the fused training loss.
 
 The large matrices live in four banks (so the optimizer can orthogonalize them in batches) and are
 sliced per layer at use; they are cast to the activation dtype there, so the trainer may keep them in
@@ -26,10 +27,12 @@ import torch.nn.functional as F
 
 from lit_golf.attention import AttentionBackend, select_backend
 from lit_golf.config import GPTConfig
+from lit_golf.data.shards import BOS_ID
 
 LORA_SITES = ("q", "k", "v", "o", "mlp", "head")
 
 FusedMLPFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+FusedLossFn = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
 
 
 class LoRA(Protocol):
@@ -83,6 +86,11 @@ def rms_norm(x: torch.Tensor) -> torch.Tensor:
     return F.rms_norm(x, (x.size(-1),))
 
 
+def window_gate(x: torch.Tensor, weight: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """`sigmoid(scale * weight @ x[:window])` per position: `[..., outputs]` from the first `window` dims of `x`."""
+    return torch.sigmoid(scale * F.linear(x[..., : weight.size(-1)], weight.to(x.dtype)))
+
+
 # ----------------------------------------------------------------------------- rotary embedding
 
 
@@ -114,14 +122,44 @@ def remove_value_direction(y: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------- modules
 
 
+class SmearGate(nn.Module):
+    """`x_t + lam * sigmoid(weight @ x_t[:window]) * x_{t-1}` on the token embeddings (identity at init).
+
+    The previous token is dropped where token t is BOS (a new document) and where an attention segment
+    of `cu_seqlens` starts (a row packs independent pieces), so no document sees another's tokens and a
+    packed row computes what its pieces would alone.
+    """
+
+    def __init__(self, window: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(1, window, dtype=torch.float32))
+        self.lam = nn.Parameter(torch.zeros(1, dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor, input_ids: torch.Tensor, cu_seqlens: torch.Tensor | None) -> torch.Tensor:
+        seq_len = x.size(1)
+        keep = input_ids != BOS_ID
+        if cu_seqlens is not None:  # padding entries equal seq_len and land in the dropped last slot
+            segment_start = torch.zeros(seq_len + 1, dtype=torch.bool, device=x.device)
+            keep = keep & ~segment_start.index_fill(0, cu_seqlens.long(), True)[:seq_len]
+        previous = F.pad(x[:, :-1], (0, 0, 1, 0))  # position 0 has none
+        gate = self.lam.to(x.dtype) * window_gate(x, self.weight)
+        return x + gate * previous * keep[..., None].to(x.dtype)
+
+
 class CausalSelfAttention(nn.Module):
-    """GQA attention with q/k RMS-norm, partial RoPE, per-head query gain and optional XSA."""
+    """GQA attention with q/k RMS-norm, partial RoPE, per-head query gain, optional XSA and output gate."""
 
     def __init__(self, config: GPTConfig, backend: AttentionBackend, use_xsa: bool):
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = config.num_heads, config.num_kv_heads, config.head_dim
         self.q_gain = nn.Parameter(torch.full((config.num_heads,), config.qk_gain_init, dtype=torch.float32))
         self.use_xsa = use_xsa
+        # sparse attention gate: per head, from the first `gate_window` dims of the block input
+        self.gate_weight = (
+            nn.Parameter(torch.zeros(config.num_heads, config.gate_window, dtype=torch.float32))
+            if config.sparse_attn_gate else None
+        )
+        self.gate_scale = config.sparse_attn_gate_scale
         self.backend = backend
         self.qkv_tap = nn.Identity()
         self.out_tap = nn.Identity()
@@ -142,6 +180,8 @@ class CausalSelfAttention(nn.Module):
         y = self.backend(q, k, v, cu_seqlens=ctx.cu_seqlens, max_seqlen=ctx.max_seqlen)
         if self.use_xsa:
             y = remove_value_direction(y, v)
+        if self.gate_weight is not None:
+            y = y * window_gate(x, self.gate_weight, self.gate_scale).to(y.dtype)[..., None]
         y = self.out_tap(y.reshape(batch, seq_len, -1))
         return with_lora(F.linear(y, w.o.to(y.dtype)), ctx, "o", slot, x)
 
@@ -214,8 +254,10 @@ class GPT(nn.Module):
         self.attention = select_backend(config.attention_backend)
         self.looping_active = False
         fused = load_fused_mlp() if config.fused_mlp else None
+        self.fused_loss = load_fused_softcap_ce() if config.fused_softcap_ce else None
 
         self.tok_emb = nn.Embedding(config.vocab_size, dim)
+        self.smear = SmearGate(config.gate_window) if config.smear_gate else None
         self.qo_bank = nn.Parameter(torch.empty(2 * layers, dim, dim))
         self.kv_bank = nn.Parameter(torch.empty(2 * layers, config.kv_dim, dim))
         self.mlp_up_bank = nn.Parameter(torch.empty(layers, config.hidden_dim, dim))
@@ -240,7 +282,11 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """Orthogonal q/k/v/up, zero output projections (every block starts as identity), small embedding."""
+        """Orthogonal q/k/v/up, zero output projections (every block starts as identity), small embedding.
+
+        The gates of the frontier switches are zero-initialised where they are built and draw nothing
+        here, so switching them on leaves every other parameter's initial value unchanged.
+        """
         layers = self.config.num_layers
         nn.init.normal_(self.tok_emb.weight, mean=0.0, std=self.config.tied_embed_init_std)
         for i in range(layers):
@@ -283,14 +329,22 @@ class GPT(nn.Module):
         """
         if reduction not in ("mean", "none"):
             raise ValueError(f"reduction={reduction!r} is not supported; use 'mean' or 'none'")
-        x = rms_norm(to_stream_dtype(self.tok_emb(input_ids)))
+        x = to_stream_dtype(self.tok_emb(input_ids))
+        if self.smear is not None:
+            x = self.smear(x, input_ids, cu_seqlens)
+        x = rms_norm(x)
         rope_dims = self.config.rope_dims or self.config.head_dim
         cos, sin = rotary_tables(input_ids.size(1), rope_dims, self.config.rope_base, x.device, x.dtype)
         ctx = StepContext(cos, sin, cu_seqlens, int(max_seqlen), lora)
         x = self._run_blocks(x, ctx)
         if score_columns is not None:
             x = x.gather(1, score_columns[..., None].expand(-1, -1, x.size(-1)))
-        logits = self._logits(x, ctx)
+        logits = self._head(x, ctx)
+        cap = self.config.logit_softcap
+        if target_ids is not None and self.fused_loss is not None and self.training and logits.is_cuda:
+            loss = self.fused_loss(logits.flatten(0, 1), target_ids.flatten(), cap)
+            return loss.mean() if reduction == "mean" else loss.view_as(target_ids)
+        logits = cap * torch.tanh(logits / cap)
         if target_ids is None:
             return logits
         loss = F.cross_entropy(logits.float().flatten(0, 1), target_ids.flatten(), reduction=reduction)
@@ -347,11 +401,10 @@ class GPT(nn.Module):
             return lane1
         return 0.5 * (lane0 + lane1)
 
-    def _logits(self, x: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+    def _head(self, x: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        """Logits before the softcap (the adapter's head delta included)."""
         x = self.head_tap(rms_norm(x))
-        logits = with_lora(F.linear(x, self.tok_emb.weight.to(x.dtype)), ctx, "head", 0, x)
-        cap = self.config.logit_softcap
-        return cap * torch.tanh(logits / cap)
+        return with_lora(F.linear(x, self.tok_emb.weight.to(x.dtype)), ctx, "head", 0, x)
 
 
 def load_fused_mlp() -> FusedMLPFn | None:
@@ -361,6 +414,15 @@ def load_fused_mlp() -> FusedMLPFn | None:
     from lit_golf.kernels import fused_mlp
 
     return fused_mlp.fused_leaky_relu_square_mlp if fused_mlp.is_available() else None
+
+
+def load_fused_softcap_ce() -> FusedLossFn | None:
+    """The fused softcapped cross-entropy (per-token fp32 loss) when CUDA and Triton are present; lazy like `load_fused_mlp`."""
+    if not torch.cuda.is_available():
+        return None
+    from lit_golf.kernels import fused_ce
+
+    return fused_ce.softcapped_cross_entropy if fused_ce.fused_ce_available() else None
 
 
 # ----------------------------------------------------------------------------- quantized matrices and banks

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from lit_golf.config import config_from_dict
+from lit_golf.data.shards import BOS_ID
 
 LORA_SITES = ("q", "k", "v", "o", "mlp", "head")
 PREFIX_ORDERS = ("longest_first", "stream")
@@ -32,6 +33,11 @@ class EvalConfig:
     ttt_context_len: int = 2048
     ttt_batch_docs: int = 64
     ttt_grad_steps: int = 1
+    # LoRA output scaled by alpha / rank (None: unscaled, the 04-14 record)
+    ttt_lora_alpha: float | None = None
+    # at each batch only the adapters' B is zeroed; A (trained) carries over per row slot, and is drawn
+    # afresh at the first batch of each phase (the 04-14 record draws A for every batch)
+    ttt_warm_start_a: bool = False
     # context windows are padded up to a multiple of this (capped at ttt_context_len): few shapes
     ttt_window_bucket: int = 64
     # at most this many row positions (rows x width) per forward/backward, bounding activation memory
@@ -53,7 +59,7 @@ class EvalConfig:
     global_sgd_grad_clip: float = 1.0
     global_sgd_epochs: int = 1
     # data
-    bos_id: int = 1
+    bos_id: int = BOS_ID  # the shard format's; the model's SmearGate masks the same constant
     max_docs: int | None = None
 
     def __post_init__(self) -> None:
@@ -77,6 +83,8 @@ class EvalConfig:
             )
         negative = [name for name in ("phased_prefix_docs", "global_sgd_epochs", "ttt_weight_decay") if getattr(self, name) < 0]
         problems += [f"{name}={getattr(self, name)} must not be negative" for name in negative]
+        if self.ttt_lora_alpha is not None and not self.ttt_lora_alpha > 0:
+            problems.append(f"ttt_lora_alpha={self.ttt_lora_alpha} must be positive or None (unscaled)")
         if self.max_docs is not None and self.max_docs <= 0:
             problems.append(f"max_docs={self.max_docs} must be positive or None (all documents)")
         if problems:

@@ -4,7 +4,8 @@ Each site keeps one `A [rows, r, in]` and one `B [rows, out, r]` parameter per e
 the delta is two batched matmuls: `delta = (x @ A^T) @ B^T`, row by row. (Separate parameters per slot,
 not one stacked tensor: autograd would turn every slot's slice of a stacked tensor into a full-size
 gradient.) `B` starts at zero, so a fresh adapter leaves the model unchanged; `A` is uniform in
-`±1/sqrt(in)`.
+`±1/sqrt(in)`. With `alpha`, the delta is scaled by `alpha / rank` (standard LoRA), so the effective
+step size does not move with the rank.
 """
 
 from __future__ import annotations
@@ -37,7 +38,9 @@ def executed_slots(model: nn.Module) -> int:
 class BatchedLoRA(nn.Module):
     """Independent rank-`rank` adapters for `rows` documents at `targets` sites of a `GPT`."""
 
-    def __init__(self, model: nn.Module, rows: int, rank: int, targets: tuple[str, ...] = LORA_SITES) -> None:
+    def __init__(
+        self, model: nn.Module, rows: int, rank: int, targets: tuple[str, ...] = LORA_SITES, alpha: float | None = None
+    ) -> None:
         super().__init__()
         unknown = sorted(set(targets) - set(LORA_SITES))
         if unknown:
@@ -46,6 +49,7 @@ class BatchedLoRA(nn.Module):
         slots = executed_slots(model)
         device = next(model.parameters()).device
         self.rows, self.rank, self.num_slots = rows, rank, slots
+        self.scale = 1.0 if alpha is None else alpha / rank
         self.row_offset = 0
         self.A = nn.ModuleDict()
         self.B = nn.ModuleDict()
@@ -57,12 +61,14 @@ class BatchedLoRA(nn.Module):
         self.reset()
 
     @torch.no_grad()
-    def reset(self, generator: torch.Generator | None = None) -> None:
-        """Fresh adapters for a new batch of documents (`generator` makes the draw reproducible)."""
+    def reset(self, generator: torch.Generator | None = None, keep_a: bool = False) -> None:
+        """Fresh adapters for a new batch of documents (`generator` makes the draw reproducible); with
+        `keep_a` only `B` is zeroed, which still makes every adapter a no-op until it trains."""
         for site, a_slots in self.A.items():
             for a, b in zip(a_slots, self.B[site], strict=True):
-                bound = 1.0 / math.sqrt(a.size(-1))
-                a.uniform_(-bound, bound, generator=generator)
+                if not keep_a:
+                    bound = 1.0 / math.sqrt(a.size(-1))
+                    a.uniform_(-bound, bound, generator=generator)
                 b.zero_()
 
     @contextlib.contextmanager
@@ -85,4 +91,5 @@ class BatchedLoRA(nn.Module):
         # row count serves every slice that starts at the same row. (A slice of a parameter costs a
         # full-size gradient buffer.)
         a, b = a.narrow(0, self.row_offset, x.size(0)), b.narrow(0, self.row_offset, x.size(0))
-        return (x @ a.mT) @ b.mT
+        delta = (x @ a.mT) @ b.mT
+        return delta if self.scale == 1.0 else delta * self.scale

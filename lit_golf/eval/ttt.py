@@ -3,7 +3,8 @@
 Legality is the whole design: a token is scored before any update that has seen it, in one
 left-to-right pass, with the model's normalized softmax.
 
-* Per document: a fresh adapter (one row of a `BatchedLoRA`). The document's targets are cut into
+* Per document: a fresh adapter (one row of a `BatchedLoRA`; with `ttt_warm_start_a` only its `B` is
+  fresh, its `A` carries over from the row's previous document of the phase). The document's targets are cut into
   chunks of `ttt_chunk_size`; chunk k is scored with up to `ttt_context_len` tokens of the same
   document ending at the chunk (never another document's), then the adapter takes `ttt_grad_steps`
   AdamW steps on that chunk's loss alone. The last chunk is not trained on: nothing is left to score.
@@ -104,7 +105,8 @@ class DocumentBatchScorer:
     def __init__(self, model: nn.Module, val: ValSet, cfg: EvalConfig, metric: BitsPerByte, trace: TTTTrace | None):
         self.model, self.val, self.cfg, self.metric, self.trace = model, val, cfg, metric, trace
         self.rows = cfg.ttt_batch_docs
-        self.lora = BatchedLoRA(model, self.rows, cfg.ttt_lora_rank, cfg.ttt_lora_targets)
+        self.lora = BatchedLoRA(model, self.rows, cfg.ttt_lora_rank, cfg.ttt_lora_targets, cfg.ttt_lora_alpha)
+        self.draw_a = True  # the next batch draws the adapters' A (always, unless A is warm-started)
         self.optimizer = torch.optim.AdamW(
             self.lora.parameters(), lr=cfg.ttt_lr, betas=(cfg.ttt_beta1, cfg.ttt_beta2), eps=cfg.ttt_eps,
             weight_decay=cfg.ttt_weight_decay, fused=val.device.type == "cuda",
@@ -197,10 +199,16 @@ class DocumentBatchScorer:
         per_row = (nll * weight).sum(1) / weight.sum(1).clamp(min=1.0)
         (per_row * has_next).sum().backward()
 
+    def start_phase(self) -> None:
+        """The base model may have changed: the next batch draws new adapters `A` even when they are warm-started."""
+        self.draw_a = True
+
     def _reset(self, seed: int) -> None:
-        """Fresh adapters (seeded by the batch's first document, so the result ignores rank and order) and optimizer."""
+        """Fresh adapters (A seeded by the batch's first document: without warm start the result ignores rank
+        and order; with it, A is drawn at a phase's first batch and carried over after) and optimizer."""
         self.generator.manual_seed(seed)
-        self.lora.reset(self.generator)
+        self.lora.reset(self.generator, keep_a=self.cfg.ttt_warm_start_a and not self.draw_a)
+        self.draw_a = False
         for state in self.optimizer.state.values():
             for value in state.values():
                 if torch.is_tensor(value):
@@ -251,6 +259,7 @@ def run_phased_ttt(
                 if rank == 0:
                     log.info("ttt: compiled in %.1fs", stopwatch.seconds["ttt_compile"])
             for phase, (stage, plan) in enumerate(zip(stages, plans, strict=True), 1):
+                scorer.start_phase()
                 with stopwatch.section(f"ttt_score_{stage.name}"):
                     for batch in plan:
                         scorer.score(batch)
