@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from lit_golf.data.shards import (
     BOS_ID,
+    SIDECAR_SPLIT,
     SPLITS,
     dataset_dir,
     file_sha256,
@@ -141,9 +142,11 @@ def iter_documents(paths: Iterable[Path], text_field: str = "text", max_docs: in
 # Tokenizer
 
 
-def sentencepiece_trainer_options(vocab_size: int) -> dict:
-    """The upstream FineWeb tokenizer recipe (BPE, byte fallback, no dummy prefix, fixed special ids)."""
+def sentencepiece_trainer_options(vocab_size: int, user_defined_symbols: tuple[str, ...] = ()) -> dict:
+    """The upstream FineWeb tokenizer recipe (BPE, byte fallback, no dummy prefix, fixed special ids);
+    `user_defined_symbols` (the CaseOps operators) are always pieces of their own."""
     return dict(
+        user_defined_symbols=list(user_defined_symbols),
         model_type="bpe",
         vocab_size=vocab_size,
         character_coverage=0.999,
@@ -159,7 +162,9 @@ def sentencepiece_trainer_options(vocab_size: int) -> dict:
     )
 
 
-def train_tokenizer(docs: Iterable[str], vocab_size: int, model_path: Path) -> Path:
+def train_tokenizer(
+    docs: Iterable[str], vocab_size: int, model_path: Path, user_defined_symbols: tuple[str, ...] = ()
+) -> Path:
     """Train a SentencePiece BPE model on `docs` and write it to `model_path` (plus its .vocab)."""
     reading_errors: list[PrepareError] = []
 
@@ -181,7 +186,7 @@ def train_tokenizer(docs: Iterable[str], vocab_size: int, model_path: Path) -> P
                 sentence_iterator=sentences(),
                 model_prefix=str(prefix),
                 minloglevel=2,
-                **sentencepiece_trainer_options(vocab_size),
+                **sentencepiece_trainer_options(vocab_size, user_defined_symbols),
             )
         except RuntimeError as err:
             if reading_errors:
@@ -209,23 +214,61 @@ sha256_of = file_sha256
 # Parallel tokenization
 
 _worker_sp: spm.SentencePieceProcessor | None = None
+_worker_sidecar = None  # caseops.SidecarCounter when the stream is CaseOps
 
 
-def _init_worker(model_path: str) -> None:
-    global _worker_sp
+def _init_worker(model_path: str, caseops: bool = False) -> None:
+    global _worker_sp, _worker_sidecar
     _worker_sp = spm.SentencePieceProcessor(model_file=model_path)
+    if caseops:
+        from lit_golf.data.caseops import SidecarCounter
+
+        _worker_sidecar = SidecarCounter(_worker_sp)
 
 
-def encode_chunk(texts: list[str]) -> tuple[np.ndarray, int]:
-    """`[BOS] + ids` of each text, concatenated as uint16, and the texts' UTF-8 byte count."""
-    encoded = _worker_sp.encode(texts)
+def _concatenate_documents(encoded: list[list[int]]) -> np.ndarray:
     out = np.empty(sum(len(ids) for ids in encoded) + len(encoded), dtype=np.uint16)
     pos = 0
     for ids in encoded:
         out[pos] = BOS_ID
         out[pos + 1 : pos + 1 + len(ids)] = ids
         pos += 1 + len(ids)
-    return out, sum(len(t.encode("utf-8")) for t in texts)
+    return out
+
+
+def encode_chunk(texts: list[str], split: str = "train") -> tuple[np.ndarray, int, np.ndarray | None]:
+    """`[BOS] + ids` of each text, concatenated as uint16, the texts' UTF-8 byte count and, for CaseOps
+    validation, the byte sidecar of the tokens.
+
+    CaseOps tokenizes the transform of each text's normalized form (`caseops.encode_document`) and
+    counts the normalized text's bytes, the bytes bits-per-byte is scored on; every validation document's
+    sidecar must sum to exactly that, or the chunk is refused.
+    """
+    if _worker_sidecar is None:
+        encoded = _worker_sp.encode(texts)
+        return _concatenate_documents(encoded), sum(len(t.encode("utf-8")) for t in texts), None
+    from lit_golf.data.caseops import encode_document
+
+    encoded, doc_bytes = [], []
+    for text in texts:
+        ids, normalized = encode_document(_worker_sp, text)
+        encoded.append(ids)
+        doc_bytes.append(len(normalized.encode("utf-8")))
+    tokens = _concatenate_documents(encoded)
+    if split != "val":
+        return tokens, sum(doc_bytes), None
+    sidecar = _worker_sidecar(tokens)
+    starts = np.flatnonzero(tokens == BOS_ID)
+    counted = np.add.reduceat(sidecar, starts)
+    wrong = np.flatnonzero(counted != np.asarray(doc_bytes))
+    if wrong.size:
+        i = int(wrong[0])
+        raise PrepareError(
+            f"CaseOps byte sidecar of a validation document ({texts[i][:40]!r}...) sums to {int(counted[i])} bytes, "
+            f"but its normalized text has {doc_bytes[i]}: the transform does not survive this tokenizer's normalizer; "
+            "report the document"
+        )
+    return tokens, sum(doc_bytes), sidecar.astype(np.uint16)
 
 
 def split_into_chunks(docs: Iterable[str], num_val_docs: int, chunk_docs: int = CHUNK_DOCS):
@@ -243,22 +286,22 @@ def split_into_chunks(docs: Iterable[str], num_val_docs: int, chunk_docs: int = 
         yield split, chunk
 
 
-def encode_in_order(chunks: Iterable[tuple[str, list[str]]], model_path: Path, workers: int):
-    """Yield `(split, n_docs, tokens, n_bytes)` per chunk, in input order.
+def encode_in_order(chunks: Iterable[tuple[str, list[str]]], model_path: Path, workers: int, caseops: bool = False):
+    """Yield `(split, n_docs, tokens, n_bytes, sidecar)` per chunk, in input order.
 
     At most `2 * workers` chunks are in flight, so memory stays bounded on corpora of any size
     (`Pool.imap` would read the whole input ahead).
     """
     if workers <= 1:
-        _init_worker(str(model_path))
+        _init_worker(str(model_path), caseops)
         for split, texts in chunks:
-            yield (split, len(texts), *encode_chunk(texts))
+            yield (split, len(texts), *encode_chunk(texts, split))
         return
     context = multiprocessing.get_context("spawn")
-    with context.Pool(workers, initializer=_init_worker, initargs=(str(model_path),)) as pool:
+    with context.Pool(workers, initializer=_init_worker, initargs=(str(model_path), caseops)) as pool:
         pending: deque = deque()
         for split, texts in chunks:
-            pending.append((split, len(texts), pool.apply_async(encode_chunk, (texts,))))
+            pending.append((split, len(texts), pool.apply_async(encode_chunk, (texts, split))))
             if len(pending) >= 2 * workers:
                 split_done, n_docs, result = pending.popleft()
                 yield (split_done, n_docs, *result.get())
@@ -372,8 +415,19 @@ def _install_tokenizer(args: argparse.Namespace, inputs: list[Path], out: Path, 
     if args.train_tokenizer:
         docs = _training_documents(args, inputs)
         print(f"training a {vocab}-token SentencePiece BPE tokenizer on training documents -> {target}", file=sys.stderr)
-        return train_tokenizer(docs, vocab, target)
+        if not args.caseops:
+            return train_tokenizer(docs, vocab, target)
+        from lit_golf.data.caseops import OPERATORS, transform
+
+        return train_tokenizer(map(transform, docs), vocab, target, OPERATORS)
     source = Path(args.tokenizer)
+    if args.caseops:
+        from lit_golf.data.caseops import CaseOpsError, operator_ids
+
+        try:
+            operator_ids(spm.SentencePieceProcessor(model_file=str(source)))
+        except CaseOpsError as err:
+            raise PrepareError(f"--caseops with tokenizer {source}: {err}") from None
     if not (target.exists() and target.samefile(source)):
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, target)
@@ -405,8 +459,13 @@ def _check_args(args: argparse.Namespace, inputs: list[Path]) -> None:
         )
 
 
+def _dataset_files(directory: Path) -> list[Path]:
+    """Token shards and byte sidecars in `directory`."""
+    return [p for split in (*SPLITS, SIDECAR_SPLIT) for p in directory.glob(shard_glob(split))]
+
+
 def _clear_or_refuse(directory: Path, overwrite: bool) -> None:
-    existing = [p for split in SPLITS for p in directory.glob(shard_glob(split))]
+    existing = _dataset_files(directory)
     if existing and not overwrite:
         raise PrepareError(
             f"{directory} already holds {len(existing)} shards: pass --overwrite to replace them or choose another --out"
@@ -426,17 +485,21 @@ def prepare(args: argparse.Namespace) -> dict:
     model_path = _install_tokenizer(args, inputs, out, vocab_size)
     target_dir.mkdir(parents=True, exist_ok=True)
 
-    sinks = {split: ShardSink(target_dir, split, args.shard_tokens) for split in SPLITS}
+    sinks = {split: ShardSink(target_dir, split, args.shard_tokens) for split in (*SPLITS, SIDECAR_SPLIT)}
     docs = iter_documents(inputs, args.text_field, args.max_docs)
     chunks = split_into_chunks(docs, args.num_val_docs)
     with tqdm(total=args.max_docs, unit="doc", desc="tokenizing", disable=args.quiet) as bar:
-        for split, n_docs, tokens, text_bytes in encode_in_order(chunks, model_path, args.workers):
+        for split, n_docs, tokens, text_bytes, sidecar in encode_in_order(
+            chunks, model_path, args.workers, args.caseops
+        ):
             sinks[split].add(tokens, n_docs, text_bytes)
+            if sidecar is not None:  # cut at the same token counts as the val shards
+                sinks[SIDECAR_SPLIT].add(sidecar, n_docs, int(sidecar.sum(dtype=np.int64)))
             bar.update(n_docs)
     for sink in sinks.values():
         sink.flush()
     if sinks["train"].stats.docs == 0:  # nothing to train on: leave no half-made dataset behind
-        for path in (p for split in SPLITS for p in target_dir.glob(shard_glob(split))):
+        for path in _dataset_files(target_dir):
             path.unlink()
         raise _too_few_documents(inputs, sinks["val"].stats.docs, args.num_val_docs)
 
@@ -447,8 +510,12 @@ def prepare(args: argparse.Namespace) -> dict:
         "shard_tokens": args.shard_tokens,
         "num_val_docs": args.num_val_docs,
         "inputs": [str(p) for p in inputs],
-        "splits": {split: asdict(sink.stats) for split, sink in sinks.items()},
+        "splits": {split: asdict(sinks[split].stats) for split in SPLITS},
     }
+    if args.caseops:
+        from lit_golf.data.caseops import manifest_entry
+
+        manifest["caseops"] = manifest_entry(sinks[SIDECAR_SPLIT].stats.shards, sinks[SIDECAR_SPLIT].stats.bytes)
     (target_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return manifest
 
@@ -483,6 +550,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-docs", type=int, help="stop after this many documents")
     parser.add_argument(
         "--workers", type=int, default=os.cpu_count() or 1, help="tokenizer processes (default: CPU count)"
+    )
+    parser.add_argument(
+        "--caseops", action="store_true",
+        help="tokenize the CaseOps form of each document (lowercase text + case operators, lossless) and write "
+        "fineweb_val_bytes_NNNNNN.bin byte sidecars for bits per byte; the tokenizer must hold the operators "
+        "(--train-tokenizer adds them)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace shards already in the output directory")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -53,13 +53,7 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def manifest_tokenizer_sha256(path: str | Path) -> str | None:
-    """sha256 of the tokenizer a dataset manifest records, or None (no manifest, or it records none).
-
-    `prepare-data` writes `"tokenizer": {"path": ..., "sha256": ...}`; other manifests that name the
-    hash anywhere in their `"tokenizer"` entry (e.g. `"fineweb_8192_bpe.model sha256 4e97..."`) count too.
-    """
-    path = Path(path)
+def _read_manifest(path: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
@@ -68,9 +62,26 @@ def manifest_tokenizer_sha256(path: str | Path) -> str | None:
         raise ShardError(
             f"manifest {path} is not readable JSON ({err}): restore it, or re-run `lit-golf prepare-data`"
         ) from None
-    entry = manifest.get("tokenizer") if isinstance(manifest, dict) else None
+    return manifest if isinstance(manifest, dict) else {}
+
+
+def manifest_tokenizer_sha256(path: str | Path) -> str | None:
+    """sha256 of the tokenizer a dataset manifest records, or None (no manifest, or it records none).
+
+    `prepare-data` writes `"tokenizer": {"path": ..., "sha256": ...}`; other manifests that name the
+    hash anywhere in their `"tokenizer"` entry (e.g. `"fineweb_8192_bpe.model sha256 4e97..."`) count too.
+    """
+    manifest = _read_manifest(Path(path))
+    if manifest is None:
+        return None
+    entry = manifest.get("tokenizer")
     found = re.search(r"\b[0-9a-fA-F]{64}\b", json.dumps(entry)) if entry is not None else None
     return found.group(0).lower() if found else None
+
+
+def manifest_is_caseops(path: str | Path) -> bool:
+    """Whether a dataset manifest says its tokens are CaseOps (`prepare-data --caseops` records a "caseops" entry)."""
+    return "caseops" in (_read_manifest(Path(path)) or {})
 
 
 def shard_name(split: str, index: int) -> str:
@@ -78,7 +89,36 @@ def shard_name(split: str, index: int) -> str:
 
 
 def shard_glob(split: str) -> str:
-    return f"fineweb_{split}_*.bin"
+    """Token shards of `split` only: a digit follows the split name, so `fineweb_val_bytes_*` sidecars never match."""
+    return f"fineweb_{split}_[0-9]*.bin"
+
+
+SIDECAR_SPLIT = "val_bytes"
+
+
+def sidecar_path(shard: str | Path) -> Path:
+    """The byte sidecar of a validation shard: `fineweb_val_NNNNNN.bin` -> `fineweb_val_bytes_NNNNNN.bin`."""
+    shard = Path(shard)
+    return shard.with_name(shard.name.replace("fineweb_val_", f"fineweb_{SIDECAR_SPLIT}_", 1))
+
+
+def read_sidecar(shard: str | Path) -> np.ndarray | None:
+    """Per-token original byte counts of validation shard `shard` (uint16, same length), or None without a sidecar.
+
+    A sidecar (written by `prepare-data --caseops`) has the shard format, one count per token of its
+    shard: the UTF-8 bytes of original text that token stands for (operators and BOS count 0).
+    """
+    path = sidecar_path(shard)
+    if not path.is_file():
+        return None
+    counts = read_shard(path)
+    tokens = read_header(shard)
+    if counts.size != tokens:
+        raise ShardError(
+            f"byte sidecar {path} holds {counts.size} counts but its shard {Path(shard).name} holds {tokens} tokens: "
+            "the two come from different runs; re-run `lit-golf prepare-data --caseops` (with --overwrite)"
+        )
+    return counts
 
 
 def find_shards(data_dir: str | Path, split: str, vocab_size: int) -> list[Path]:
