@@ -18,7 +18,6 @@ import lightning as L
 import torch
 
 from lit_golf import artifact
-from lit_golf.callbacks.wallclock import WallClockBudget
 from lit_golf.config import GPTConfig
 from lit_golf.data.tokenizer import target_bytes
 from lit_golf.eval.config import EvalConfig
@@ -28,6 +27,7 @@ from lit_golf.eval.runner import evaluate
 from lit_golf.export.pipeline import check_vocab, checkpoint_weights
 from lit_golf.model import GPT
 from lit_golf.optim import OptimConfig, build_golf_optimizer, muon_momentum
+from lit_golf.progress import TrainingProgress
 from lit_golf.schedule import TrainingConfig, lr_multiplier
 
 log = logging.getLogger("lit_golf")
@@ -108,14 +108,10 @@ class GolfLightningModule(L.LightningModule):
         self.automatic_optimization = False
         self.gpt = GPT(self.gpt_config)
         self._compiled = None
-        self.training_fraction = 0.0
-        self.tokens_per_step = 0
-        self.last_train_loss = torch.zeros(())
+        self.progress = TrainingProgress()  # shared with the callbacks (lit_golf/progress.py)
         self.test_results: dict = {}
-        self._fraction_from_clock = False
-        self._loss_check_every = 1  # steps between finite-loss checks; set at fit start
+        self._loss_check_every = 1  # steps between finite-loss checks; set at train start
         self.val_bpb = BitsPerByte()  # a submodule: follows the model's device, reduces across ranks
-        self._luts = None  # byte tables on the model's device, made at the first validation batch
 
     # ------------------------------------------------------------------ setup
     def setup(self, stage: str) -> None:
@@ -135,12 +131,9 @@ class GolfLightningModule(L.LightningModule):
             # Only the inner GPT: compiling the LightningModule would trace Lightning's hooks too.
             self._compiled = torch.compile(self.gpt, fullgraph=True, dynamic=False)
 
-        clock = next((cb for cb in self.trainer.callbacks if isinstance(cb, WallClockBudget)), None)
-        self._fraction_from_clock = clock is not None
-        # The loss is read on the steps where the wall clock syncs the device anyway: no extra host sync.
-        self._loss_check_every = clock.sync_every_steps if clock is not None else max(self.trainer.log_every_n_steps, 1)
         dm = self.trainer.datamodule
-        self.tokens_per_step = dm.train_batch_tokens
+        self.progress.tokens_per_step = dm.train_batch_tokens
+        self._log_run_settings()
         n_params = sum(p.numel() for p in self.gpt.parameters())
         log.info(
             "model: %s parameters, attention backend %s; batch %s tokens/step = %d micro-batches x %d tokens x %d ranks",
@@ -148,7 +141,17 @@ class GolfLightningModule(L.LightningModule):
             dm.grad_accum_steps, dm.tokens_per_microbatch, self.trainer.world_size,
         )
 
+    def _log_run_settings(self) -> None:
+        """Evaluation config and every callback's settings into the loggers' hparams (not the checkpoint's)."""
+        if not self.loggers:
+            return
+        settings = {type(cb).__name__: callback_settings(cb) for cb in self.trainer.callbacks}
+        for logger in self.loggers:
+            logger.log_hyperparams({"evaluation": asdict(self.eval_config), "callbacks": settings})
+
     def on_train_start(self) -> None:
+        # The loss is read where a time budget syncs the device anyway: no extra host sync per step.
+        self._loss_check_every = self.progress.sync_every_steps or max(self.trainer.log_every_n_steps, 1)
         if self.training_config.compile_warmup and self._compiled is not None:
             cache = CompileCache(self.training_config.compile_cache)
             cache.load()
@@ -163,15 +166,10 @@ class GolfLightningModule(L.LightningModule):
                      torch.cuda.max_memory_reserved(self.device) // 2**20)
 
     # ---------------------------------------------------------------- training
-    def _fraction(self) -> float:
-        if self._fraction_from_clock:
-            return self.training_fraction
-        max_steps = self.trainer.max_steps
-        return self.global_step / max_steps if max_steps and max_steps > 0 else 0.0
-
     def _apply_schedules(self, optimizer, fraction: float) -> None:
         scale = lr_multiplier(fraction, self.training_config.warmdown_frac, self.training_config.min_lr)
         momentum = muon_momentum(self.global_step, self.optim_config)
+        self.progress.lr_multiplier, self.progress.muon_momentum = scale, momentum
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * scale
             if group["kind"] == "muon":
@@ -187,14 +185,24 @@ class GolfLightningModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         optimizer = self.optimizers()
-        fraction = self._fraction()
+        fraction = self.progress.fraction(self.global_step, self.trainer.max_steps)
         self._maybe_enable_looping(fraction)
         self._apply_schedules(optimizer.optimizer, fraction)
         loss_sum = self._accumulate_gradients(batch)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        self.last_train_loss = loss_sum / len(batch)
+        self.progress.last_loss = loss_sum / len(batch)
+        self.progress.grad_norm = optimizer.optimizer.last_grad_norm
         return None
+
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        self.progress.clock.train_batch_started(self.device)
+
+    def on_validation_start(self) -> None:
+        self.progress.clock.validation_started(self.device)
+
+    def on_validation_end(self) -> None:
+        self.progress.clock.validation_ended(self.device)
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         if self.global_step % self._loss_check_every == 0:
@@ -202,7 +210,7 @@ class GolfLightningModule(L.LightningModule):
 
     def check_finite_loss(self) -> None:
         """Stop at a NaN/inf training loss (on any rank) with one line, instead of training on to a broken export."""
-        loss = float(self.last_train_loss)
+        loss = float(self.progress.last_loss)
         if self.trainer.strategy.reduce_boolean_decision(not math.isfinite(loss), all=False):
             raise TrainingDiverged(
                 f"training diverged: the train loss is {loss} at step {self.global_step} (checked every "
@@ -284,17 +292,17 @@ class GolfLightningModule(L.LightningModule):
 
     # ------------------------------------------------------------- validation
     def validation_step(self, batch, batch_idx):
-        input_ids, target_ids = batch
+        input_ids, target_ids, nbytes = batch  # bytes: the datamodule's val_byte_table (sidecar or tables)
         nll = document_masked_nll(self.gpt, input_ids, target_ids, self.eval_config.bos_id)
-        if self._luts is None:
-            self._luts = self.trainer.datamodule.byte_luts().to(self.device)
-        self.val_bpb.update(nll, target_bytes(input_ids, target_ids, self._luts))
+        self.val_bpb.update(nll, nbytes)
 
     def on_validation_epoch_end(self) -> None:
         metric = self.val_bpb
         bpb = metric.compute()
         loss = metric.loss()
-        self.log_dict({"val/bpb": bpb.float(), "val/loss": loss.float()}, rank_zero_only=True)
+        # hp_metric: TensorBoard's hparams view shows the latest, i.e. the run's final val bpb.
+        self.log_dict({"val/bpb": bpb.float(), "val/loss": loss.float(), "hp_metric": bpb.float()},
+                      rank_zero_only=True)
         if self.trainer.is_global_zero:
             log.info("step %d val_loss %.4f val_bpb %.4f", self.global_step, float(loss), float(bpb))
         metric.reset()
@@ -302,9 +310,11 @@ class GolfLightningModule(L.LightningModule):
     # ------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["looping_active"] = self.gpt.looping_active
+        checkpoint["training_seconds"] = self.progress.clock.read()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.gpt.looping_active = checkpoint.get("looping_active", self.gpt.looping_active)
+        self.progress.clock.resume_at(float(checkpoint.get("training_seconds", 0.0)))
         stage = getattr(self._trainer.state.fn, "value", None) if self._trainer is not None else None
         if stage in ("test", "validate"):  # not when resuming a fit: that continues from the raw weights
             # Lightning loads `checkpoint["state_dict"]` after this hook: swap the EMA average in there.
@@ -343,3 +353,16 @@ class GolfLightningModule(L.LightningModule):
                    if isinstance(v, (int, float)) and math.isfinite(float(v))}
         if self.logger is not None and self.trainer.is_global_zero:
             self.logger.log_metrics(scalars, step=self.global_step)
+
+
+def callback_settings(callback) -> dict:
+    """A callback's public scalar settings (its constructor arguments, by this codebase's convention)."""
+    settings = {}
+    for name, value in vars(callback).items():
+        if name.startswith("_"):
+            continue
+        if isinstance(value, (bool, int, float, str)) or value is None:
+            settings[name] = value
+        elif hasattr(value, "__dataclass_fields__"):
+            settings[name] = asdict(value)
+    return settings

@@ -19,6 +19,7 @@ from lit_golf.callbacks.progress import GolfProgressBar
 from lit_golf.callbacks.throughput import Throughput, device_peak_flops, flops_per_token
 from lit_golf.callbacks.wallclock import BudgetAgreement, WallClockBudget
 from lit_golf.config import GPTConfig
+from lit_golf.progress import TrainingProgress
 
 # ------------------------------------------------------------------------- fake clock
 # A module-level clock (not an object) so that ddp_spawn children each read their own copy.
@@ -50,7 +51,8 @@ class TinyGPT(nn.Module):
 
 
 class TinyGolfModule(L.LightningModule):
-    """Honours the module contract; each step/validation batch advances the fake clock.
+    """Honours the module contract (`progress`, driven from the hooks as `GolfLightningModule` does);
+    each step/validation batch advances the fake clock.
 
     `step_seconds(rank, index)` gives the duration of training step `index` on `rank`.
     """
@@ -61,9 +63,8 @@ class TinyGolfModule(L.LightningModule):
         super().__init__()
         self.automatic_optimization = False
         self.gpt = TinyGPT(bf16_gain)
-        self.training_fraction = 0.0
-        self.tokens_per_step = tokens_per_step
-        self.last_train_loss = torch.zeros(())
+        self.progress = TrainingProgress(clock=fake_clock)
+        self.progress.tokens_per_step = tokens_per_step
         self.step_seconds = step_seconds
         self.val_seconds = val_seconds
         self.warmup_seconds = warmup_seconds
@@ -77,8 +78,17 @@ class TinyGolfModule(L.LightningModule):
     def on_train_start(self) -> None:
         _NOW[0] += self.warmup_seconds  # compile warm-up: must not count
 
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        self.progress.clock.train_batch_started(self.device)
+
+    def on_validation_start(self) -> None:
+        self.progress.clock.validation_started(self.device)
+
+    def on_validation_end(self) -> None:
+        self.progress.clock.validation_ended(self.device)
+
     def training_step(self, batch, batch_idx):
-        self.fractions.append(self.training_fraction)
+        self.fractions.append(self.progress.fraction(self.global_step, self.trainer.max_steps))
         optimizer = self.optimizers()
         loss = self.gpt(batch[0])
         self.manual_backward(loss)
@@ -86,7 +96,7 @@ class TinyGolfModule(L.LightningModule):
         optimizer.zero_grad()
         with torch.no_grad():
             self.gpt.scale.mul_(0.99)  # a buffer that changes, so its EMA is not trivial
-        self.last_train_loss = loss.detach()
+        self.progress.last_loss = loss.detach()
         self.trajectory.append({k: v.detach().float().clone() for k, v in float_state(self.gpt).items()})
         _NOW[0] += self.step_seconds(self.global_rank, len(self.fractions) - 1)
 
@@ -145,7 +155,7 @@ def first_step_reaching(step_times: list[float], budget: float) -> int:
 
 # ------------------------------------------------------------------------- WallClockBudget
 def test_budget_stops_at_the_first_step_reaching_the_effective_budget():
-    budget = WallClockBudget(budget_seconds=1.5, reserve_seconds=0.5, sync_every_steps=3, clock=fake_clock)
+    budget = WallClockBudget(budget_seconds=1.5, reserve_seconds=0.5, sync_every_steps=3)
     module = TinyGolfModule()
     fit(module, [budget])
     expected = first_step_reaching([0.125] * 100, budget.effective_budget)
@@ -161,7 +171,7 @@ def test_budget_stops_at_the_first_step_reaching_the_effective_budget():
 def test_budget_stops_on_measured_time_when_extrapolation_overshoots():
     """A slow start makes the extrapolation run ahead; the stop still waits for measured time."""
     times = [0.375] * 3 + [0.125] * 97
-    budget = WallClockBudget(budget_seconds=1.75, reserve_seconds=0.0, sync_every_steps=3, clock=fake_clock)
+    budget = WallClockBudget(budget_seconds=1.75, reserve_seconds=0.0, sync_every_steps=3)
     module = TinyGolfModule(step_seconds=lambda rank, i: times[i])
     fit(module, [budget])
     # The extrapolation (0.375 s/step) reaches 1.75 s after step 5; measured time only after step 8.
@@ -171,7 +181,7 @@ def test_budget_stops_on_measured_time_when_extrapolation_overshoots():
 
 
 def test_budget_excludes_validation_and_warmup_time():
-    budget = WallClockBudget(budget_seconds=1.0, reserve_seconds=0.0, sync_every_steps=2, clock=fake_clock)
+    budget = WallClockBudget(budget_seconds=1.0, reserve_seconds=0.0, sync_every_steps=2)
     module = TinyGolfModule(val_seconds=50.0, warmup_seconds=300.0)
     fit(module, [budget], val_every=3)
     assert len(module.fractions) == first_step_reaching([0.125] * 100, 1.0)
@@ -180,7 +190,7 @@ def test_budget_excludes_validation_and_warmup_time():
 
 def test_budget_logs_train_time_at_agreement_points():
     logger = RecordingLogger()
-    budget = WallClockBudget(budget_seconds=1.0, reserve_seconds=0.0, sync_every_steps=2, clock=fake_clock)
+    budget = WallClockBudget(budget_seconds=1.0, reserve_seconds=0.0, sync_every_steps=2)
     fit(TinyGolfModule(), [budget], logger=logger)
     logged = logger.metric("train/time_s")
     assert [step for step, _ in logged] == list(range(2, 9, 2))
@@ -195,11 +205,12 @@ def test_budget_rejects_bad_arguments():
 
 
 def test_budget_state_round_trip_keeps_time_spent():
-    first = WallClockBudget(budget_seconds=2.0, reserve_seconds=0.0, sync_every_steps=2, clock=fake_clock)
+    first = WallClockBudget(budget_seconds=2.0, reserve_seconds=0.0, sync_every_steps=2)
     fit(TinyGolfModule(), [first], max_steps=6)
-    resumed = WallClockBudget(budget_seconds=2.0, reserve_seconds=0.0, sync_every_steps=2, clock=fake_clock)
+    resumed = WallClockBudget(budget_seconds=2.0, reserve_seconds=0.0, sync_every_steps=2)
     resumed.load_state_dict(first.state_dict())
     module = TinyGolfModule()
+    module.progress.clock.resume_at(first.elapsed_seconds)  # what the module's checkpoint restores
     fit(module, [resumed])
     assert module.fractions[0] == pytest.approx(6 * 0.125 / 2.0)
     assert len(module.fractions) == first_step_reaching([0.125] * 100, 2.0) - 6
@@ -229,7 +240,7 @@ def test_agreement_gives_identical_decisions_on_ranks_with_different_clocks():
 
 @pytest.mark.slow
 def test_budget_two_gloo_processes_stop_at_the_same_step(tmp_path):
-    budget = WallClockBudget(budget_seconds=3.0, reserve_seconds=0.5, sync_every_steps=4, clock=fake_clock)
+    budget = WallClockBudget(budget_seconds=3.0, reserve_seconds=0.5, sync_every_steps=4)
     module = TinyGolfModule(step_seconds=skewed_step_seconds, record_dir=str(tmp_path), bf16_gain=False)
     trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", max_steps=100, callbacks=[budget],
                         logger=False, enable_checkpointing=False, enable_model_summary=False,
@@ -292,7 +303,7 @@ def test_ema_rejects_bad_decay_and_mismatched_checkpoint():
 # ------------------------------------------------------------------------- Throughput
 def test_throughput_from_fake_clock_excludes_validation(caplog):
     logger = RecordingLogger()
-    throughput = Throughput(log_every_n_steps=4, peak_flops=1e6, clock=fake_clock)
+    throughput = Throughput(log_every_n_steps=4, peak_flops=1e6)
     module = TinyGolfModule(step_seconds=lambda rank, i: 0.25, val_seconds=30.0)
     with caplog.at_level(logging.INFO, logger="lit_golf"):
         fit(module, [throughput], max_steps=8, logger=logger, val_every=3)
@@ -300,29 +311,46 @@ def test_throughput_from_fake_clock_excludes_validation(caplog):
     assert logger.metric("train/tokens_per_s") == [(4, pytest.approx(4000.0)), (8, pytest.approx(4000.0))]
     assert logger.metric("train/step_ms") == [(4, pytest.approx(250.0)), (8, pytest.approx(250.0))]
     assert [v for _, v in logger.metric("train/mfu")] == pytest.approx([expected_mfu] * 2)
-    assert logger.metric("train/loss")[-1][1] == pytest.approx(float(module.last_train_loss))
+    assert logger.metric("train/loss")[-1][1] == pytest.approx(float(module.progress.last_loss))
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
     assert len(lines) == 2
-    assert lines[-1].startswith(f"step 8/8 loss {float(module.last_train_loss):.4f} tok/s 4,000 step 250.0ms mfu ")
+    assert lines[-1].startswith(f"step 8/8 loss {float(module.progress.last_loss):.4f} tok/s 4,000 step 250.0ms mfu ")
     assert lines[-1].endswith("train_time 0.0m")
 
 
-def test_throughput_resumes_its_clock_from_the_checkpoint_state():
-    first = Throughput(log_every_n_steps=4, clock=fake_clock)
-    fit(TinyGolfModule(step_seconds=lambda rank, i: 0.25), [first], max_steps=8)
-    state = first.state_dict()
-    assert state == {"steps": 8, "train_seconds": pytest.approx(2.0)}
-    resumed = Throughput(log_every_n_steps=4, clock=fake_clock)
-    resumed.load_state_dict(state)
-    fit(TinyGolfModule(step_seconds=lambda rank, i: 0.5), [resumed], max_steps=4)
+def test_throughput_resumes_its_step_count_and_the_module_clock():
+    first_module = TinyGolfModule(step_seconds=lambda rank, i: 0.25)
+    first = Throughput(log_every_n_steps=4)
+    fit(first_module, [first], max_steps=8)
+    assert first.state_dict() == {"steps": 8}
+    resumed = Throughput(log_every_n_steps=4)
+    resumed.load_state_dict(first.state_dict())
+    module = TinyGolfModule(step_seconds=lambda rank, i: 0.5)
+    module.progress.clock.resume_at(first_module.progress.clock.read())  # what the module's checkpoint restores
+    fit(module, [resumed], max_steps=4)
     assert resumed.last.train_seconds == pytest.approx(4.0)  # 2 s before the checkpoint + 4 x 0.5 s
     assert resumed.last.step_ms == pytest.approx(500.0)  # the rate covers this launch's steps only
-    assert resumed.state_dict() == {"steps": 12, "train_seconds": pytest.approx(4.0)}
+    assert resumed.state_dict() == {"steps": 12}
+
+
+def test_throughput_follows_the_trainers_log_every_n_steps_and_logs_the_step_numbers():
+    logger = RecordingLogger()
+    module = TinyGolfModule()
+    module.progress.grad_norm = torch.tensor(0.75)
+    module.progress.lr_multiplier, module.progress.muon_momentum = 0.5, 0.9
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=6, callbacks=[Throughput()], logger=logger,
+                        log_every_n_steps=3, enable_checkpointing=False, enable_model_summary=False,
+                        enable_progress_bar=False, num_sanity_val_steps=0, limit_val_batches=0)
+    trainer.fit(module, train_dataloaders=loader())
+    assert [step for step, _ in logger.metric("train/loss")] == [3, 6]
+    assert logger.metric("train/grad_norm") == [(3, 0.75), (6, 0.75)]
+    assert logger.metric("train/lr_multiplier")[-1] == (6, 0.5)
+    assert logger.metric("train/muon_momentum")[-1] == (6, pytest.approx(0.9))
 
 
 def test_throughput_skips_mfu_without_peak_on_cpu():
     logger = RecordingLogger()
-    throughput = Throughput(log_every_n_steps=2, clock=fake_clock)
+    throughput = Throughput(log_every_n_steps=2)
     fit(TinyGolfModule(), [throughput], max_steps=2, logger=logger)
     assert throughput.last is not None and throughput.last.mfu is None
     assert "mfu" not in throughput.last.line() and logger.metric("train/mfu") == []
@@ -360,8 +388,8 @@ class CountingLoss:
 
 
 def test_progress_bar_postfix_and_reads_loss_only_on_refresh():
-    bar = GolfProgressBar(refresh_rate=3, clock=fake_clock)
-    budget = WallClockBudget(budget_seconds=10.0, reserve_seconds=0.0, sync_every_steps=2, clock=fake_clock)
+    bar = GolfProgressBar(refresh_rate=3)
+    budget = WallClockBudget(budget_seconds=10.0, reserve_seconds=0.0, sync_every_steps=2)
     module = TinyGolfModule(step_seconds=lambda rank, i: 0.5)
     loss = CountingLoss()
     module.training_step = wrap_with_fixed_loss(module.training_step, module, loss)
@@ -375,7 +403,7 @@ def test_progress_bar_postfix_and_reads_loss_only_on_refresh():
 def wrap_with_fixed_loss(training_step, module, loss):
     def step(batch, batch_idx):
         training_step(batch, batch_idx)
-        module.last_train_loss = loss
+        module.progress.last_loss = loss
 
     return step
 
@@ -384,8 +412,8 @@ def wrap_with_fixed_loss(training_step, module, loss):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_callbacks_on_cuda_sync_average_and_report_mfu():
     ema = EMA(decay=0.8)
-    budget = WallClockBudget(budget_seconds=1.0, reserve_seconds=0.0, sync_every_steps=2, clock=fake_clock)
-    throughput = Throughput(log_every_n_steps=2, clock=fake_clock)
+    budget = WallClockBudget(budget_seconds=1.0, reserve_seconds=0.0, sync_every_steps=2)
+    throughput = Throughput(log_every_n_steps=2)
     module = TinyGolfModule()
     initial = {k: v.detach().float().clone().cuda() for k, v in float_state(module.gpt).items()}
     fit(module, [budget, ema, throughput], accelerator="gpu")

@@ -9,6 +9,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+import yaml
 from test_eval_support import small_gpt
 
 from lit_golf import artifact
@@ -142,7 +143,8 @@ def test_cli_fit_export_test_end_to_end(tiny_data, tmp_path):
     common = ["--config", str(TINY_CPU), "--config", str(FIXED_STEPS_CPU), "--data.data_dir", str(tiny_data.data_dir),
               "--data.vocab_size", str(tiny_data.vocab_size), "--model.gpt.vocab_size", str(tiny_data.vocab_size),
               "--trainer.logger.init_args.save_dir", str(tmp_path / "logs"), "--data.max_val_tokens", "4096"]
-    fit = run_lightning_cli(["fit", *common, "--trainer.max_steps", "8", "--trainer.val_check_interval", "8"])
+    fit = run_lightning_cli(["fit", *common, "--trainer.max_steps", "8", "--trainer.val_check_interval", "8",
+                             "--trainer.log_every_n_steps", "4"])
     assert fit.trainer.global_step == 8
     assert not any(type(cb).__name__ == "WallClockBudget" for cb in fit.trainer.callbacks)
     training = fit.model.training_config  # the LR schedule counts steps: the last one ran at 7/8
@@ -163,14 +165,33 @@ def test_cli_fit_export_test_end_to_end(tiny_data, tmp_path):
         plain_bpb(artifact.load(export.artifact_path), dm.val_tokens(), dm.byte_luts(), eval_cfg), rel=1e-6)
     assert report["quant_gap_bpb"] == pytest.approx(report["val_bpb_post_quant"] - report["val_bpb_pre_quant"])
     assert abs(report["quant_gap_bpb"]) < 0.5
-    events = list((tmp_path / "logs").rglob("events.out.tfevents.*"))
-    assert events, "TensorBoard event files are written under the logger's save_dir"
+    assert_observability(Path(fit.trainer.log_dir), val_bpb)
 
     test = run_lightning_cli(["test", *common, "--artifact", str(export.artifact_path),
                               "--model.evaluation.max_docs", "24", "--model.evaluation.phased_prefix_docs", "8"])
     results = test.model.test_results
     assert results["ttt_tokens"] == results["val_tokens"] > 0
     assert abs(results["val_bpb"] - val_bpb) < 0.5  # quantized artifact scores near the trained model
+
+
+def assert_observability(run_dir: Path, final_val_bpb: float) -> None:
+    """The fit's TensorBoard events carry the step's numbers and the final bpb; hparams hold every setting."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    for tag in ("train/loss", "train/lr_multiplier", "train/muon_momentum", "train/grad_norm", "train/tokens_per_s",
+                "val/bpb", "hp_metric", "checkpoint/write_s", "export/quant_gap_bpb"):
+        assert tag in tags, f"{tag} missing from {sorted(tags)}"
+    # the Trainer's log_every_n_steps (4 here) sets the cadence, not a setting of the callback
+    loss_steps = [e.step for e in events.Scalars("train/loss")]
+    assert loss_steps == list(range(4, 9, 4))
+    assert events.Scalars("hp_metric")[-1].value == pytest.approx(final_val_bpb, rel=1e-4)
+    assert all(e.value > 0 for e in events.Scalars("train/grad_norm"))
+    hparams = yaml.safe_load((run_dir / "hparams.yaml").read_text())
+    assert {"EMA", "Throughput", "GolfProgressBar", "RunCheckpoint", "GPTQExport"} <= set(hparams["callbacks"])
+    assert hparams["evaluation"]["ttt_enabled"] in (True, False) and "gpt" in hparams
 
 
 @pytest.mark.slow

@@ -3,7 +3,8 @@
 A `ModelCheckpoint` that by default keeps one file, `<run folder>/checkpoints/last.ckpt`, rewritten every
 `every_n_train_steps` steps (no top-k copies: one write per save). The checkpoint holds everything the
 run needs to continue as if it had not stopped: weights, optimizer state, step counters, the loop flag,
-the EMA shadow, the wall-clock budget spent, the Throughput clock, and the data stream's position.
+the EMA shadow, the wall-clock budget spent, the training clock, and the data stream's position. Each
+save's seconds are logged (`checkpoint/write_s`), so the cost of the cadence is visible in every run.
 
 `lit-golf fit ... --ckpt_path last` finds the most recently written `last.ckpt` among the runs of the
 configured logger (`<save_dir>/<name>/*/checkpoints/last.ckpt`) and makes the logger use *that* run's
@@ -16,12 +17,15 @@ warns), so a launcher can always pass `--ckpt_path last`.
 from __future__ import annotations
 
 import logging
+import time
 import warnings
 import zipfile
 from pathlib import Path
 
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+
+from lit_golf.callbacks.wallclock import log_to_loggers
 
 log = logging.getLogger("lit_golf")
 
@@ -71,6 +75,7 @@ class RunCheckpoint(ModelCheckpoint):
             verbose=verbose,
         )
         self.save_final = save_final
+        self.write_seconds: list[float] = []  # this launch's saves
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
@@ -78,6 +83,18 @@ class RunCheckpoint(ModelCheckpoint):
         last_step = trainer.should_stop or 0 < trainer.max_steps <= trainer.global_step
         if self.save_final and last_step and not self._should_skip_saving_checkpoint(trainer):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def _save_checkpoint(self, trainer, filepath: str) -> None:
+        # Writing pulls every tensor to the host, so the device has finished by the time this returns.
+        started = time.perf_counter()
+        super()._save_checkpoint(trainer, filepath)
+        seconds = time.perf_counter() - started
+        self.write_seconds.append(seconds)
+        if trainer.is_global_zero:
+            size = Path(filepath).stat().st_size if Path(filepath).is_file() else 0
+            log.info("checkpoint: step %d written to %s (%.1f MB) in %.2fs", trainer.global_step, filepath,
+                     size / 1e6, seconds)
+        log_to_loggers(trainer, {"checkpoint/write_s": seconds})
 
     def _find_last_checkpoints(self, trainer) -> set[str]:
         # Lightning asks this when `ckpt_path="last"`, before anything fixed the logger's folder: point the

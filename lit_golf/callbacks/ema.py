@@ -46,6 +46,9 @@ class EMA(Callback):
         self._groups: list[tuple[list[torch.Tensor], list[torch.Tensor]]] = []
         self._loaded: dict[str, torch.Tensor] | None = None
 
+    def on_fit_start(self, trainer, pl_module) -> None:
+        pl_module.progress.weight_average = self  # the export loads the average, whatever the callback order
+
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if not self._live:
             self._attach(pl_module.gpt)

@@ -50,11 +50,9 @@ class GPTQExport(Callback):
         self.quant_gap: dict[str, float] | None = None  # every rank, when measured
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        from lit_golf.callbacks.ema import EMA
-
-        for callback in getattr(trainer, "callbacks", []):
-            if isinstance(callback, EMA) and callback.shadow:
-                callback.copy_to(pl_module.gpt)
+        average = pl_module.progress.weight_average
+        if average is not None:
+            average.copy_to(pl_module.gpt)
         self.export(trainer, pl_module)
 
     def export(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

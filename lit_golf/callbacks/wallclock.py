@@ -11,8 +11,6 @@ same numbers everywhere.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import lightning as L
@@ -20,13 +18,7 @@ import torch
 import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback
 
-Clock = Callable[[], float]
-
-
-def synchronize_device(device: torch.device) -> None:
-    """Wait for queued kernels, so that a host timestamp taken next covers the work issued before it."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from lit_golf.progress import TrainingProgress, synchronize_device
 
 
 def all_reduce_max(value: float, device: torch.device) -> float:
@@ -43,49 +35,6 @@ def log_to_loggers(trainer: L.Trainer, metrics: dict[str, float]) -> None:
     if trainer.is_global_zero:
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
-
-
-class TrainingClock:
-    """Seconds spent training: starts at the first training batch and pauses during validation.
-
-    Starting at the first batch leaves compile warm-up and the sanity check out. With `synchronize`,
-    every start/pause/resume first waits for the device, so queued training kernels are not
-    counted as validation time (or the other way round); these transitions are rare.
-    """
-
-    def __init__(self, clock: Clock = time.perf_counter, synchronize: bool = True, offset: float = 0.0) -> None:
-        self._clock = clock
-        self._synchronize = synchronize
-        self._total = offset
-        self._running_since: float | None = None
-        self.started = False
-
-    def _sync(self, device: torch.device) -> None:
-        if self._synchronize:
-            synchronize_device(device)
-
-    def train_batch_started(self, device: torch.device) -> None:
-        if not self.started:
-            self._sync(device)
-            self.started = True
-            self._running_since = self._clock()
-
-    def validation_started(self, device: torch.device) -> None:
-        if self._running_since is not None:
-            self._sync(device)
-            self._total += self._clock() - self._running_since
-            self._running_since = None
-
-    def validation_ended(self, device: torch.device) -> None:
-        if self.started and self._running_since is None:
-            self._sync(device)
-            self._running_since = self._clock()
-
-    def read(self) -> float:
-        """Training seconds so far (host time: synchronize first if queued work must be included)."""
-        if self._running_since is None:
-            return self._total
-        return self._total + self._clock() - self._running_since
 
 
 @dataclass
@@ -116,22 +65,18 @@ class BudgetAgreement:
 
 
 class WallClockBudget(Callback):
-    """Sets `pl_module.training_fraction` before each step and stops when the training budget is spent.
+    """Sets the training fraction in `pl_module.progress` before each step; stops when the budget is spent.
+
+    Reads the module's one training clock (`pl_module.progress.clock`) and writes `time_fraction`,
+    `remaining_seconds`, `estimated_total_steps` and `sync_every_steps` there.
 
     Args:
         budget_seconds: total training wall-clock allowed.
         reserve_seconds: kept back for GPTQ after training; the effective budget is the difference.
         sync_every_steps: steps between agreement points (one device sync + one all-reduce each).
-        clock: monotonic seconds; injectable for tests.
     """
 
-    def __init__(
-        self,
-        budget_seconds: float = 600.0,
-        reserve_seconds: float = 4.0,
-        sync_every_steps: int = 10,
-        clock: Clock = time.perf_counter,
-    ) -> None:
+    def __init__(self, budget_seconds: float = 600.0, reserve_seconds: float = 4.0, sync_every_steps: int = 10) -> None:
         if not 0.0 <= reserve_seconds < budget_seconds:
             raise ValueError(
                 f"WallClockBudget: need 0 <= reserve_seconds ({reserve_seconds}) < budget_seconds ({budget_seconds})"
@@ -141,8 +86,6 @@ class WallClockBudget(Callback):
         self.budget_seconds = budget_seconds
         self.reserve_seconds = reserve_seconds
         self.effective_budget = budget_seconds - reserve_seconds
-        self._clock = clock
-        self._timer = TrainingClock(clock)
         self._agreement = BudgetAgreement(sync_every_steps)
         self._steps = 0
         self._elapsed = 0.0
@@ -165,30 +108,36 @@ class WallClockBudget(Callback):
     def fraction(self) -> float:
         return min(self._elapsed / self.effective_budget, 1.0)
 
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self._publish(pl_module.progress)
+
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self._timer.train_batch_started(pl_module.device)
-        pl_module.training_fraction = self.fraction
+        self._publish(pl_module.progress)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._steps += 1
         if self._agreement.is_due(self._steps, self.effective_budget):
-            self._agree(trainer, pl_module.device)
+            self._agree(trainer, pl_module.device, pl_module.progress)
         # Never step backwards: a too-high extrapolation is held until measured time catches up.
         self._elapsed = max(self._elapsed, self._agreement.estimate(self._steps))
+        self._publish(pl_module.progress)
         if self._elapsed >= self.effective_budget:
             trainer.should_stop = True
 
-    def _agree(self, trainer: L.Trainer, device: torch.device) -> None:
+    def _publish(self, progress: TrainingProgress) -> None:
+        progress.time_fraction = self.fraction
+        progress.remaining_seconds = self.remaining_seconds
+        progress.sync_every_steps = self.sync_every_steps
+        per_step = self._agreement.seconds_per_step
+        progress.estimated_total_steps = (
+            estimated_final_step(self._steps, self.remaining_seconds, per_step) if per_step > 0 else None
+        )
+
+    def _agree(self, trainer: L.Trainer, device: torch.device, progress: TrainingProgress) -> None:
         synchronize_device(device)
-        agreed = all_reduce_max(self._timer.read(), device)
+        agreed = all_reduce_max(progress.clock.read(), device)
         self._agreement.agree(self._steps, agreed)
         log_to_loggers(trainer, {"train/time_s": agreed, "train/fraction": min(agreed / self.effective_budget, 1.0)})
-
-    def on_validation_start(self, trainer, pl_module) -> None:
-        self._timer.validation_started(pl_module.device)
-
-    def on_validation_end(self, trainer, pl_module) -> None:
-        self._timer.validation_ended(pl_module.device)
 
     def state_dict(self) -> dict:
         return {
@@ -198,10 +147,17 @@ class WallClockBudget(Callback):
         }
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """Resume the budget where the checkpoint left it: the time already spent still counts."""
+        """Resume the budget where the checkpoint left it: the time already spent still counts.
+
+        The module's clock resumes from the same checkpoint (`GolfLightningModule.on_load_checkpoint`).
+        """
         self._steps = state_dict["steps"]
         self._elapsed = state_dict["elapsed_seconds"]
         self._agreement = BudgetAgreement(
             self._agreement.sync_every_steps, self._steps, self._elapsed, state_dict["seconds_per_step"]
         )
-        self._timer = TrainingClock(self._clock, offset=self._elapsed)
+
+
+def estimated_final_step(steps_done: int, remaining_seconds: float, seconds_per_step: float) -> int:
+    """Steps the run will have taken when the budget runs out, at the current pace (rounded up)."""
+    return steps_done + max(int(-(-remaining_seconds // seconds_per_step)), 0)
