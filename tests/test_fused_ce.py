@@ -69,6 +69,12 @@ def test_bad_inputs_fail_with_one_line(logits, targets, softcap, message):
         softcapped_cross_entropy(logits, targets, softcap)
 
 
+def test_cpu_tensors_outside_the_interpreter_fail_with_one_line(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(RuntimeError, match=r"needs Triton and CUDA tensors \(got cpu\); use the eager loss"):
+        softcapped_cross_entropy(torch.zeros(4, 8), torch.zeros(4, dtype=torch.long), SOFTCAP)
+
+
 def record_sized_inputs(tokens: int = 8192, vocab: int = 8192) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     gen = torch.Generator(device="cuda").manual_seed(0)
     logits = (25 * torch.randn(tokens, vocab, device="cuda", generator=gen)).bfloat16().requires_grad_()

@@ -17,6 +17,8 @@ a GPU.
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 try:
@@ -92,9 +94,9 @@ def _block_v(vocab: int) -> int:
     return min(MAX_BLOCK_V, triton.next_power_of_2(vocab))
 
 
-def _require_triton() -> None:
-    if triton is None:
-        raise RuntimeError("fused softcapped cross-entropy needs Triton, which is not installed; "
+def _require_triton(logits: torch.Tensor) -> None:
+    if triton is None or not (logits.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
+        raise RuntimeError(f"fused softcapped cross-entropy needs Triton and CUDA tensors (got {logits.device}); "
                            "use the eager loss where fused_ce_available() is False")
 
 
@@ -103,7 +105,7 @@ def _softcapped_ce_forward(
     logits: torch.Tensor, targets: torch.Tensor, softcap: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(per-token loss, per-token log-sum-exp of the capped logits), both fp32 `[N]`."""
-    _require_triton()
+    _require_triton(logits)
     rows, vocab = logits.shape
     loss = torch.empty(rows, device=logits.device, dtype=torch.float32)
     lse = torch.empty_like(loss)
@@ -124,7 +126,7 @@ def _softcapped_ce_backward(
     logits: torch.Tensor, targets: torch.Tensor, lse: torch.Tensor, grad_loss: torch.Tensor, softcap: float
 ) -> torch.Tensor:
     """Gradient of the per-token losses w.r.t. the uncapped logits, in the logits' dtype."""
-    _require_triton()
+    _require_triton(logits)
     rows, vocab = logits.shape
     grad = torch.empty_like(logits)
     if rows:
