@@ -1,7 +1,7 @@
 """Rebuild an eval-ready `GPT` from an artifact file alone: no checkpoint, no training code.
 
-The artifact header carries the GPTConfig and the looping state; the tensors are dequantized
-(int codes x per-row scales, float16 -> float32) and stacked back into the model's banks.
+The artifact header carries the GPTConfig and the looping state; each tensor is dequantized by the
+scheme its header entry names (`lit_golf.export.schemes`) and stacked back into the model's banks.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 
 from lit_golf.config import GPTConfig
-from lit_golf.export.serialize import dequantize_tensors, read_artifact
+from lit_golf.export.schemes.registry import dequantize_tensors
+from lit_golf.export.serialize import read_artifact
 from lit_golf.model import GPT, rebank_state_dict
 
 
@@ -28,7 +29,7 @@ def load_with_header(path: str | Path, device: torch.device | str = "cpu", **con
     """`load`, and the artifact's header (config, looping state, quantization, `tokenizer` file and sha256)."""
     header, tensors = read_artifact(path)
     config = GPTConfig.from_dict({**header["gpt_config"], **config_overrides})
-    state = rebank_state_dict(dequantize_tensors(tensors), config)
+    state = rebank_state_dict(dequantize_tensors(tensors, str(path)), config)
     model = GPT(config)
     model.load_state_dict(state)
     model.looping_active = bool(header["looping_active"])

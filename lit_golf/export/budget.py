@@ -27,21 +27,21 @@ def total_bytes(rows: list[SizeRow]) -> int:
 
 def size_table(rows: list[SizeRow], budget_bytes: int) -> str:
     """Fixed-width text table of `rows`, their total, the budget and the margin left."""
-    header = f"{'part':<12}{'tensors':>8}{'params':>13}{'raw bytes':>13}{'bytes':>13}{'bits/param':>11}{'rel err':>10}"
+    header = f"{'part':<14}{'tensors':>8}{'params':>13}{'raw bytes':>13}{'bytes':>13}{'bits/param':>11}{'rel err':>10}"
     lines = [header, "-" * len(header)]
     for row in rows:
         bits = f"{8 * row.compressed / row.params:.3f}" if row.params else ""
         err = f"{row.rel_error:.2e}" if row.rel_error is not None else ""
         tensors = str(row.tensors) if row.tensors else ""
         params = f"{row.params:,}" if row.params else ""
-        lines.append(f"{row.part:<12}{tensors:>8}{params:>13}{row.raw:>13,}{row.compressed:>13,}{bits:>11}{err:>10}")
+        lines.append(f"{row.part:<14}{tensors:>8}{params:>13}{row.raw:>13,}{row.compressed:>13,}{bits:>11}{err:>10}")
     total = total_bytes(rows)
     params = sum(row.params for row in rows)
     lines.append("-" * len(header))
-    lines.append(f"{'total':<12}{'':>8}{params:>13,}{sum(r.raw for r in rows):>13,}{total:>13,}"
+    lines.append(f"{'total':<14}{'':>8}{params:>13,}{sum(r.raw for r in rows):>13,}{total:>13,}"
                  f"{8 * total / params if params else 0:>11.3f}")
-    lines.append(f"{'budget':<12}{'':>34}{budget_bytes:>13,}")
-    lines.append(f"{'margin':<12}{'':>34}{budget_bytes - total:>+13,}")
+    lines.append(f"{'budget':<14}{'':>34}{budget_bytes:>13,}")
+    lines.append(f"{'margin':<14}{'':>34}{budget_bytes - total:>+13,}")
     return "\n".join(lines)
 
 

@@ -2,10 +2,76 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 COMPRESSORS = ("brotli", "lzma")
 GROUPS = ("attn", "mlp", "embed")
+MATRIX_SCHEMES = ("gptq", "lqer_asym")  # schemes for GPTQ matrices (need a Hessian)
+GATE_SCHEMES = ("passthrough", "int8_row")
+
+
+@dataclass
+class SchemeChoice:
+    """The quantization scheme of each tensor group (`lit_golf.export.schemes`).
+
+    `attn`, `mlp`, `embed`: 'gptq', or 'lqer_asym' (GPTQ; the `LQERConfig.top_k` matrices of such groups
+    with the largest error also get a low-rank correction). `gates`: small float tensors whose name
+    matches one of `gate_patterns` (fnmatch), 'passthrough' (float16) or 'int8_row' (the frontier's
+    QuantGate).
+    """
+
+    attn: str = "gptq"
+    mlp: str = "gptq"
+    embed: str = "gptq"
+    gates: str = "passthrough"
+    gate_patterns: list[str] = field(default_factory=lambda: ["*gate*"])
+
+    def __post_init__(self) -> None:
+        problems = [f"schemes.{g}={getattr(self, g)!r} must be one of {MATRIX_SCHEMES}"
+                    for g in GROUPS if getattr(self, g) not in MATRIX_SCHEMES]
+        if self.gates not in GATE_SCHEMES:
+            problems.append(f"schemes.gates={self.gates!r} must be one of {GATE_SCHEMES}")
+        if problems:
+            raise ValueError("invalid ExportConfig: " + "; ".join(problems))
+
+
+@dataclass
+class LQERConfig:
+    """LQER-asym (scheme 'lqer_asym'): after GPTQ, the `top_k` matrices with the largest ||W - Q(W)||_F get
+    a rank-`rank` SVD correction A @ B of that error; A stored at `a_bits` with one float16 scale, B at
+    `b_bits` with a float16 scale per `b_group_size` values (frontier: 3, 4, 2, 4, 64)."""
+
+    top_k: int = 3
+    rank: int = 4
+    a_bits: int = 2
+    b_bits: int = 4
+    b_group_size: int = 64
+
+    def __post_init__(self) -> None:
+        problems = [f"lqer.{n}={getattr(self, n)} must be at least 1" for n in ("top_k", "rank", "b_group_size")
+                    if getattr(self, n) < 1]
+        problems += [f"lqer.{n}={getattr(self, n)} must be in 2..8" for n in ("a_bits", "b_bits")
+                     if not 2 <= getattr(self, n) <= 8]
+        if problems:
+            raise ValueError("invalid ExportConfig: " + "; ".join(problems))
+
+
+@dataclass
+class PerGroupCompression:
+    """Per-group ZPAQ compression of the integer codes (see `lit_golf.export.serialize`); needs `pip install zpaq`.
+
+    `enabled=False` keeps one compressor for everything. `zpaq_level` 1..5 (5: smallest, slowest both
+    ways: decompression counts toward eval time). `reorder_roles`: roles ('tok_emb', 'attn.q', 'mlp.up',
+    ...) whose rows are put in greedy nearest-neighbour order before compression (the permutation is stored).
+    """
+
+    enabled: bool = False
+    zpaq_level: int = 5
+    reorder_roles: list[str] = field(default_factory=lambda: ["tok_emb", "attn.q", "mlp.up"])
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.zpaq_level <= 5:
+            raise ValueError(f"invalid ExportConfig: per_group.zpaq_level={self.zpaq_level} must be in 1..5")
 
 
 @dataclass
@@ -21,6 +87,10 @@ class ExportConfig:
     Quantization: GPTQ with per-row scale `row_std * clip_sigmas / (2**(bits-1) - 1)`; attention and MLP
     matrices at `matrix_bits`, the tied embedding at `embed_bits`. Tensors with at most
     `passthrough_max_numel` elements (gains, mixes, gates, ...) are stored as float16.
+
+    `schemes` picks the quantization scheme per tensor group, `lqer` configures LQER-asym and
+    `per_group` the per-group ZPAQ compression of the codes; their defaults reproduce the record's
+    artifact (GPTQ everywhere, brotli only).
 
     `out_dir=None` means `<trainer log dir>/artifact` for the callback.
     """
@@ -41,8 +111,14 @@ class ExportConfig:
     brotli_quality: int = 11
     budget_bytes: int = 16_000_000
     out_dir: str | None = None
+    schemes: SchemeChoice = field(default_factory=SchemeChoice)
+    lqer: LQERConfig = field(default_factory=LQERConfig)
+    per_group: PerGroupCompression = field(default_factory=PerGroupCompression)
 
     def __post_init__(self) -> None:
+        for name, kind in (("schemes", SchemeChoice), ("lqer", LQERConfig), ("per_group", PerGroupCompression)):
+            if isinstance(getattr(self, name), dict):  # from a JSON report or a plain dict
+                setattr(self, name, kind(**getattr(self, name)))
         problems = []
         for name in ("matrix_bits", "embed_bits"):
             if not 2 <= getattr(self, name) <= 8:

@@ -13,29 +13,20 @@ from __future__ import annotations
 
 import torch
 
-from lit_golf.export.serialize import dequantize
+from lit_golf.export.schemes.rowwise import MIN_SCALE, dequantize, max_code, round_rows
 
 __all__ = ["dequantize", "gptq_quantize", "max_code", "output_error", "row_scale", "rtn_quantize"]
-
-_MIN_SCALE = 2.0**-24  # smallest positive float16: an all-zero row must not get scale 0 (division)
-
-
-def max_code(bits: int) -> int:
-    return 2 ** (bits - 1) - 1
-
 
 def row_scale(weight: torch.Tensor, bits: int, clip_sigmas: float) -> torch.Tensor:
     """float16 per-row scale: the row's standard deviation times `clip_sigmas`, over the largest code."""
     std = weight.float().std(dim=1)
-    return (std * clip_sigmas / max_code(bits)).to(torch.float16).clamp_min(_MIN_SCALE)
+    return (std * clip_sigmas / max_code(bits)).to(torch.float16).clamp_min(MIN_SCALE)
 
 
 def rtn_quantize(weight: torch.Tensor, bits: int, clip_sigmas: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Round-to-nearest: (int8 codes, float16 per-row scale); the baseline GPTQ must beat."""
     scale = row_scale(weight, bits, clip_sigmas)
-    limit = max_code(bits)
-    codes = torch.round(weight.float() / scale.float()[:, None]).clamp_(-limit, limit)
-    return codes.to(torch.int8), scale
+    return round_rows(weight, scale, max_code(bits)), scale
 
 
 def _inverse_hessian_factor(hessian: torch.Tensor, damping: float) -> torch.Tensor:

@@ -7,9 +7,11 @@
 
 from __future__ import annotations
 
+import fnmatch
 import itertools
 import json
 import logging
+import time
 import warnings
 import zipfile
 from collections.abc import Iterable
@@ -24,8 +26,10 @@ from lit_golf.config import GPTConfig
 from lit_golf.export.budget import SizeRow, check_budget, size_table, total_bytes
 from lit_golf.export.code_size import CodeSize, measure_code
 from lit_golf.export.config import GROUPS, ExportConfig
-from lit_golf.export.gptq import dequantize, gptq_quantize, output_error
+from lit_golf.export.gptq import output_error
 from lit_golf.export.hessians import collect_hessians
+from lit_golf.export.schemes import gptq, int8_row, lqer_asym, passthrough
+from lit_golf.export.schemes.registry import scheme
 from lit_golf.export.serialize import PASSTHROUGH, StoredTensor, pack, write_artifact
 from lit_golf.model import GPT, unbank_state_dict
 
@@ -46,6 +50,7 @@ class ExportReport:
     budget_bytes: int
     table: str
     relative_errors: dict[str, float] = field(default_factory=dict)
+    serialize_s: float = 0.0  # packing and compression (counts toward the post-training budget)
 
     @property
     def total_bytes(self) -> int:
@@ -56,9 +61,9 @@ class ExportReport:
         check_budget(self.rows, self.budget_bytes, self.table)
 
 
-def _passthrough(tensor: torch.Tensor) -> torch.Tensor:
-    tensor = tensor.detach().cpu()
-    return tensor.to(torch.float16) if tensor.is_floating_point() else tensor.clone()
+def _is_gate(key: str, tensor: torch.Tensor, cfg: ExportConfig) -> bool:
+    return tensor.is_floating_point() and tensor.dim() == 2 and \
+        any(fnmatch.fnmatchcase(key, pattern) for pattern in cfg.schemes.gate_patterns)
 
 
 @torch.no_grad()
@@ -68,23 +73,37 @@ def quantize_model(
     """Unbanked state dict of `gpt` as stored tensors, and each group's relative output error.
 
     Matrices from `gpt.quantized_matrices()` with more than `cfg.passthrough_max_numel` elements are
-    GPTQ-quantized with their group's bits and clip sigmas; every other tensor is kept as float16.
+    GPTQ-quantized with their group's bits and clip sigmas; then, among those of groups whose scheme is
+    'lqer_asym', the `cfg.lqer.top_k` with the largest ||W - Q(W)||_F get the LQER correction. Small
+    2-D tensors matching `cfg.schemes.gate_patterns` take the gate scheme; every other tensor is float16.
     """
     matrices = {m.state_key: m for m in gpt.quantized_matrices()}
     stored: dict[str, StoredTensor] = {}
-    sums = {group: [0.0, 0.0] for group in GROUPS}
+    originals: dict[str, torch.Tensor] = {}
     for key, tensor in unbank_state_dict(gpt.state_dict(), gpt.config).items():
         matrix = matrices.get(key)
         if matrix is None or tensor.numel() <= cfg.passthrough_max_numel:
-            stored[key] = StoredTensor(PASSTHROUGH, _passthrough(tensor))
+            if cfg.schemes.gates == int8_row.NAME and _is_gate(key, tensor, cfg):
+                stored[key] = StoredTensor.from_parts(int8_row.NAME, "gate", int8_row.quantize(tensor), int8_row.BITS)
+            else:
+                stored[key] = StoredTensor.from_parts(passthrough.NAME, PASSTHROUGH, passthrough.quantize(tensor))
             continue
-        bits, clip_sigmas = cfg.group_quantization(matrix.group)
-        hessian = hessians[matrix.name]
-        codes, scale = gptq_quantize(tensor, hessian, bits, clip_sigmas, cfg.gptq_block_size, cfg.damping)
-        error, signal = output_error(tensor, dequantize(codes, scale), hessian)
+        bits, _ = cfg.group_quantization(matrix.group)
+        parts = gptq.quantize(tensor, hessians[matrix.name], cfg, matrix.group)
+        stored[key] = StoredTensor.from_parts(gptq.NAME, matrix.group, parts, bits)
+        originals[key] = tensor.detach().float().cpu()
+    candidates = {key: float(torch.linalg.norm(originals[key] - gptq.dequantize(stored[key].parts)))
+                  for key in originals if getattr(cfg.schemes, stored[key].group) == lqer_asym.NAME}
+    for key in sorted(candidates, key=candidates.get, reverse=True)[:cfg.lqer.top_k]:
+        base = stored[key]
+        stored[key] = StoredTensor.from_parts(lqer_asym.NAME, base.group,
+                                              lqer_asym.correct(originals[key], base.parts, cfg.lqer), base.bits)
+    sums = {group: [0.0, 0.0] for group in GROUPS}
+    for key, weight in originals.items():
+        matrix, approx = matrices[key], scheme(stored[key].scheme).dequantize(stored[key].parts)
+        error, signal = output_error(weight, approx, hessians[matrix.name])
         sums[matrix.group][0] += error
         sums[matrix.group][1] += signal
-        stored[key] = StoredTensor(matrix.group, codes.cpu(), scale.cpu(), bits)
     errors = {group: err / sig for group, (err, sig) in sums.items() if sig > 0}
     return stored, errors
 
@@ -95,7 +114,7 @@ def artifact_header(gpt: GPT, cfg: ExportConfig, tokenizer: dict | None = None) 
     quantization = {}
     for group in GROUPS:
         bits, clip_sigmas = cfg.group_quantization(group)
-        quantization[group] = {"bits": bits, "clip_sigmas": clip_sigmas}
+        quantization[group] = {"bits": bits, "clip_sigmas": clip_sigmas, "scheme": getattr(cfg.schemes, group)}
     return {
         "gpt_config": gpt.config.to_dict(),
         "looping_active": bool(gpt.looping_active),
@@ -112,17 +131,24 @@ def tokenizer_record(datamodule) -> dict | None:
     return record() if callable(record) else None
 
 
-def _size_rows(stored: dict[str, StoredTensor], parts: dict, errors: dict[str, float], code: CodeSize) -> list[SizeRow]:
-    rows = []
-    for part in (*GROUPS, PASSTHROUGH):
-        if part not in parts:
-            continue
-        members = [s for s in stored.values() if (s.group if s.quantized else PASSTHROUGH) == part]
-        rows.append(SizeRow(part, parts[part].compressed, parts[part].raw, len(members),
-                            sum(s.data.numel() for s in members), errors.get(part)))
+def _size_rows(parts: dict, errors: dict[str, float], code: CodeSize) -> list[SizeRow]:
+    """One row per section (groups first, passthrough last), then header and code."""
+    sections = [name for name in parts if name != "header"]
+    order = [*(g for g in GROUPS if g in sections), *(n for n in sections if n not in (*GROUPS, PASSTHROUGH)),
+             *([PASSTHROUGH] if PASSTHROUGH in sections else [])]
+    rows = [SizeRow(name, parts[name].compressed, parts[name].raw, parts[name].tensors, parts[name].params,
+                    errors.get(name)) for name in order]
     rows.append(SizeRow("header", parts["header"].compressed, parts["header"].raw))
     rows.append(SizeRow("code", code.compressed_bytes, code.minified_bytes, len(code.files)))
     return rows
+
+
+def pack_stored(header: dict, stored: dict[str, StoredTensor], cfg: ExportConfig) -> tuple[bytes, dict]:
+    """`serialize.pack` with the compression settings of `cfg`."""
+    per_group = cfg.per_group
+    return pack(header, stored, cfg.compressor, cfg.brotli_quality,
+                zpaq_level=per_group.zpaq_level if per_group.enabled else None,
+                reorder_roles=tuple(per_group.reorder_roles))
 
 
 def build_artifact(
@@ -135,12 +161,14 @@ def build_artifact(
     """
     out_dir = Path(out_dir)
     stored, errors = quantize_model(gpt, hessians, cfg)
-    blob, parts = pack(artifact_header(gpt, cfg, tokenizer), stored, cfg.compressor, cfg.brotli_quality)
+    started = time.perf_counter()
+    blob, parts = pack_stored(artifact_header(gpt, cfg, tokenizer), stored, cfg)
+    serialize_s = time.perf_counter() - started
     artifact_path = write_artifact(out_dir / ARTIFACT_NAME, blob)
     code = measure_code(cfg.compressor, cfg.brotli_quality)
-    rows = _size_rows(stored, parts, errors, code)
+    rows = _size_rows(parts, errors, code)
     report = ExportReport(artifact_path, out_dir / REPORT_NAME, rows, code, cfg.budget_bytes,
-                          size_table(rows, cfg.budget_bytes), errors)
+                          size_table(rows, cfg.budget_bytes), errors, serialize_s)
     summary = {
         "artifact": ARTIFACT_NAME,
         "artifact_bytes": len(blob),
@@ -148,6 +176,7 @@ def build_artifact(
         "total_bytes": report.total_bytes,
         "budget_bytes": cfg.budget_bytes,
         "margin_bytes": cfg.budget_bytes - report.total_bytes,
+        "serialize_s": serialize_s,
         "parts": [asdict(row) for row in rows],
         "code_files": code.files,
         "table": report.table.splitlines(),
