@@ -131,8 +131,9 @@ def orthogonality_error(X: torch.Tensor) -> tuple[float, float]:
     return sigma_gap.item(), gram_gap.amax().item()
 
 
-# the record's banks (qo, kv, mlp up, mlp down: [n, rows, cols]) with every side divided by 8, and a ragged one
-@pytest.mark.parametrize("shape", [(4, 64, 64), (4, 32, 64), (2, 256, 64), (2, 64, 256), (3, 24, 40)])
+# the record's banks (qo, kv, mlp up, mlp down: [n, rows, cols]) scaled down 8-16x, and a ragged one
+@pytest.mark.usefixtures("one_torch_thread")
+@pytest.mark.parametrize("shape", [(4, 64, 64), (4, 32, 64), (2, 128, 32), (2, 32, 128), (3, 24, 40)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_polar_express_gets_closer_to_orthogonal_than_muon5_in_five_steps(shape, dtype):
     G = torch.randn(shape, generator=torch.Generator().manual_seed(sum(shape))).to(dtype)
@@ -183,7 +184,7 @@ def test_yaml_selects_polar_express_by_name_or_inline_triples(scratch_schedule):
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
-    ({"ns_coefficients": [[1.0, 0.0, 0.0]]}, r"muon_backend='muon5'.* already registered with other coefficients"),
+    ({"ns_coefficients": [[1.0, 0.0, 0.0]]}, r"muon_backend='muon5' already names another .* set muon_backend to a new"),
     ({"ns_safety_factor": 1.02}, "ns_safety_factor=1.02 applies only to inline ns_coefficients"),
     ({"muon_backend": "test_scratch", "ns_coefficients": [[1.0, 0.0, 0.0]], "ns_safety_factor": 0.5},
      r"safety_factor=0.5 must be a finite number >= 1"),

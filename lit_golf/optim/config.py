@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lit_golf.optim.newton_schulz import get_schedule, register_schedule
+from lit_golf.optim.newton_schulz import NS_SCHEDULES, get_schedule, make_schedule, register_schedule
 
 
 @dataclass
@@ -59,12 +59,20 @@ class OptimConfig:
         if problems:
             raise ValueError("invalid OptimConfig: " + "; ".join(problems))
         if self.ns_coefficients is not None:
-            try:
-                register_schedule(self.muon_backend, self.ns_coefficients, safety_factor=self.ns_safety_factor)
-            except ValueError as err:
-                raise ValueError(f"invalid OptimConfig: ns_coefficients under muon_backend="
-                                 f"{self.muon_backend!r}: {err}") from None
+            self._register_inline_schedule()
         get_schedule(self.muon_backend)
+
+    def _register_inline_schedule(self) -> None:
+        """Register `ns_coefficients` under `muon_backend`; the same triples again (resume, DDP) are fine."""
+        name = self.muon_backend
+        try:
+            schedule = make_schedule(name, self.ns_coefficients, self.ns_safety_factor)
+        except ValueError as err:
+            raise ValueError(f"invalid OptimConfig: ns_coefficients: {err}") from None
+        if NS_SCHEDULES.get(name, schedule) != schedule:
+            raise ValueError(f"invalid OptimConfig: muon_backend={name!r} already names another Newton-Schulz "
+                             "schedule; set muon_backend to a new name for the inline ns_coefficients")
+        register_schedule(name, schedule.coefficients, safety_factor=schedule.safety_factor)
 
 
 def muon_momentum(step: int, cfg: OptimConfig) -> float:
