@@ -32,7 +32,7 @@ class NewtonSchulzSchedule(NamedTuple):
 
     The input is divided by ``safety_factor * ||G||_F``: the Frobenius norm bounds the spectral norm,
     and a factor above 1 leaves room for bf16 rounding to push a singular value past 1, where
-    coefficients tuned on ``[l, 1]`` diverge. A tuple, so torch.compile guards on its values.
+    coefficients tuned on ``[l, 1]`` can blow up. A tuple, so torch.compile guards on its values.
     """
 
     coefficients: Coefficients
@@ -127,7 +127,7 @@ def orthogonalize(G: torch.Tensor, schedule: NewtonSchulzSchedule, eps: float = 
     if tall:
         X = X.mT
     norm = X.norm(dim=(-2, -1), keepdim=True)
-    if schedule.safety_factor != 1.0:  # a Python-level branch: muon5 keeps its exact arithmetic
+    if schedule.safety_factor != 1.0:  # decided at trace time: muon5 compiles to the same graph as before
         norm = norm * schedule.safety_factor
     X = X / (norm + eps)
     for a, b, c in schedule.coefficients:
