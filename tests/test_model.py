@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -62,17 +63,33 @@ def test_unknown_reduction_is_rejected():
         tiny_model()(random_tokens((1, 4), 256, 0), random_tokens((1, 4), 256, 1), reduction="sum")
 
 
-def test_record_config_parameter_count_and_initial_loss():
+def test_record_config_parameter_count_initial_loss_and_pinned_forward():
+    """configs/record.yaml builds the default architecture with every frontier switch off, and computes what
+    it computed before the switches existed: the parameter count, and the loss of the seeded model perturbed
+    by seeded noise (values recorded at 831c95c, the last commit without the switches)."""
+    import yaml
+
+    record = yaml.safe_load((Path(__file__).parents[1] / "configs" / "record.yaml").read_text())
+    config = GPTConfig(**{**record["model"]["gpt"], "attention_backend": "sdpa"})
+    assert config.architecture() == GPTConfig().architecture()
+    assert not (config.smear_gate or config.sparse_attn_gate or config.fused_softcap_ce)
     torch.manual_seed(0)
-    model = GPT(GPTConfig())
+    model = GPT(config)
     assert sum(p.numel() for p in model.parameters()) == 35_944_602
-    tokens, targets = random_tokens((1, 16), 8192, 3), random_tokens((1, 16), 8192, 4)
+    tokens, targets = random_tokens((1, 32), 8192, 3), random_tokens((1, 32), 8192, 4)
     with torch.no_grad():
-        loss = model(tokens, targets)
+        assert abs(model(tokens, targets).item() - math.log(8192)) < 0.05
+        model.looping_active = True
+        assert abs(model(tokens, targets).item() - math.log(8192)) < 0.05
+        model.looping_active = False
+        noise = torch.Generator().manual_seed(1)
+        for param in model.parameters():
+            param.add_(torch.randn(param.shape, generator=noise) * 0.02)
+        loss = model.eval()(tokens, targets)
         model.looping_active = True
         looped = model(tokens, targets)
-    assert abs(loss.item() - math.log(8192)) < 0.05
-    assert abs(looped.item() - math.log(8192)) < 0.05
+    assert loss.item() == pytest.approx(9.508655548095703, abs=1e-4)
+    assert looped.item() == pytest.approx(9.505376815795898, abs=1e-4)
 
 
 def test_initial_model_passes_embeddings_through():
