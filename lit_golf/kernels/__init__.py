@@ -1,0 +1,1 @@
+"""Triton kernels for CUDA training: the fused MLP up-projection and the fused softcapped cross-entropy."""

@@ -51,16 +51,19 @@ if triton is not None:
         """Per row: lse = logsumexp(z) and loss = lse - z[target] (NaN for a target outside the vocabulary)."""
         row = tl.program_id(0).to(tl.int64)
         row_ptr = logits_ptr + row * row_stride
-        # z >= -cap, so -cap is a safe starting maximum and untouched lanes add exp(-cap - max) * 0.
+        # Each lane keeps sum(exp(z - lane_max)) over its columns. z >= -cap, so -cap is a safe starting
+        # maximum; of exp(old max - new max) and exp(z - new max) one is 1, so one exp per element does.
         lane_max = tl.zeros([BLOCK_V], tl.float32) - softcap
         lane_sum = tl.zeros([BLOCK_V], tl.float32)
         for start in range(0, vocab, BLOCK_V):
             cols = start + tl.arange(0, BLOCK_V)
             inside = cols < vocab
             z, _ = _softcap(tl.load(row_ptr + cols, mask=inside, other=0.0).to(tl.float32), softcap)
-            new_max = tl.where(inside, tl.maximum(lane_max, z), lane_max)
-            lane_sum = lane_sum * tl.exp(lane_max - new_max) + tl.where(inside, tl.exp(z - new_max), 0.0)
-            lane_max = new_max
+            delta = z - lane_max
+            smaller = tl.exp(-tl.abs(delta))
+            grows = delta > 0
+            lane_sum = tl.where(inside, tl.where(grows, lane_sum * smaller + 1.0, lane_sum + smaller), lane_sum)
+            lane_max = tl.where(inside & grows, z, lane_max)
         row_max = tl.max(lane_max, axis=0)
         lse = row_max + tl.log(tl.sum(lane_sum * tl.exp(lane_max - row_max), axis=0))
         target = tl.load(targets_ptr + row)
