@@ -19,7 +19,6 @@ import torch
 
 from lit_golf import artifact
 from lit_golf.config import GPTConfig
-from lit_golf.data.tokenizer import target_bytes
 from lit_golf.eval.config import EvalConfig
 from lit_golf.eval.metric import BitsPerByte
 from lit_golf.eval.plain import document_masked_nll
@@ -347,7 +346,7 @@ class GolfLightningModule(L.LightningModule):
         dm = self.trainer.datamodule
         self.test_results = evaluate(
             self.gpt, dm.val_tokens(), dm.byte_luts(), self.eval_config,
-            progress=self.trainer.is_global_zero,
+            progress=self.trainer.is_global_zero, token_bytes=dm.val_token_bytes(),
         )
         scalars = {f"test/{k}": float(v) for k, v in self.test_results.items()
                    if isinstance(v, (int, float)) and math.isfinite(float(v))}

@@ -12,7 +12,16 @@ import torch
 
 from lit_golf.data.datamodule import GolfDataModule, ValWindows, grad_accum_steps_for, truncate_at_document
 from lit_golf.data.packing import TrainStream, build_cu_seqlens, epoch_shard_order, segment_starts
-from lit_golf.data.shards import BOS_ID, ShardError, dataset_dir, shard_name, tokenizer_path, write_shard
+from lit_golf.data.shards import (
+    BOS_ID,
+    ShardError,
+    dataset_dir,
+    find_shards,
+    shard_name,
+    sidecar_path,
+    tokenizer_path,
+    write_shard,
+)
 from lit_golf.data.tokenizer import TokenizerError
 
 VOCAB = 300
@@ -214,26 +223,31 @@ def test_accum_arithmetic_error_shows_the_numbers():
 def test_val_windows_cover_every_token_once(synthetic, world_size):
     tokens = datamodule(synthetic.data_dir).val_tokens()
     assert tokens.dtype == torch.int64 and torch.equal(tokens, torch.from_numpy(np.concatenate(synthetic.val_docs).astype(np.int64)))
-    inputs, targets = [], []
+    sidecar = np.random.default_rng(0).integers(0, 9, tokens.numel())  # byte counts come from a sidecar when present
+    write_shard(sidecar_path(find_shards(synthetic.data_dir, "val", VOCAB)[0]), sidecar)
+    inputs, targets, target_bytes = [], [], []
     for rank in range(world_size):
         dm = datamodule(synthetic.data_dir)
         dm.set_distributed(rank, world_size)
         loader = dm.val_dataloader()
         batches = list(loader)
         assert len(batches) == len(loader)
-        for x, y in batches:
-            assert x.shape == y.shape and x.shape[0] <= 4 and x.shape[1] <= 64
+        for x, y, nbytes in batches:
+            assert x.shape == y.shape == nbytes.shape and x.shape[0] <= 4 and x.shape[1] <= 64
             inputs.append(x.reshape(-1))
             targets.append(y.reshape(-1))
+            target_bytes.append(nbytes.reshape(-1))
     assert torch.equal(torch.cat(inputs), tokens[:-1]) and torch.equal(torch.cat(targets), tokens[1:])
+    assert torch.cat(target_bytes).tolist() == sidecar[1:].tolist()
 
 
 def test_val_partial_window_is_its_own_batch():
-    windows = ValWindows(torch.arange(12), seq_len=4, batch_seqs=2)
-    shapes = [tuple(x.shape) for x, _ in windows]
+    windows = ValWindows(torch.arange(12), torch.arange(12), seq_len=4, batch_seqs=2)
+    shapes = [tuple(x.shape) for x, _, _ in windows]
+    assert torch.equal(torch.cat([b.reshape(-1) for _, _, b in windows]), torch.arange(1, 12))  # bytes of targets
     assert shapes == [(2, 4), (1, 3)]
     # 3 windows over 2 ranks: rank 0 gets window 0, rank 1 gets window 1 and the partial window
-    assert [len(ValWindows(torch.arange(12), 4, 2, r, 2)) for r in range(2)] == [1, 2]
+    assert [len(ValWindows(torch.arange(12), torch.arange(12), 4, 2, r, 2)) for r in range(2)] == [1, 2]
 
 
 def test_max_val_tokens_truncates_at_a_document_boundary(synthetic):

@@ -33,7 +33,7 @@ class GPTQExport(Callback):
     `ArtifactTooLarge`, so the run fails instead of producing an invalid submission.
 
     With `measure_quant_gap` and a datamodule that serves validation tokens (`val_tokens()`,
-    `byte_luts()`), the plain val bpb of the weights is measured before quantization and again with
+    `byte_luts()`, `val_token_bytes()`), the plain val bpb of the weights is measured before quantization and again with
     the artifact's dequantized weights (then the trained weights are put back); both and their gap go
     to the log, TensorBoard (`export/*`) and `artifact.json`.
 
@@ -86,7 +86,8 @@ class GPTQExport(Callback):
     @staticmethod
     def _plain_bpb(trainer: L.Trainer, pl_module: L.LightningModule) -> float:
         dm = trainer.datamodule
-        return plain_bpb(pl_module.gpt, dm.val_tokens(), dm.byte_luts(), getattr(pl_module, "eval_config", EvalConfig()))
+        cfg = getattr(pl_module, "eval_config", EvalConfig())
+        return plain_bpb(pl_module.gpt, dm.val_tokens(), dm.byte_luts(), cfg, dm.val_token_bytes())
 
     def _dequantized_bpb(self, trainer: L.Trainer, pl_module: L.LightningModule) -> float:
         """Plain bpb with the artifact's weights swapped in (rank 0 reads the file and broadcasts them)."""

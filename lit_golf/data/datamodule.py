@@ -18,13 +18,22 @@ from lit_golf.data.shards import (
     ShardError,
     file_sha256,
     find_shards,
+    manifest_is_caseops,
     manifest_path,
     manifest_tokenizer_sha256,
     read_header,
     read_shard,
+    read_sidecar,
+    sidecar_path,
     tokenizer_path,
 )
-from lit_golf.data.tokenizer import ByteLUTs, TokenizerError, build_byte_luts, load_tokenizer
+from lit_golf.data.tokenizer import (
+    ByteLUTs,
+    TokenizerError,
+    build_byte_luts,
+    load_tokenizer,
+    token_byte_table,
+)
 
 log = logging.getLogger("lit_golf")
 
@@ -68,7 +77,8 @@ def rank_window_range(num_windows: int, rank: int, world_size: int) -> tuple[int
 
 
 class ValWindows(IterableDataset):
-    """One rank's share of the validation windows, as `(inputs [b, L], targets [b, L])` batches.
+    """One rank's share of the validation windows, as `(inputs [b, L], targets [b, L], target bytes [b, L])`
+    batches; `byte_table[i]` is the text bytes of `tokens[i]` as a target (`tokenizer.token_byte_table`).
 
     Windows tile `tokens[:-1]` (targets `tokens[1:]`) back to back, so every token but the first is
     predicted exactly once over all ranks; the final shorter window comes as a batch of its own.
@@ -76,9 +86,12 @@ class ValWindows(IterableDataset):
     pad and duplicate windows.
     """
 
-    def __init__(self, tokens: torch.Tensor, seq_len: int, batch_seqs: int, rank: int = 0, world_size: int = 1):
+    def __init__(
+        self, tokens: torch.Tensor, byte_table: torch.Tensor, seq_len: int, batch_seqs: int, rank: int = 0,
+        world_size: int = 1,
+    ):
         super().__init__()
-        self.tokens, self.seq_len, self.batch_seqs = tokens, seq_len, batch_seqs
+        self.tokens, self.byte_table, self.seq_len, self.batch_seqs = tokens, byte_table, seq_len, batch_seqs
         predictions = tokens.numel() - 1
         self.full_windows = predictions // seq_len
         self.tail = predictions % seq_len
@@ -96,13 +109,15 @@ class ValWindows(IterableDataset):
     def __len__(self) -> int:
         return len(self.batch_ranges())
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         length = self.seq_len
         for first, end in self.batch_ranges():
             start = first * length
             stop = min(end * length, self.tokens.numel() - 1)
             rows = end - first
-            yield self.tokens[start:stop].view(rows, -1), self.tokens[start + 1 : stop + 1].view(rows, -1)
+            targets = slice(start + 1, stop + 1)
+            yield (self.tokens[start:stop].view(rows, -1), self.tokens[targets].view(rows, -1),
+                   self.byte_table[targets].view(rows, -1))
 
 
 class GolfDataModule(LightningDataModule):
@@ -206,6 +221,7 @@ class GolfDataModule(LightningDataModule):
             find_shards(self.data_dir, "train", self.vocab_size)
         find_shards(self.data_dir, "val", self.vocab_size)
         self.byte_luts()
+        self.val_token_bytes()
         self.check_tokenizer()
 
     def train_stream(self) -> TrainStream:
@@ -264,7 +280,8 @@ class GolfDataModule(LightningDataModule):
                  state_dict.get("shard_offset"))
 
     def val_dataloader(self) -> DataLoader:
-        windows = ValWindows(self.val_tokens(), self.eval_seq_len, self.val_batch_seqs, self.rank, self.world_size)
+        windows = ValWindows(self.val_tokens(), self.val_byte_table(), self.eval_seq_len, self.val_batch_seqs,
+                             self.rank, self.world_size)
         return DataLoader(windows, batch_size=None, num_workers=0)
 
     def test_dataloader(self) -> DataLoader:
@@ -294,6 +311,41 @@ class GolfDataModule(LightningDataModule):
                 f"in {files[0].parent} (cut at a document end): raise --data.max_val_tokens or drop it"
             )
         return torch.from_numpy(tokens.astype(np.int64))
+
+    def val_token_bytes(self) -> torch.Tensor | None:
+        """The CaseOps byte sidecar of `val_tokens()` (int32, one original-text byte count per token), or None
+        for plain data, whose bytes come from `byte_luts()`. A CaseOps dataset without sidecars is refused."""
+        return self._val_token_bytes
+
+    @cached_property
+    def _val_token_bytes(self) -> torch.Tensor | None:
+        files = find_shards(self.data_dir, "val", self.vocab_size)
+        sidecars = [read_sidecar(f) for f in files]
+        missing = [sidecar_path(f).name for f, counts in zip(files, sidecars, strict=True) if counts is None]
+        if len(missing) == len(files):
+            manifest = manifest_path(self.data_dir, self.vocab_size)
+            if manifest_is_caseops(manifest):
+                raise ShardError(
+                    f"{manifest} says the tokens are CaseOps but {files[0].parent} has no byte sidecar ({missing[0]}): "
+                    "copy the fineweb_val_bytes_*.bin files next to the val shards or re-run `lit-golf prepare-data --caseops`"
+                )
+            return None
+        if missing:
+            raise ShardError(
+                f"{files[0].parent} has byte sidecars for some val shards but not {missing[0]}: copy it or re-run "
+                "`lit-golf prepare-data --caseops`"
+            )
+        counts = np.concatenate(sidecars)[: self.val_tokens().numel()]
+        return torch.from_numpy(counts.astype(np.int32))
+
+    def val_byte_table(self) -> torch.Tensor:
+        """Text bytes of each validation token as a target (int32, entry 0 is 0), from the sidecar when there is one."""
+        return self._val_byte_table
+
+    @cached_property
+    def _val_byte_table(self) -> torch.Tensor:
+        sidecar = self.val_token_bytes()  # with one, the tokenizer's tables are not needed
+        return token_byte_table(self.val_tokens(), self.byte_luts() if sidecar is None else None, sidecar)
 
     def byte_luts(self) -> ByteLUTs:
         """Byte tables of `<data_dir>/tokenizers/fineweb_<V>_bpe.model` (checked against vocab_size)."""

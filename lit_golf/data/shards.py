@@ -125,9 +125,10 @@ def find_shards(data_dir: str | Path, split: str, vocab_size: int) -> list[Path]
     """All shards of one split, sorted by name; an error suggests how to get data when none exist."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    pattern = dataset_dir(data_dir, vocab_size) / shard_glob(split)
-    files = sorted(pattern.parent.glob(pattern.name))
-    if not files and any(pattern.parent.glob(shard_glob("train" if split == "val" else "val"))):
+    directory = dataset_dir(data_dir, vocab_size)
+    files = sorted(directory.glob(shard_glob(split)))
+    pattern = directory / f"fineweb_{split}_*.bin"  # as messages show it
+    if not files and any(directory.glob(shard_glob("train" if split == "val" else "val"))):
         if split == "val":
             raise ShardError(
                 f"the validation split in {pattern.parent} is empty (train shards but no {pattern.name}; "

@@ -15,6 +15,7 @@ import sentencepiece as spm
 import torch
 
 SPACE_MARK = "▁"
+CASEOPS_OPERATOR = "\ue001"  # lit_golf.data.caseops.TITLE; a tokenizer holding it makes CaseOps tokens
 
 
 class TokenizerError(ValueError):
@@ -51,12 +52,14 @@ class ByteLUTs:
     base_bytes: torch.Tensor  # int16: UTF-8 bytes of the piece without its leading '▁'
     has_leading_space: torch.Tensor  # bool: piece starts with '▁'
     is_boundary: torch.Tensor  # bool: control / unknown / unused ids (they stand for no text)
+    caseops: bool = False  # the tokenizer holds CaseOps operators: its tokens are scored from a byte sidecar
 
     def to(self, device: torch.device | str) -> ByteLUTs:
         return ByteLUTs(
             self.base_bytes.to(device),
             self.has_leading_space.to(device),
             self.is_boundary.to(device),
+            self.caseops,
         )
 
 
@@ -79,7 +82,9 @@ def build_byte_luts(sp: spm.SentencePieceProcessor, vocab_size: int) -> ByteLUTs
             has_leading_space[token_id] = True
             piece = piece[len(SPACE_MARK):]
         base_bytes[token_id] = len(piece.encode("utf-8"))
-    return ByteLUTs(base_bytes, has_leading_space, is_boundary)
+    operator = sp.piece_to_id(CASEOPS_OPERATOR)
+    caseops = operator != sp.unk_id() and sp.id_to_piece(operator) == CASEOPS_OPERATOR
+    return ByteLUTs(base_bytes, has_leading_space, is_boundary, caseops)
 
 
 def target_bytes(prev_ids: torch.Tensor, target_ids: torch.Tensor, luts: ByteLUTs) -> torch.Tensor:
@@ -89,3 +94,32 @@ def target_bytes(prev_ids: torch.Tensor, target_ids: torch.Tensor, luts: ByteLUT
     """
     space = luts.has_leading_space[target_ids] & ~luts.is_boundary[prev_ids]
     return luts.base_bytes[target_ids].to(torch.int32) + space.to(torch.int32)
+
+
+def token_byte_table(tokens: torch.Tensor, luts: ByteLUTs | None, sidecar: torch.Tensor | None = None) -> torch.Tensor:
+    """Text bytes of each token of a stream as a target (int32, entry 0 is 0): THE byte count of evaluation.
+
+    From `sidecar` (per-token original byte counts, as `prepare-data --caseops` writes them) when the
+    dataset has one, else from the tables. CaseOps tokens without a sidecar are refused: the tables
+    would count operator pieces as text and lowercase pieces as the bytes of what they stand for.
+    """
+    if sidecar is not None:
+        if sidecar.shape != tokens.shape:
+            raise ValueError(
+                f"the byte sidecar holds {sidecar.numel()} counts for {tokens.numel()} validation tokens: "
+                "re-run `lit-golf prepare-data --caseops`"
+            )
+        table = sidecar.to(device=tokens.device, dtype=torch.int32, copy=True)
+        table[:1] = 0
+        return table
+    if luts is None:
+        raise ValueError("token_byte_table needs the tokenizer's byte tables or a byte sidecar")
+    if luts.caseops:
+        raise TokenizerError(
+            "the tokenizer holds CaseOps operators but the validation shards have no byte sidecar "
+            "(fineweb_val_bytes_NNNNNN.bin): bits per byte cannot come from the token tables; re-run "
+            "`lit-golf prepare-data --caseops` or copy the sidecars next to the val shards"
+        )
+    table = torch.zeros_like(tokens, dtype=torch.int32)
+    table[1:] = target_bytes(tokens[:-1], tokens[1:], luts)
+    return table

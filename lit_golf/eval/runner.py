@@ -13,7 +13,7 @@ from lit_golf.eval.config import EvalConfig
 from lit_golf.eval.documents import find_documents, truncate_to_documents
 from lit_golf.eval.metric import BitsPerByte
 from lit_golf.eval.plain import eval_plain, eval_sliding
-from lit_golf.eval.runtime import Stopwatch, model_device, rank_and_world
+from lit_golf.eval.runtime import Stopwatch, model_device
 from lit_golf.eval.ttt import TTTTrace, run_phased_ttt
 from lit_golf.eval.valset import ValSet
 
@@ -28,6 +28,7 @@ def evaluate(
     *,
     progress: bool = True,
     trace: TTTTrace | None = None,
+    token_bytes: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """Score `val_tokens` with `model` (left unchanged) on every rank of the current process group.
 
@@ -35,13 +36,14 @@ def evaluate(
     TTT, `ttt_*` alike plus `ttt_gain` (plain minus TTT bpb), `ttt_docs`, `ttt_tokens_per_second`;
     `time_<section>_s` per section and `eval_seconds` in total. Safe to call under
     `torch.inference_mode()` (Lightning's test loop): TTT needs autograd, so it is switched back on.
+    `token_bytes`: the byte sidecar of `val_tokens` (CaseOps data), else bytes come from `luts`.
     """
     cfg = cfg or EvalConfig()
     device = model_device(model)
     stopwatch = Stopwatch(device)
     results: dict[str, float] = {}
     with torch.inference_mode(False), stopwatch.section("eval"):
-        val = _valset(val_tokens, luts, cfg, device)
+        val = _valset(val_tokens, luts, cfg, device, token_bytes)
         with stopwatch.section("plain"):
             results.update(_scores("val", eval_plain(model, val, cfg, progress)))
         _log_section("plain", results["val_bpb"], stopwatch.seconds["plain"])
@@ -65,16 +67,26 @@ def evaluate(
     return results
 
 
-def plain_bpb(model: nn.Module, val_tokens: torch.Tensor, luts: ByteLUTs, cfg: EvalConfig | None = None) -> float:
+def plain_bpb(
+    model: nn.Module,
+    val_tokens: torch.Tensor,
+    luts: ByteLUTs,
+    cfg: EvalConfig | None = None,
+    token_bytes: torch.Tensor | None = None,
+) -> float:
     """Plain-eval bits per byte of `model` (every rank takes part): the cheap number for before/after checks."""
     cfg = cfg or EvalConfig()
     with torch.inference_mode(False):
-        return eval_plain(model, _valset(val_tokens, luts, cfg, model_device(model)), cfg).totals()["bpb"]
+        val = _valset(val_tokens, luts, cfg, model_device(model), token_bytes)
+        return eval_plain(model, val, cfg).totals()["bpb"]
 
 
-def _valset(val_tokens: torch.Tensor, luts: ByteLUTs, cfg: EvalConfig, device: torch.device) -> ValSet:
-    tokens = torch.as_tensor(val_tokens).to(device=device, dtype=torch.int64)
-    return ValSet.build(truncate_to_documents(tokens, cfg.bos_id, cfg.max_docs), luts, device)
+def _valset(
+    val_tokens: torch.Tensor, luts: ByteLUTs, cfg: EvalConfig, device: torch.device, token_bytes: torch.Tensor | None
+) -> ValSet:
+    tokens = truncate_to_documents(torch.as_tensor(val_tokens).to(device=device, dtype=torch.int64), cfg.bos_id, cfg.max_docs)
+    kept = None if token_bytes is None else torch.as_tensor(token_bytes)[: tokens.numel()]  # a prefix is kept
+    return ValSet.build(tokens, luts, device, kept)
 
 
 def _log_section(name: str, bpb: float, seconds: float) -> None:

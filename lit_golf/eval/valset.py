@@ -2,7 +2,8 @@
 
 Every evaluator scores targets `tokens[i]` (i >= 1) predicted from `tokens[:i]`; the bytes of a target
 depend on it and its predecessor only, so they are computed once here (through the data package's
-`target_bytes`, the single definition of the byte count) and gathered per batch without host work.
+`token_byte_table`, the single definition of the byte count: a CaseOps byte sidecar when the data has one,
+else the tokenizer tables) and gathered per batch without host work.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lit_golf.data.tokenizer import ByteLUTs, target_bytes
+from lit_golf.data.tokenizer import ByteLUTs, token_byte_table
 
 
 class ValidationDataError(ValueError):
@@ -34,7 +35,10 @@ class ValSet:
     byte_table: torch.Tensor  # int32 [N]: bytes of tokens[i] as a target (entry 0 unused, 0)
 
     @classmethod
-    def build(cls, tokens: torch.Tensor, luts: ByteLUTs, device: torch.device | str) -> ValSet:
+    def build(
+        cls, tokens: torch.Tensor, luts: ByteLUTs, device: torch.device | str, token_bytes: torch.Tensor | None = None
+    ) -> ValSet:
+        """`token_bytes`: the byte sidecar of `tokens` (per-token original bytes), when the data has one."""
         tokens = torch.as_tensor(tokens)
         if tokens.dim() != 1 or tokens.numel() < 2:
             raise ValidationDataError(
@@ -48,10 +52,7 @@ class ValSet:
                 f"validation token id {largest} is outside the tokenizer's {luts.base_bytes.numel()} ids; "
                 "the val shards were made with another tokenizer"
             )
-        luts = luts.to(device)
-        table = torch.zeros_like(tokens, dtype=torch.int32)
-        table[1:] = target_bytes(tokens[:-1], tokens[1:], luts)
-        return cls(tokens, table)
+        return cls(tokens, token_byte_table(tokens, luts.to(device), token_bytes))
 
     @property
     def num_targets(self) -> int:
