@@ -1,7 +1,7 @@
 """The `lit-golf` console script: a thin dispatcher that starts without Lightning or torch.
 
-`fit`, `validate`, `test` and `export` are LightningCLI subcommands built in `lit_golf.lightning_cli`,
-imported only when one of them runs; `prepare-data`, `download` and `demo` are plain argparse tools
+`fit`, `validate`, `test`, `export` and `run` are LightningCLI subcommands built in `lit_golf.lightning_cli`,
+imported only when one of them runs; `prepare-data`, `download`, `demo`, `submit` and `check` are plain argparse tools
 whose modules are imported only for their own command, so `lit-golf --help` and `lit-golf download
 --help` answer at once. `--config NAME` picks a shipped config (`lit_golf.config_files`).
 """
@@ -24,19 +24,23 @@ LightningCLI commands (see `lit-golf <command> --help`, configs by name, e.g. --
   validate       plain validation bits-per-byte of a checkpoint
   test           evaluation: plain, sliding and phased-TTT bits-per-byte (--artifact PATH or --ckpt PATH)
   export         GPTQ-quantize a checkpoint into a <=16,000,000-byte artifact (--ckpt PATH)
+  run            the challenge's launch: fit, export and the phased-TTT test of the artifact; writes results.json
 
 Tools:
   prepare-data   tokenize documents (jsonl/txt, plain/.gz/.xz) into upstream-format shards
   download       fetch the published FineWeb SP-1024/SP-8192 shards from the Hugging Face hub
   demo           the whole pipeline on CPU on a corpus built from Python's own documentation
+  submit         turn run folders into a records/ folder: train_gpt.py, submission.json, README.md, logs
+  check          the challenge's rules, one line each, for a run folder or a submission folder
 """
 
 
-# The LightningCLI subcommands (LightningCLI's own four and GolfCLI's `export`).
-LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict", "export")
+# The LightningCLI subcommands (LightningCLI's own four and GolfCLI's `export` and `run`).
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict", "export", "run")
 
 # Each tool: the module whose `cli_main(argv) -> int` runs it, imported only when the tool runs.
-TOOLS = {"prepare-data": "lit_golf.data.prepare", "download": "lit_golf.data.download", "demo": "lit_golf.demo"}
+TOOLS = {"prepare-data": "lit_golf.data.prepare", "download": "lit_golf.data.download", "demo": "lit_golf.demo",
+         "submit": "lit_golf.submission.submit", "check": "lit_golf.submission.check"}
 
 # Bad input reported in one line by the tools (`lit_golf.lightning_cli.USER_ERRORS` adds Lightning's own).
 USER_ERRORS = (ValueError, FileNotFoundError, argparse.ArgumentError)

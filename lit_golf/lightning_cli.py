@@ -1,13 +1,14 @@
-"""LightningCLI construction: `fit`, `validate`, `test`, `export` (imported only when one of them runs).
+"""LightningCLI construction: `fit`, `validate`, `test`, `export`, `run` (imported only when one of them runs).
 
 `lit_golf.cli` dispatches without importing this module, so `lit-golf --help` and the data tools start
-without Lightning or torch. `export` is a method of `GolfTrainer`, the LightningCLI way of adding a
-subcommand; `GolfCLI` checks inputs before anything is built.
+without Lightning or torch. `export` and `run` are methods of `GolfTrainer`, the LightningCLI way of
+adding a subcommand; `GolfCLI` checks inputs before anything is built.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,19 +20,24 @@ from lightning.pytorch.cli import LightningCLI
 
 from lit_golf import strategy  # noqa: F401  (registers the golf_ddp strategy name)
 from lit_golf.callbacks.export import GPTQExport, publish_table
+from lit_golf.callbacks.results import RecordResults
 from lit_golf.config_files import config_names
 from lit_golf.data.datamodule import GolfDataModule
 from lit_golf.export.budget import ArtifactTooLarge
+from lit_golf.export.code_size import set_run_config
 from lit_golf.export.config import ExportConfig
 from lit_golf.export.pipeline import ExportReport, check_checkpoint, check_vocab, export_from_checkpoint
 from lit_golf.module import GolfLightningModule
+from lit_golf.results import read_results, summary_lines
+
+log = logging.getLogger("lit_golf")
 
 # Bad input (files, configs, budgets) is reported in one line; LIT_GOLF_TRACEBACK=1 shows the traceback.
 USER_ERRORS = (ValueError, FileNotFoundError, ArtifactTooLarge, MisconfigurationException, argparse.ArgumentError)
 
 
 class GolfTrainer(Trainer):
-    """A Trainer with one more entry point: `export`."""
+    """A Trainer with two more entry points: `export`, and `run` (fit + export + test in one launch)."""
 
     def export(
         self,
@@ -56,12 +62,36 @@ class GolfTrainer(Trainer):
         report.check_budget()
         return report
 
+    def run(self, model: GolfLightningModule, datamodule: GolfDataModule, ckpt_path: str | None = None) -> dict:
+        """The challenge's whole launch: fit (wall clock), export (the GPTQExport callback), then the test
+        of the exported artifact; ends with one summary and `results.json` in the run folder.
+
+        Args:
+            ckpt_path: resume the fit from this checkpoint (`last`: the newest run's `last.ckpt`).
+        """
+        export = next((cb for cb in self.callbacks if isinstance(cb, GPTQExport)), None)
+        if export is None:
+            raise ValueError("run needs the GPTQExport callback in trainer.callbacks (it writes the artifact that "
+                             "run evaluates); add `- class_path: lit_golf.callbacks.GPTQExport` to the config")
+        recorder = next((cb for cb in self.callbacks if isinstance(cb, RecordResults)), None)
+        if recorder is None:  # an overlay's callback list may leave it out; `run` always records
+            recorder = RecordResults()
+            self.callbacks.append(recorder)
+        self.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        model.artifact = str(export.artifact_path)
+        self.test(model, datamodule=datamodule)
+        results = read_results(recorder.run_dir) if self.is_global_zero else {}
+        if self.is_global_zero:
+            log.info("run %s:\n%s", recorder.run_dir, "\n".join(summary_lines(results)))
+        return results
+
 
 class GolfCLI(LightningCLI):
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
         commands = dict(LightningCLI.subcommands())
         commands["export"] = {"model", "datamodule"}
+        commands["run"] = {"model", "datamodule"}
         return commands
 
     def init_parser(self, **kwargs):
@@ -78,6 +108,8 @@ class GolfCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         # After `--ckpt`'s hyperparameters replaced the model's: the vocabulary checked is the one that loads.
         config = self.config[self.config.subcommand]
+        # The submission script embeds the resolved config, as LightningCLI saves it into the run folder.
+        set_run_config(self._parser(self.config.subcommand).dump(config, skip_none=False))
         vocab, data_vocab = config.get("model.gpt.vocab_size"), config.get("data.vocab_size")
         if isinstance(vocab, int) and isinstance(data_vocab, int) and min(vocab, data_vocab) >= 1:
             data = SimpleNamespace(vocab_size=data_vocab, data_dir=config.get("data.data_dir"))

@@ -17,7 +17,7 @@ from lit_golf import artifact
 from lit_golf.config import GPTConfig
 from lit_golf.export import serialize
 from lit_golf.export.budget import ArtifactTooLarge, SizeRow, check_budget, size_table
-from lit_golf.export.code_size import PACKAGE_DIR, code_files, measure_code, minify
+from lit_golf.export.code_size import PACKAGE_DIR, code_files, measure_code, minify, submission_script
 from lit_golf.export.config import ExportConfig
 from lit_golf.export.gptq import dequantize, gptq_quantize, max_code, rtn_quantize
 from lit_golf.export.hessians import collect_hessians
@@ -328,15 +328,13 @@ def test_size_table_adds_up():
         check_budget(rows + [SizeRow("header", 1)], 350)
 
 
-def test_code_size_counts_the_loader_model_and_eval_but_not_training_code():
+def test_code_size_is_the_size_of_the_submission_script_holding_the_whole_package():
     names = {p.relative_to(PACKAGE_DIR.parent).as_posix() for p in code_files()}
-    for needed in ("lit_golf/model.py", "lit_golf/artifact.py", "lit_golf/export/serialize.py",
-                   "lit_golf/config.py", "lit_golf/attention.py", "lit_golf/eval/metric.py"):
+    for needed in ("lit_golf/model.py", "lit_golf/artifact.py", "lit_golf/module.py", "lit_golf/cli.py",
+                   "lit_golf/callbacks/export.py", "lit_golf/export/gptq.py"):
         assert needed in names, needed
-    for training in ("lit_golf/module.py", "lit_golf/export/gptq.py", "lit_golf/export/pipeline.py",
-                     "lit_golf/callbacks/export.py"):
-        assert training not in names, training
-    size = measure_code("brotli", 11)
+    size = measure_code("brotli", 11, config_text="seed_everything: 1\n")
+    assert size.compressed_bytes == len(submission_script("seed_everything: 1\n", "brotli", 11))
     assert 0 < size.compressed_bytes < size.minified_bytes < size.raw_bytes
 
 

@@ -1,15 +1,20 @@
-"""Bytes of the code an artifact needs to run, counted the way the challenge counts its script.
+"""The code bytes of a submission: the size of the `train_gpt.py` that ships it, built here.
 
-The 16,000,000-byte limit covers model *and* code. Upstream measures its single script after
-minification and compression; here the code is every module the loader and the evaluation need:
-`CODE_ROOTS` plus everything they import from `lit_golf` (package `__init__` files included, since
-importing a submodule runs them). Each file is minified (comments, docstrings and formatting dropped
-via `ast`), the files are concatenated and the result is compressed with the artifact's compressor.
+The 16,000,000-byte limit covers the artifact *and* the code, and the challenge counts the code as
+the bytes of the submission's `train_gpt.py`. A lit_golf submission must ship the whole package
+(it trains, exports and evaluates), so `submission_script` writes one self-contained file: a short
+launcher and, in one compressed string, every module of the package (minified: comments,
+docstrings and formatting dropped via `ast`) plus the resolved config of the run. Export counts
+exactly that file's bytes (`measure_code`), and `lit-golf submit` writes the same bytes, so the budget
+checked during fit is the real one. Run from such a file (`SCRIPT_ENV` set by its launcher), the
+file itself is measured.
 """
 
 from __future__ import annotations
 
 import ast
+import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,25 +22,56 @@ from lit_golf.export.serialize import compress
 
 PACKAGE = "lit_golf"
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
+SCRIPT_NAME = "train_gpt.py"
+# Set by a submission's launcher to its own path: the file whose bytes count.
+SCRIPT_ENV = "LIT_GOLF_SCRIPT"
 
-# What running an artifact needs: model definition, loader + file format, evaluation. Paths relative
-# to the package directory; a directory means every module in it.
-CODE_ROOTS = (
-    "config.py",
-    "model.py",
-    "attention.py",
-    "artifact.py",
-    "export/serialize.py",
-    "eval",
-)
+# The resolved config of the run in this process (`set_run_config`, called by the CLI): part of the script.
+_run_config = ""
+
+# The launcher: unpack the package and config into a temporary folder, import lit_golf from there and
+# run `lit-golf run` with the challenge's environment variables. Latin-1 source, so that the compressed
+# bytes sit in a string literal one character per byte (escapes only for quote, backslash, CR, LF, NUL).
+LAUNCHER = """# -*- coding: latin-1 -*-
+# lit_golf {version}: {files} package modules and the run's config, {compressor}-compressed JSON below.
+# Run: torchrun --standalone --nproc_per_node=8 train_gpt.py (or python train_gpt.py); env DATA_DIR, SEED.
+import atexit,json,os,shutil,sys,tempfile
+from pathlib import Path
+def main():
+ import {compressor} as c
+ p=json.loads(c.decompress(B.encode('latin-1')))
+ d=Path(tempfile.mkdtemp(prefix='lit_golf_'));atexit.register(shutil.rmtree,d,True)
+ for n,s in p['files'].items():
+  f=d/n;f.parent.mkdir(parents=True,exist_ok=True);f.write_text(s,encoding='utf-8')
+ (d/'config.yaml').write_text(p['config'],encoding='utf-8')
+ sys.path.insert(0,str(d));os.environ['{env}']=os.path.abspath(__file__)
+ a=['run','--config',str(d/'config.yaml')]
+ for k,o in (('DATA_DIR','--data.data_dir'),('SEED','--seed_everything')):
+  if os.environ.get(k):a+=[o,os.environ[k]]
+ from lit_golf.cli import main as m
+ sys.exit(m(a+sys.argv[1:]))
+B={blob}
+if __name__=='__main__':main()
+"""
 
 
 @dataclass
 class CodeSize:
     files: list[str]
-    raw_bytes: int
-    minified_bytes: int
-    compressed_bytes: int
+    raw_bytes: int  # the package's source files as written
+    minified_bytes: int  # the JSON payload (minified modules + config) before compression
+    compressed_bytes: int  # the bytes of train_gpt.py: what counts
+
+
+def set_run_config(config_text: str) -> None:
+    """Record the resolved config of this process's run: the script that counts embeds it."""
+    global _run_config
+    _run_config = config_text
+
+
+def current_run_config() -> str:
+    """The resolved config recorded by `set_run_config` ("" outside a CLI run)."""
+    return _run_config
 
 
 def _strip_docstrings(tree: ast.AST) -> None:
@@ -54,86 +90,53 @@ def minify(source: str) -> str:
     return ast.unparse(tree)
 
 
-def _module_file(module: str, package_dir: Path) -> Path | None:
-    """File of a `lit_golf...` module, or None when `module` is not one (e.g. an attribute import)."""
-    parts = module.split(".")[1:]
-    base = package_dir.joinpath(*parts)
-    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-        if candidate.is_file():
-            return candidate
-    return None
+def code_files(package_dir: Path = PACKAGE_DIR) -> list[Path]:
+    """Every module of the package, sorted (the shipped configs are not code: the script embeds its own)."""
+    return sorted(p for p in package_dir.rglob("*.py") if "configs" not in p.relative_to(package_dir).parts)
 
 
-def _module_name(path: Path, package_dir: Path) -> str:
-    parts = list(path.relative_to(package_dir).with_suffix("").parts)
-    if parts[-1] == "__init__":
-        parts.pop()
-    return ".".join([PACKAGE, *parts])
+def payload(config_text: str, package_dir: Path = PACKAGE_DIR) -> bytes:
+    """The JSON the launcher unpacks: `files` (path under the temporary folder -> minified source), `config`."""
+    files = {p.relative_to(package_dir.parent).as_posix(): minify(p.read_text(encoding="utf-8"))
+             for p in code_files(package_dir)}
+    return json.dumps({"files": files, "config": config_text}, sort_keys=True, separators=(",", ":")).encode()
 
 
-def _imported_modules(path: Path, package_dir: Path) -> set[str]:
-    """Every `lit_golf` module that `path` imports, absolute or relative, anywhere in the file."""
-    this = _module_name(path, package_dir)
-    package = this if path.name == "__init__.py" else this.rpartition(".")[0]
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
-                module = f"{base}.{node.module}" if node.module else base
-            else:
-                module = node.module or ""
-            found.add(module)
-            found.update(f"{module}.{alias.name}" for alias in node.names)  # `from pkg import submodule`
-    return {m for m in found if m == PACKAGE or m.startswith(PACKAGE + ".")}
+def latin1_literal(data: bytes) -> str:
+    """A Python string literal whose latin-1 encoding is `data` (for a latin-1 source file)."""
+    escapes = {"\\": "\\\\", "'": "\\'", "\n": "\\n", "\r": "\\r", "\0": "\\x00"}
+    return "'" + "".join(escapes.get(ch, ch) for ch in data.decode("latin-1")) + "'"
 
 
-def _parent_inits(path: Path, package_dir: Path) -> list[Path]:
-    inits, folder = [], path.parent
-    while folder == package_dir or package_dir in folder.parents:
-        inits.append(folder / "__init__.py")
-        folder = folder.parent
-    return [p for p in inits if p.is_file()]
+def submission_script(
+    config_text: str, compressor: str = "brotli", brotli_quality: int = 11, package_dir: Path = PACKAGE_DIR
+) -> bytes:
+    """The bytes of `train_gpt.py`: the launcher with the package and `config_text` compressed inside."""
+    from lit_golf import __version__
 
-
-def code_files(roots: tuple[str, ...] = CODE_ROOTS, package_dir: Path = PACKAGE_DIR) -> list[Path]:
-    """`roots` and their `lit_golf` import closure, sorted; a missing root is a clear error."""
-    pending = []
-    for root in roots:
-        path = package_dir / root
-        if path.is_dir():
-            pending += sorted(path.glob("*.py"))
-        elif path.is_file():
-            pending.append(path)
-        else:
-            raise FileNotFoundError(f"code-size root {path} does not exist; update CODE_ROOTS in {__file__}")
-    seen: set[Path] = set()
-    while pending:
-        path = pending.pop()
-        if path in seen:
-            continue
-        seen.add(path)
-        pending += _parent_inits(path, package_dir)
-        for module in _imported_modules(path, package_dir):
-            found = _module_file(module, package_dir)
-            if found is not None:
-                pending.append(found)
-    return sorted(seen)
+    blob = compress(payload(config_text, package_dir), compressor, brotli_quality)
+    text = LAUNCHER.format(version=__version__, files=len(code_files(package_dir)), compressor=compressor,
+                           env=SCRIPT_ENV, blob=latin1_literal(blob))
+    return text.encode("latin-1")
 
 
 def measure_code(
-    compressor: str = "brotli", brotli_quality: int = 11, roots: tuple[str, ...] = CODE_ROOTS,
+    compressor: str = "brotli", brotli_quality: int = 11, config_text: str | None = None,
     package_dir: Path = PACKAGE_DIR,
 ) -> CodeSize:
-    files = code_files(roots, package_dir)
-    sources = [p.read_text(encoding="utf-8") for p in files]
-    names = [str(p.relative_to(package_dir.parent)) for p in files]
-    bundle = "\n".join(f"# {name}\n{minify(src)}" for name, src in zip(names, sources, strict=True)).encode()
+    """Code bytes as the challenge counts them: the size of the `train_gpt.py` that ships this run.
+
+    `config_text` defaults to the run's resolved config (`set_run_config`); inside a submission
+    (`SCRIPT_ENV` set) the running script's own size is what counts.
+    """
+    files = code_files(package_dir)
+    config_text = current_run_config() if config_text is None else config_text
+    script = os.environ.get(SCRIPT_ENV)
+    size = Path(script).stat().st_size if script else len(submission_script(config_text, compressor, brotli_quality,
+                                                                            package_dir))
     return CodeSize(
-        files=names,
-        raw_bytes=sum(len(s.encode()) for s in sources),
-        minified_bytes=len(bundle),
-        compressed_bytes=len(compress(bundle, compressor, brotli_quality)),
+        files=[p.relative_to(package_dir.parent).as_posix() for p in files],
+        raw_bytes=sum(p.stat().st_size for p in files),
+        minified_bytes=len(payload(config_text, package_dir)),
+        compressed_bytes=size,
     )

@@ -1,0 +1,155 @@
+"""`RecordResults`: each stage's measured numbers into `<run folder>/results.json`, its log into `train.log`.
+
+`fit` records steps, training seconds, the calibration pass, the artifact and code bytes and the
+quantization gap, and copies the `train_gpt.py` whose bytes were counted into the run folder; `test`
+records the scores and the evaluation's wall clock. `lit-golf submit` and `lit-golf check` read these
+files, so a submission is assembled from what the run measured, not from what a config promised.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+
+import lit_golf
+from lit_golf.callbacks.export import GPTQExport
+from lit_golf.callbacks.wallclock import WallClockBudget
+from lit_golf.export import code_size
+from lit_golf.progress import synchronize_device
+from lit_golf.results import TRAIN_LOG_NAME, RunResults, update_results
+
+log = logging.getLogger("lit_golf")
+
+
+class RecordResults(Callback):
+    """Write `results.json` (merged across stages) and `train.log` (the `lit_golf` log lines) into the run folder.
+
+    Training seconds are WallClockBudget's when it runs (the number the stop used), else the module's
+    training clock (first training batch to the end of training, validation excluded), as the budget counts.
+    """
+
+    def __init__(self) -> None:
+        self.run_dir: Path | None = None
+        self._log_handler: logging.Handler | None = None
+        self._train_seconds: float | None = None
+        self._eval_started = 0.0
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # Runs before the module's own setup, so a test's clock covers reading the artifact.
+        self._eval_started = time.perf_counter()
+        self.run_dir = Path(trainer.log_dir or trainer.default_root_dir)  # a collective: every rank asks
+        if trainer.is_global_zero:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._log_handler = logging.FileHandler(self.run_dir / TRAIN_LOG_NAME, encoding="utf-8")
+            self._log_handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+            log.addHandler(self._log_handler)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self._log_handler is not None:
+            log.removeHandler(self._log_handler)
+            self._log_handler.close()
+            self._log_handler = None
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        synchronize_device(pl_module.device)
+        self._train_seconds = pl_module.progress.clock.read()
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        budget = _find(trainer, WallClockBudget)
+        export = _find(trainer, GPTQExport)
+        results = self._common(trainer)
+        results.steps = trainer.global_step
+        results.train_seconds = budget.elapsed_seconds if budget is not None else self._train_seconds
+        if budget is not None:
+            results.train_budget_seconds, results.reserve_seconds = budget.budget_seconds, budget.reserve_seconds
+        if export is not None and export.artifact_path is not None:
+            results.calibration_seconds = getattr(export, "calibration_seconds", None)
+            results.calibration_split = _calibration_split(trainer.datamodule)
+            results.budget_bytes = export.config.budget_bytes
+            results.val_bpb_pre_quant = (export.quant_gap or {}).get("val_bpb_pre_quant")
+            results.val_bpb_post_quant = (export.quant_gap or {}).get("val_bpb_post_quant")
+            if trainer.is_global_zero:
+                self._record_bytes(results, export)
+        if trainer.is_global_zero:
+            update_results(self.run_dir, results)
+
+    def _record_bytes(self, results: RunResults, export: GPTQExport) -> None:
+        """Model file bytes, and the counted script copied into the run folder (the file `submit` ships)."""
+        report = json.loads(export.artifact_path.with_suffix(".json").read_text())
+        script = self.run_dir / code_size.SCRIPT_NAME
+        running = os.environ.get(code_size.SCRIPT_ENV)
+        if running:
+            shutil.copyfile(running, script)
+        else:
+            script.write_bytes(code_size.submission_script(code_size.current_run_config(),
+                                                           export.config.compressor, export.config.brotli_quality))
+        results.model_bytes = export.artifact_path.stat().st_size
+        results.code_bytes = script.stat().st_size
+        results.artifact_bytes = results.model_bytes + results.code_bytes
+        if results.code_bytes != report["code_bytes"]:
+            log.warning("results: %s has %d bytes but the export counted %d code bytes", script,
+                        results.code_bytes, report["code_bytes"])
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        synchronize_device(pl_module.device)
+        scores = getattr(pl_module, "test_results", None) or {}
+        results = self._common(trainer)
+        results.eval_seconds = time.perf_counter() - self._eval_started
+        results.evaluated = "artifact" if getattr(pl_module, "artifact", None) else "checkpoint"
+        results.val_bpb, results.val_loss = scores.get("val_bpb"), scores.get("val_loss")
+        results.ttt_bpb, results.ttt_loss = scores.get("ttt_bpb"), scores.get("ttt_loss")
+        final = "ttt" if results.ttt_bpb is not None else "val"
+        results.final_bpb, results.final_loss = scores.get(f"{final}_bpb"), scores.get(f"{final}_loss")
+        eval_config = getattr(pl_module, "eval_config", None)
+        if eval_config is not None:
+            results.evaluation = asdict(eval_config)
+        dm = trainer.datamodule
+        results.val_tokens_limited = getattr(dm, "max_val_tokens", None) is not None or \
+            results.evaluation.get("max_docs") is not None
+        if trainer.is_global_zero:
+            update_results(self.run_dir, results)
+
+    def _common(self, trainer: L.Trainer) -> RunResults:
+        seed = os.environ.get("PL_GLOBAL_SEED")
+        results = RunResults(
+            seed=int(seed) if seed and seed.lstrip("-").isdigit() else None,
+            world_size=trainer.world_size,
+            hardware=_hardware(trainer),
+            torch_version=torch.__version__,
+            lit_golf_version=lit_golf.__version__,
+        )
+        dm = trainer.datamodule
+        if hasattr(dm, "data_dir") and hasattr(dm, "vocab_size"):
+            from lit_golf.data.shards import find_shards
+
+            results.train_files = [str(p.resolve()) for p in find_shards(dm.data_dir, "train", dm.vocab_size)]
+            results.val_files = [str(p.resolve()) for p in find_shards(dm.data_dir, "val", dm.vocab_size)]
+        return results
+
+
+def _find(trainer: L.Trainer, kind: type) -> Callback | None:
+    return next((cb for cb in trainer.callbacks if isinstance(cb, kind)), None)
+
+
+def _calibration_split(datamodule) -> str | None:
+    """`train` for GolfDataModule (its `calibration_batches` reads train shards only); None when unknown."""
+    from lit_golf.data.datamodule import GolfDataModule
+
+    return "train" if isinstance(datamodule, GolfDataModule) else None
+
+
+def _hardware(trainer: L.Trainer) -> str:
+    root = trainer.strategy.root_device
+    if root.type == "cuda":
+        return f"{trainer.world_size}x {torch.cuda.get_device_name(root)}"
+    return f"{trainer.world_size}x {root.type.upper()} ({platform.machine()})"

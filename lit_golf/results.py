@@ -1,0 +1,123 @@
+"""`results.json`: what a run measured, in its run folder, for `lit-golf submit` and `lit-golf check`.
+
+`fit` writes the training and export part, `test` the evaluation part, `run` both; each stage merges
+its keys into the file, so the last word on a key is the latest stage's. Numbers are measured by the
+run itself (clocks, file sizes, scores); settings the legality rules need are recorded next to them.
+Plain JSON, so a submission folder can be checked without torch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+RESULTS_NAME = "results.json"
+TRAIN_LOG_NAME = "train.log"
+CONFIG_NAME = "config.yaml"  # LightningCLI's copy of the resolved config in the run folder
+
+
+@dataclass
+class RunResults:
+    """One run's record; None = not measured by the stages that ran."""
+
+    seed: int | None = None
+    """`seed_everything` of the run."""
+    world_size: int | None = None
+    hardware: str | None = None
+    """Accelerators of the run, e.g. `8x NVIDIA H100 80GB HBM3`."""
+    torch_version: str | None = None
+    lit_golf_version: str | None = None
+    steps: int | None = None
+    """Optimizer steps taken."""
+    train_seconds: float | None = None
+    """Training time as the budget counts it (first training batch to the last step, validation excluded)."""
+    train_budget_seconds: float | None = None
+    """WallClockBudget's budget (None: fixed steps, no wall-clock stop)."""
+    reserve_seconds: float | None = None
+    """WallClockBudget's reserve kept for the GPTQ calibration pass."""
+    calibration_seconds: float | None = None
+    """Seconds of the calibration pass (Hessians over training data) after training."""
+    calibration_split: str | None = None
+    """The data split the calibration batches are read from."""
+    train_files: list[str] = field(default_factory=list)
+    val_files: list[str] = field(default_factory=list)
+    model_bytes: int | None = None
+    """Size of `artifact.ptz`."""
+    code_bytes: int | None = None
+    """Size of the `train_gpt.py` that ships this run (`lit_golf.export.code_size`)."""
+    artifact_bytes: int | None = None
+    """model_bytes + code_bytes: what the 16,000,000-byte limit covers."""
+    budget_bytes: int | None = None
+    val_bpb_pre_quant: float | None = None
+    val_bpb_post_quant: float | None = None
+    evaluated: str | None = None
+    """What `test` scored: `artifact` (the quantized submission) or `checkpoint`."""
+    val_bpb: float | None = None
+    """Plain bits per byte of what `test` scored."""
+    val_loss: float | None = None
+    ttt_bpb: float | None = None
+    ttt_loss: float | None = None
+    final_bpb: float | None = None
+    """The submission's score: TTT bits per byte when TTT ran, else plain."""
+    final_loss: float | None = None
+    """Mean cross-entropy in nats per token matching `final_bpb`."""
+    eval_seconds: float | None = None
+    """Evaluation wall clock, from the test stage's start (artifact read and decompressed, compile included) to the final bpb."""
+    evaluation: dict = field(default_factory=dict)
+    """The EvalConfig the evaluation ran with."""
+    val_tokens_limited: bool | None = None
+    """True when `data.max_val_tokens` or `evaluation.max_docs` cut the validation set."""
+
+    def updates(self) -> dict:
+        """The measured keys (None and empty values left out), for merging into an existing file."""
+        return {k: v for k, v in asdict(self).items() if v not in (None, [], {})}
+
+
+KEYS = tuple(f.name for f in fields(RunResults))
+
+
+def update_results(run_dir: str | Path, results: RunResults) -> Path:
+    """Merge `results` into `<run_dir>/results.json` (created if absent); returns the file."""
+    path = Path(run_dir) / RESULTS_NAME
+    merged = read_results(path) if path.is_file() else {}
+    merged.update(results.updates())
+    path.write_text(json.dumps(merged, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def read_results(path: str | Path) -> dict:
+    """A results.json (or the one in a run folder) as a dict; a missing or broken file is one clear line."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / RESULTS_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no results file; `lit-golf run` (or fit + test) writes it into the run folder")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}); rerun the stage that writes it") from None
+    unknown = sorted(set(data) - set(KEYS))
+    if unknown:
+        raise ValueError(f"{path}: unknown keys {unknown}; it was written by another lit_golf version")
+    return data
+
+
+def summary_lines(results: dict) -> list[str]:
+    """The run's end-of-launch summary, one quantity per line."""
+
+    def number(key: str, fmt: str) -> str:
+        value = results.get(key)
+        return format(value, fmt) if isinstance(value, (int, float)) and math.isfinite(value) else "-"
+
+    return [
+        f"steps               {number('steps', 'd')}",
+        f"train seconds       {number('train_seconds', '.1f')}  (+ calibration {number('calibration_seconds', '.1f')})",
+        f"artifact bytes      {number('artifact_bytes', ',')}  (model {number('model_bytes', ',')} + code "
+        f"{number('code_bytes', ',')}; budget {number('budget_bytes', ',')})",
+        f"bpb pre/post-quant  {number('val_bpb_pre_quant', '.5f')} / {number('val_bpb_post_quant', '.5f')}",
+        f"TTT bpb             {number('ttt_bpb', '.5f')}",
+        f"eval seconds        {number('eval_seconds', '.1f')}  (launch -> final bpb)",
+        f"final bpb           {number('final_bpb', '.5f')}",
+    ]
