@@ -32,6 +32,7 @@ Tools:
   demo           the whole pipeline on CPU on a corpus built from Python's own documentation
   submit         turn run folders into a records/ folder: train_gpt.py, submission.json, README.md, logs
   check          the challenge's rules, one line each, for a run folder or a submission folder
+  sweep          a grid of dotted overrides x seeds (one launch per trial, resumable), then one results table
 """
 
 
@@ -40,7 +41,7 @@ LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict", "export", "run")
 
 # Each tool: the module whose `cli_main(argv) -> int` runs it, imported only when the tool runs.
 TOOLS = {"prepare-data": "lit_golf.data.prepare", "download": "lit_golf.data.download", "demo": "lit_golf.demo",
-         "submit": "lit_golf.submission.submit", "check": "lit_golf.submission.check"}
+         "submit": "lit_golf.submission.submit", "check": "lit_golf.submission.check", "sweep": "lit_golf.sweep"}
 
 # Bad input reported in one line by the tools (`lit_golf.lightning_cli.USER_ERRORS` adds Lightning's own).
 USER_ERRORS = (ValueError, FileNotFoundError, argparse.ArgumentError)

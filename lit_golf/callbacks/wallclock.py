@@ -15,19 +15,10 @@ from dataclasses import dataclass
 
 import lightning as L
 import torch
-import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback
 
+from lit_golf.distributed import all_reduce_max
 from lit_golf.progress import TrainingProgress, synchronize_device
-
-
-def all_reduce_max(value: float, device: torch.device) -> float:
-    """Largest `value` over all ranks (the value itself without a process group)."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return value
-    tensor = torch.tensor([value], dtype=torch.float64, device=device)
-    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return float(tensor.item())
 
 
 def log_to_loggers(trainer: L.Trainer, metrics: dict[str, float]) -> None:
@@ -71,13 +62,16 @@ class WallClockBudget(Callback):
     `remaining_seconds`, `estimated_total_steps` and `sync_every_steps` there.
 
     Args:
-        budget_seconds: total training wall-clock allowed.
+        budget_seconds: total training wall-clock allowed; None switches the budget off (a fixed-step
+            run: `trainer.max_steps` ends training and the schedules follow steps).
         reserve_seconds: kept back for GPTQ after training; the effective budget is the difference.
         sync_every_steps: steps between agreement points (one device sync + one all-reduce each).
     """
 
-    def __init__(self, budget_seconds: float = 600.0, reserve_seconds: float = 4.0, sync_every_steps: int = 10) -> None:
-        if not 0.0 <= reserve_seconds < budget_seconds:
+    def __init__(
+        self, budget_seconds: float | None = 600.0, reserve_seconds: float = 4.0, sync_every_steps: int = 10
+    ) -> None:
+        if budget_seconds is not None and not 0.0 <= reserve_seconds < budget_seconds:
             raise ValueError(
                 f"WallClockBudget: need 0 <= reserve_seconds ({reserve_seconds}) < budget_seconds ({budget_seconds})"
             )
@@ -85,7 +79,7 @@ class WallClockBudget(Callback):
             raise ValueError(f"WallClockBudget: sync_every_steps={sync_every_steps} must be at least 1")
         self.budget_seconds = budget_seconds
         self.reserve_seconds = reserve_seconds
-        self.effective_budget = budget_seconds - reserve_seconds
+        self.effective_budget = budget_seconds - reserve_seconds if budget_seconds is not None else float("inf")
         self._agreement = BudgetAgreement(sync_every_steps)
         self._steps = 0
         self._elapsed = 0.0
@@ -108,13 +102,21 @@ class WallClockBudget(Callback):
     def fraction(self) -> float:
         return min(self._elapsed / self.effective_budget, 1.0)
 
+    @property
+    def active(self) -> bool:
+        return self.budget_seconds is not None
+
     def on_fit_start(self, trainer, pl_module) -> None:
-        self._publish(pl_module.progress)
+        if self.active:
+            self._publish(pl_module.progress)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self._publish(pl_module.progress)
+        if self.active:
+            self._publish(pl_module.progress)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if not self.active:
+            return
         self._steps += 1
         if self._agreement.is_due(self._steps, self.effective_budget):
             self._agree(trainer, pl_module.device, pl_module.progress)

@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 
 from lit_golf.data.tokenizer import ByteLUTs
+from lit_golf.distributed import rank_and_world
 from lit_golf.eval.config import EvalConfig
 from lit_golf.eval.documents import find_documents, truncate_to_documents
 from lit_golf.eval.metric import BitsPerByte

@@ -1,7 +1,7 @@
-"""Process-group, precision, mode and timing helpers shared by the evaluators.
+"""Precision, mode, gradient-sum and timing helpers shared by the evaluators.
 
-Evaluation runs inside whatever process group the caller (Lightning, a test, a script) set up and talks
-to it through `torch.distributed` directly; without one it is a single rank.
+Evaluation runs inside whatever process group the caller (Lightning, a test, a script) set up, through
+`lit_golf.distributed`; without one it is a single rank.
 """
 
 from __future__ import annotations
@@ -11,14 +11,9 @@ import time
 from collections.abc import Iterable, Iterator
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 
-
-def rank_and_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+from lit_golf.distributed import Collectives, PackedAllReduce
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -44,19 +39,15 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
 
 
 def all_reduce_grads(params: Iterable[nn.Parameter]) -> None:
-    """Sum gradients over ranks, one flat buffer per dtype; missing gradients count as zeros."""
-    if rank_and_world()[1] == 1:
+    """Sum gradients over ranks, packed per dtype; missing gradients count as zeros."""
+    comm = Collectives.detect()
+    if comm is None:
         return
-    by_dtype: dict[torch.dtype, list[nn.Parameter]] = {}
+    params = list(params)
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-        by_dtype.setdefault(p.grad.dtype, []).append(p)
-    for group in by_dtype.values():
-        flat = torch.cat([p.grad.reshape(-1) for p in group])
-        dist.all_reduce(flat)
-        for p, piece in zip(group, flat.split([p.numel() for p in group]), strict=True):
-            p.grad.copy_(piece.view_as(p.grad))
+    PackedAllReduce([p.grad for p in params], comm).wait()
 
 
 class Stopwatch:

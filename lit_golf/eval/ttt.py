@@ -32,6 +32,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from lit_golf.distributed import rank_and_world
 from lit_golf.eval.config import EvalConfig
 from lit_golf.eval.documents import (
     Document,
@@ -44,7 +45,7 @@ from lit_golf.eval.documents import (
 from lit_golf.eval.global_sgd import global_sgd
 from lit_golf.eval.lora import BatchedLoRA
 from lit_golf.eval.metric import BitsPerByte
-from lit_golf.eval.runtime import Stopwatch, autocast, eval_mode, rank_and_world
+from lit_golf.eval.runtime import Stopwatch, autocast, eval_mode
 from lit_golf.eval.valset import ValSet
 
 log = logging.getLogger("lit_golf")

@@ -9,6 +9,8 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from lit_golf.distributed import is_distributed
+
 
 def _input_ids(batch) -> torch.Tensor:
     """Calibration batches may be bare `input_ids` or tuples whose first element is `input_ids`."""
@@ -74,7 +76,7 @@ def collect_hessians(
             # A rank with no batches still joins the all-reduce, with zeros of the right size.
             width = _tap_width(gpt, matrices, tap)
             acc.sum = torch.zeros(width, width, dtype=torch.float32, device=device)
-    if dist.is_available() and dist.is_initialized():
+    if is_distributed():
         _all_reduce(accumulators, device)
     empty = [tap for tap, acc in accumulators.items() if acc.rows == 0]
     if empty:

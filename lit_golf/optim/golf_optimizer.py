@@ -20,7 +20,6 @@ as Lightning's checkpointing does.
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -28,7 +27,7 @@ import torch
 from torch import nn
 from torch.optim.adamw import adamw as adamw_functional
 
-from lit_golf.optim.collectives import Collectives
+from lit_golf.distributed import Collectives, PackedAllReduce
 from lit_golf.optim.config import OptimConfig, muon_momentum
 from lit_golf.optim.newton_schulz import compiled_orthogonalize, get_schedule, orthogonalize
 
@@ -259,23 +258,7 @@ class GolfOptimizer(torch.optim.Optimizer):
         """All-reduce-average the non-bank gradients in place: small ones packed per (device, dtype)."""
         if comm is None or not grads:
             return
-        inv_world = 1.0 / comm.world_size
-        singles, packs = [], []
-        small = defaultdict(list)
-        for grad in grads:
-            if grad.numel() > PACKED_GRAD_MAX_NUMEL:
-                singles.append(comm.all_reduce_sum(grad.mul_(inv_world)))
-            else:
-                small[(grad.device, grad.dtype)].append(grad)
-        for members in small.values():
-            flat = torch.cat([g.reshape(-1) for g in members]).mul_(inv_world)
-            packs.append((members, flat, comm.all_reduce_sum(flat)))
-        for work in singles:
-            work.wait()
-        for members, flat, work in packs:
-            work.wait()
-            for grad, part in zip(members, flat.split([g.numel() for g in members]), strict=True):
-                grad.copy_(part.view_as(grad))
+        PackedAllReduce(grads, comm, scale=1.0 / comm.world_size, max_packed_numel=PACKED_GRAD_MAX_NUMEL).wait()
 
     def _clip(self, bank_grads: list[torch.Tensor], replicated: list[torch.Tensor],
               comm: Collectives | None) -> None:
