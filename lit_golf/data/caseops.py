@@ -109,7 +109,10 @@ def _inverse(match: re.Match) -> str:
     if upper is not None:
         return upper.upper()
     where = match.string[max(0, match.start() - 20) : match.end() + 20]
-    raise CaseOpsError(f"operator U+{ord(match.group(0)):04X} acts on no lowercase letter in {where!r}")
+    raise CaseOpsError(
+        f"operator U+{ord(match.group(0)):04X} has nothing to act on (a lowercase letter; any character after ESC) "
+        f"in {where!r}: the text is not a CaseOps transform"
+    )
 
 
 def inverse(text: str) -> str:
