@@ -28,8 +28,9 @@ def load(path: str | Path, device: torch.device | str = "cpu", **config_override
 def load_with_header(path: str | Path, device: torch.device | str = "cpu", **config_overrides) -> tuple[GPT, dict]:
     """`load`, and the artifact's header (config, looping state, quantization, `tokenizer` file and sha256)."""
     header, tensors = read_artifact(path)
+    flat = dequantize_tensors(tensors, str(path))
     config = GPTConfig.from_dict({**header["gpt_config"], **config_overrides})
-    state = rebank_state_dict(dequantize_tensors(tensors, str(path)), config)
+    state = rebank_state_dict(flat, config)
     model = GPT(config)
     model.load_state_dict(state)
     model.looping_active = bool(header["looping_active"])

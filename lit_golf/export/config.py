@@ -38,20 +38,24 @@ class SchemeChoice:
 @dataclass
 class LQERConfig:
     """LQER-asym (scheme 'lqer_asym'): after GPTQ, the `top_k` matrices with the largest ||W - Q(W)||_F get
-    a rank-`rank` SVD correction A @ B of that error; A stored at `a_bits` with one float16 scale, B at
-    `b_bits` with a float16 scale per `b_group_size` values (frontier: 3, 4, 2, 4, 64)."""
+    a rank-`rank` correction A @ B of that error (B from its SVD, A refit under the Hessian); A stored at
+    `a_bits` with one float16 scale, B at `b_bits` with a float16 scale per `b_group_size` values
+    (frontier: 3, 4, 2, 4, 64). `damping` (times the Hessian's mean diagonal) regularizes the refit of A."""
 
     top_k: int = 3
     rank: int = 4
     a_bits: int = 2
     b_bits: int = 4
     b_group_size: int = 64
+    damping: float = 0.005
 
     def __post_init__(self) -> None:
         problems = [f"lqer.{n}={getattr(self, n)} must be at least 1" for n in ("top_k", "rank", "b_group_size")
                     if getattr(self, n) < 1]
         problems += [f"lqer.{n}={getattr(self, n)} must be in 2..8" for n in ("a_bits", "b_bits")
                      if not 2 <= getattr(self, n) <= 8]
+        if self.damping < 0:
+            problems.append(f"lqer.damping={self.damping} must be at least 0")
         if problems:
             raise ValueError("invalid ExportConfig: " + "; ".join(problems))
 
