@@ -220,6 +220,7 @@ _worker_sidecar = None  # caseops.SidecarCounter when the stream is CaseOps
 def _init_worker(model_path: str, caseops: bool = False) -> None:
     global _worker_sp, _worker_sidecar
     _worker_sp = spm.SentencePieceProcessor(model_file=model_path)
+    _worker_sidecar = None  # in-process runs (workers=1) reuse these globals: reset both
     if caseops:
         from lit_golf.data.caseops import SidecarCounter
 
