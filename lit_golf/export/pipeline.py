@@ -61,7 +61,8 @@ class ExportReport:
         check_budget(self.rows, self.budget_bytes, self.table)
 
 
-def _is_gate(key: str, tensor: torch.Tensor, cfg: ExportConfig) -> bool:
+def is_gate(key: str, tensor: torch.Tensor, cfg: ExportConfig) -> bool:
+    """Whether `key` is a small gate tensor by `cfg.schemes.gate_patterns` (2-D float tensors only)."""
     return tensor.is_floating_point() and tensor.dim() == 2 and \
         any(fnmatch.fnmatchcase(key, pattern) for pattern in cfg.schemes.gate_patterns)
 
@@ -83,7 +84,7 @@ def quantize_model(
     for key, tensor in unbank_state_dict(gpt.state_dict(), gpt.config).items():
         matrix = matrices.get(key)
         if matrix is None or tensor.numel() <= cfg.passthrough_max_numel:
-            if cfg.schemes.gates == int8_row.NAME and _is_gate(key, tensor, cfg):
+            if cfg.schemes.gates == int8_row.NAME and is_gate(key, tensor, cfg):
                 stored[key] = StoredTensor.from_parts(int8_row.NAME, "gate", int8_row.quantize(tensor), int8_row.BITS)
             else:
                 stored[key] = StoredTensor.from_parts(passthrough.NAME, PASSTHROUGH, passthrough.quantize(tensor))
@@ -97,7 +98,7 @@ def quantize_model(
     for key in sorted(candidates, key=candidates.get, reverse=True)[:cfg.lqer.top_k]:
         base = stored[key]
         stored[key] = StoredTensor.from_parts(lqer_asym.NAME, base.group,
-                                              lqer_asym.correct(originals[key], base.parts, cfg.lqer), base.bits)
+                                              lqer_asym.correct(originals[key], base.parts, hessians[matrices[key].name], cfg.lqer), base.bits)
     sums = {group: [0.0, 0.0] for group in GROUPS}
     for key, weight in originals.items():
         matrix, approx = matrices[key], scheme(stored[key].scheme).dequantize(stored[key].parts)
