@@ -1,0 +1,111 @@
+"""`lit-golf submit`: the records/ folder from run folders, and the significance test behind its p-value."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+
+import pytest
+
+from lit_golf.cli import main
+from lit_golf.config_files import resolve_config
+from lit_golf.submission.stats import gains_in_nats, improvement_p_value, t_upper_tail
+from tests.test_check import legal_results
+
+
+def t_tail_by_integration(t: float, dof: int, steps: int = 20000) -> float:
+    """P(T > t) from Student's density, integrated with Simpson's rule after x = tan(u) (a finite range)."""
+    norm = math.gamma((dof + 1) / 2) / (math.sqrt(dof * math.pi) * math.gamma(dof / 2))
+
+    def density_in_u(u: float) -> float:
+        x = math.tan(u)
+        return norm * (1 + x * x / dof) ** (-(dof + 1) / 2) / math.cos(u) ** 2
+
+    a, b = math.atan(t), math.pi / 2 - 1e-9
+    h = (b - a) / steps
+    total = density_in_u(a) + density_in_u(b)
+    total += sum((4 if i % 2 else 2) * density_in_u(a + i * h) for i in range(1, steps))
+    return total * h / 3
+
+
+@pytest.mark.parametrize("dof", [1, 2, 3, 4, 7, 10])
+@pytest.mark.parametrize("t", [-1.5, 0.0, 0.8, 2.5, 6.0])
+def test_student_t_tail_matches_the_integrated_density(t, dof):
+    assert t_upper_tail(t, dof) == pytest.approx(t_tail_by_integration(t, dof), abs=1e-7)
+
+
+def test_p_value_is_a_one_sided_test_of_the_mean_gain_against_the_threshold():
+    gains = [0.009, 0.011, 0.010]
+    t = (statistics.fmean(gains) - 0.005) / (statistics.stdev(gains) / math.sqrt(3))
+    assert improvement_p_value(gains) == pytest.approx(t_upper_tail(t, 2))
+    assert improvement_p_value(gains) < 0.01
+    assert improvement_p_value([0.006, 0.004, 0.005]) > 0.4  # mean exactly at the threshold: no evidence
+    assert improvement_p_value([0.02]) is None
+
+
+def test_gains_are_converted_to_nats_per_token_with_each_seeds_own_ratio():
+    # 2 bytes per token: loss (nats/token) = bpb * ln 2 * 2
+    bpb = 1.0
+    loss = bpb * math.log(2) * 2
+    assert gains_in_nats(1.01, [bpb], [loss]) == pytest.approx([0.01 * math.log(2) * 2])
+
+
+def fake_run(folder: Path, seed: int, bpb: float, config_text: str) -> Path:
+    folder.mkdir(parents=True)
+    results = {**legal_results(seed, folder), "final_bpb": bpb, "final_loss": bpb * 2.6}
+    (folder / "results.json").write_text(json.dumps(results))
+    (folder / "config.yaml").write_text(config_text)
+    (folder / "train.log").write_text(f"seed {seed} log\n")
+    (folder / "train_gpt.py").write_bytes(b"print('script')\n")
+    return folder
+
+
+@pytest.fixture
+def runs(tmp_path) -> list[Path]:
+    record = Path(resolve_config("record")).read_text()
+    changed = record.replace("matrix_lr: 0.026", "matrix_lr: 0.03")
+    assert changed != record
+    return [fake_run(tmp_path / f"run{s}", s, bpb, changed) for s, bpb in ((1, 1.0610), (2, 1.0605), (3, 1.0612))]
+
+
+def test_submit_writes_the_records_folder_from_the_runs(tmp_path, runs, capsys):
+    out = tmp_path / "sub"
+    assert main(["submit", *map(str, runs), "--out", str(out), "--baseline-bpb", "1.0810", "--author", "Ada",
+                 "--github-id", "ada", "--name", "Test record", "--technique-summary", "higher matrix LR"]) == 0
+    names = {p.name for p in out.iterdir()}
+    assert {"train_gpt.py", "requirements.txt", "config.yaml", "submission.json", "README.md"} <= names
+    assert {f"train_seed{s}.log" for s in (1, 2, 3)} | {f"results_seed{s}.json" for s in (1, 2, 3)} <= names
+    assert (out / "train_gpt.py").read_bytes() == (runs[0] / "train_gpt.py").read_bytes()
+    requirements = (out / "requirements.txt").read_text()
+    assert "torch" in requirements and "lit_golf" not in requirements.replace("-", "_")
+
+    record = json.loads((out / "submission.json").read_text())
+    bpbs = [1.0610, 1.0605, 1.0612]
+    assert record["seeds"] == [1, 2, 3] and record["track"] == "10min_16mb" and record["author"] == "Ada"
+    assert record["val_bpb"] == pytest.approx(statistics.fmean(bpbs), abs=1e-8)
+    assert record["val_bpb_std"] == pytest.approx(statistics.stdev(bpbs), abs=1e-8)
+    script = (out / "train_gpt.py").stat().st_size
+    assert record["seed_results"]["2"]["artifact_bytes"] == 15_900_000 + script
+    gains = gains_in_nats(1.0810, bpbs, [b * 2.6 for b in bpbs])
+    assert record["p_value"] == pytest.approx(improvement_p_value(gains)) and record["p_value"] < 0.01
+    assert all(record["compliance"].values())
+
+    readme = (out / "README.md").read_text()
+    assert "| `model.optim.matrix_lr` | 0.026 | 0.03 |" in readme
+    assert readme.count("| 1 |") + readme.count("| 2 |") + readme.count("| 3 |") >= 3
+    assert "SEED=1 torchrun --standalone --nproc_per_node=8 train_gpt.py" in readme
+    assert main(["check", str(out)]) == 0
+    capsys.readouterr()
+
+
+def test_submit_refuses_repeated_seeds_and_incomplete_runs(tmp_path, runs, capsys):
+    assert main(["submit", str(runs[0]), str(runs[0]), "--out", str(tmp_path / "a")]) == 2
+    assert "repeat a seed" in capsys.readouterr().err
+    results = json.loads((runs[1] / "results.json").read_text())
+    del results["final_bpb"]
+    (runs[1] / "results.json").write_text(json.dumps(results))
+    assert main(["submit", str(runs[1]), "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no final_bpb" in err
