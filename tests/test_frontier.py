@@ -414,6 +414,7 @@ def test_fused_loss_trains_like_the_exact_loss_and_evaluation_keeps_the_exact_pa
     assert grads[1].keys() == grads[0].keys() and NEW_PARAMETERS <= grads[0].keys()
     for name, grad in grads[0].items():
         torch.testing.assert_close(grads[1][name], grad, atol=1e-5, rtol=1e-4, msg=name)
-    exact.eval(), fused.eval()
     with torch.no_grad():
+        exact.eval()
+        fused.eval()
         assert torch.equal(fused(tokens, targets, reduction="none"), exact(tokens, targets, reduction="none"))
