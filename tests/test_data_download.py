@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import shutil
+from fnmatch import fnmatchcase
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
+from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 
 from lit_golf.data import download
 from lit_golf.data.download import HUB_MANIFEST, STAGING_DIR, cli_main
@@ -21,25 +22,38 @@ SHARD_TOKENS = 50
 
 
 class FakeHub:
-    """Stands in for `hf_hub_download`: serves files from a local folder, or fails like the real hub."""
+    """Stands in for `snapshot_download`: serves a local folder, or fails like the real hub.
+
+    `calls` holds the `allow_patterns` of each call and `fetched` the files each call copied. As the
+    real hub does when it cannot be reached, a non-empty `local_dir` is returned as it is.
+    """
 
     def __init__(self, root: Path):
-        self.root, self.calls, self.failure = root, [], None
+        self.root, self.calls, self.fetched, self.failure = root, [], [], None
 
-    def __call__(self, *, repo_id, filename, repo_type, revision, local_dir):
-        self.calls.append(filename)
-        assert repo_type == "dataset" and revision is None
+    def __call__(self, *, repo_id, repo_type, revision, local_dir, allow_patterns, ignore_patterns=None):
+        self.calls.append(list(allow_patterns))
+        assert repo_type == "dataset"
+        local_dir = Path(local_dir)
         if self.failure is not None:
+            if local_dir.is_dir() and any(local_dir.iterdir()):
+                return str(local_dir)
             raise self.failure
         if repo_id != REPO:
             raise RepositoryNotFoundError("404 Repository Not Found", response=SimpleNamespace(headers={}, request=None))
-        source = self.root / filename
-        if not source.is_file():
-            raise EntryNotFoundError(f"404 Entry Not Found: {filename}")
-        target = Path(local_dir) / filename
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, target)
-        return str(target)
+        if revision not in (None, "main"):
+            raise RevisionNotFoundError("404 Revision Not Found", response=SimpleNamespace(headers={}, request=None))
+        remote = sorted(p.relative_to(self.root).as_posix() for p in self.root.rglob("*") if p.is_file())
+        matches = [
+            name for name in remote
+            if any(fnmatchcase(name, pattern) for pattern in allow_patterns)
+            and not any(fnmatchcase(name, pattern) for pattern in ignore_patterns or ())
+        ]
+        for name in matches:
+            (local_dir / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(self.root / name, local_dir / name)
+        self.fetched.append(matches)
+        return str(local_dir)
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +88,7 @@ def build_remote(root: Path, tokenizer: Path, *, manifest: bool = True, val_shar
 @pytest.fixture
 def hub(tmp_path, tokenizer_1024, monkeypatch) -> FakeHub:
     fake = FakeHub(build_remote(tmp_path / "remote", tokenizer_1024))
-    monkeypatch.setattr(download, "hf_hub_download", fake)
+    monkeypatch.setattr(download, "snapshot_download", fake)
     return fake
 
 
@@ -96,7 +110,7 @@ def test_manifest_driven_download_lays_out_the_data_dir(tmp_path, hub):
     assert tokenizer_path(out, 1024).read_bytes() == (hub.root / "datasets/tokenizers/fineweb_1024_bpe.model").read_bytes()
     assert tokenizer_path(out, 1024).with_suffix(".vocab").is_file()
     assert json.loads((local / HUB_MANIFEST).read_text())["repo_id"] == REPO
-    assert hub.calls[0] == "datasets/manifest.json" and not (out / STAGING_DIR).exists()
+    assert hub.calls[0] == ["datasets/manifest.json"] and not (out / STAGING_DIR).exists()
 
 
 def test_resume_fetches_only_missing_or_broken_files(tmp_path, hub):
@@ -104,13 +118,43 @@ def test_resume_fetches_only_missing_or_broken_files(tmp_path, hub):
     assert run(out, "--train-shards", "2") == 0
     hub.calls.clear()
     assert run(out, "--train-shards", "2") == 0
-    assert hub.calls == ["datasets/manifest.json"]
+    assert hub.calls == [["datasets/manifest.json"]]  # nothing missing: no second call
     broken = dataset_dir(out, 1024) / shard_name("train", 1)
     broken.write_bytes(broken.read_bytes()[:-10])  # an interrupted copy from elsewhere
     hub.calls.clear()
     assert run(out, "--train-shards", "3") == 0
-    assert hub.calls == ["datasets/manifest.json", *(f"datasets/datasets/fineweb10B_sp1024/{shard_name('train', i)}" for i in (1, 2))]
+    assert hub.calls == [
+        ["datasets/manifest.json"], [f"datasets/datasets/fineweb10B_sp1024/{shard_name('train', i)}" for i in (1, 2)]
+    ]
     assert read_shard(broken).size == SHARD_TOKENS
+
+
+def test_a_stage_is_one_snapshot_call(tmp_path, hub):
+    out = tmp_path / "data"
+    assert run(out, "--train-shards", "2") == 0
+    export = "datasets/datasets/fineweb10B_sp1024"
+    files = [f"{export}/{shard_name(split, i)}" for split, i in (("val", 0), ("train", 0), ("train", 1))]
+    files += ["datasets/tokenizers/fineweb_1024_bpe.model", "datasets/tokenizers/fineweb_1024_bpe.vocab"]
+    assert hub.calls == [["datasets/manifest.json"], files]  # the manifest, then everything else together
+    assert hub.fetched[1] == sorted(files)
+
+
+def test_hub_lost_after_the_manifest_is_unreachable_not_missing(tmp_path, hub, monkeypatch, capsys):
+    def manifest_then_offline(**kwargs):
+        staged = hub(**kwargs)
+        hub.failure = LocalEntryNotFoundError("offline")
+        return staged
+
+    monkeypatch.setattr(download, "snapshot_download", manifest_then_offline)
+    out = tmp_path / "data"
+    assert run(out, "--train-shards", "1") == 2
+    assert "cannot reach the Hugging Face hub (LocalEntryNotFoundError: offline)" in capsys.readouterr().err
+    assert not list(dataset_dir(out, 1024).glob("*.bin")) and not (out / STAGING_DIR).exists()
+
+
+def test_unknown_revision(tmp_path, hub, capsys):
+    assert run(tmp_path / "data", "--revision", "v9") == 2
+    assert f"revision 'v9' of {REPO} does not exist: check --revision" in capsys.readouterr().err
 
 
 def test_asking_for_more_train_shards_than_published(tmp_path, hub, capsys):
@@ -121,12 +165,15 @@ def test_asking_for_more_train_shards_than_published(tmp_path, hub, capsys):
 
 def test_without_manifest_names_are_derived(tmp_path, tokenizer_1024, monkeypatch, capsys):
     fake = FakeHub(build_remote(tmp_path / "remote", tokenizer_1024, manifest=False, val_shards=2, train_shards=3))
-    monkeypatch.setattr(download, "hf_hub_download", fake)
+    monkeypatch.setattr(download, "snapshot_download", fake)
     out = tmp_path / "data"
     assert run(out, "--train-shards", "3") == 0
     assert len(list(dataset_dir(out, 1024).glob("fineweb_val_*.bin"))) == 2
     assert len(list(dataset_dir(out, 1024).glob("fineweb_train_*.bin"))) == 3
     assert tokenizer_path(out, 1024).is_file()
+    fake.fetched.clear()
+    assert run(out, "--train-shards", "3") == 0
+    assert fake.fetched == [[], []]  # the val glob leaves out the val shards already present
     assert run(out, "--train-shards", "4") == 2
     assert "has only 3 train shards for sp1024: pass --train-shards 3" in capsys.readouterr().err
 
@@ -178,7 +225,7 @@ def test_default_repository_per_variant(tmp_path, hub, monkeypatch):
         seen.append(kwargs["repo_id"])
         return hub(**kwargs)
 
-    monkeypatch.setattr(download, "hf_hub_download", spy)
+    monkeypatch.setattr(download, "snapshot_download", spy)
     for variant in ("sp1024", "sp8192"):
         assert cli_main(["--variant", variant, "--out", str(tmp_path / variant)]) == 2
     assert seen == [download.DEFAULT_REPOS["sp1024"], download.DEFAULT_REPOS["sp8192"]]

@@ -5,33 +5,32 @@ The hub repository holds `<prefix>/manifest.json`, `<prefix>/datasets/fineweb10B
 `tokenizers/`. The manifest, when the repository has one, says how many shards exist and which
 tokenizer files belong to the variant; without it the names follow the standard layout.
 
-Files are fetched one at a time into a staging folder and moved into place only once verified, so
-an interrupted run leaves no partial file behind and the next run resumes with the first missing one.
+Each stage (the manifest, then every missing shard and tokenizer file) is one `snapshot_download`
+call whose `allow_patterns` name exactly the files still missing, so the hub's workers fetch them in
+parallel into a staging folder; each file is verified there and only then moved into place, so an
+interrupted run leaves no partial file behind and the next run asks only for what is still missing.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import shutil
 import sys
 from dataclasses import dataclass
+from itertools import count, takewhile
 from pathlib import Path
 
-from huggingface_hub import hf_hub_download
-from huggingface_hub.errors import (
-    EntryNotFoundError,
-    HfHubHTTPError,
-    LocalEntryNotFoundError,
-    RepositoryNotFoundError,
-    RevisionNotFoundError,
-)
+from huggingface_hub import snapshot_download
+from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
 from lit_golf.data.shards import (
     ShardError,
     dataset_dir,
     read_header,
+    shard_glob,
     shard_name,
     tokenizer_filename,
     tokenizer_path,
@@ -73,19 +72,23 @@ def _first_line(err: Exception) -> str:
 
 
 class Hub:
-    """`hf_hub_download` with the hub's failures turned into one-line `DownloadError`s."""
+    """`snapshot_download` into a staging folder, with the hub's failures turned into one-line `DownloadError`s."""
 
     def __init__(self, repo_id: str, revision: str | None, staging: Path):
         self.repo_id, self.revision, self.staging = repo_id, revision, staging
 
-    def fetch(self, remote: str) -> Path | None:
-        """Download `remote` into the staging folder; None when the repository has no such file."""
+    def snapshot(self, allow_patterns: list[str], ignore_patterns: list[str] | None = None) -> None:
+        """Fetch every repository file that matches `allow_patterns` (and no `ignore_patterns`) in one call.
+
+        Patterns that match nothing are not an error: `staged` tells which files came. The staging folder
+        is emptied first because, with the hub unreachable, `snapshot_download` returns a non-empty
+        `local_dir` as it is instead of failing.
+        """
+        shutil.rmtree(self.staging, ignore_errors=True)
         try:
-            return Path(
-                hf_hub_download(
-                    repo_id=self.repo_id, filename=remote, repo_type="dataset", revision=self.revision,
-                    local_dir=self.staging,
-                )
+            snapshot_download(
+                repo_id=self.repo_id, repo_type="dataset", revision=self.revision, local_dir=self.staging,
+                allow_patterns=allow_patterns, ignore_patterns=ignore_patterns,
             )
         except RevisionNotFoundError as err:
             raise DownloadError(f"revision {self.revision!r} of {self.repo_id} does not exist: check --revision") from err
@@ -93,12 +96,13 @@ class Hub:
             raise DownloadError(
                 f"dataset repository {self.repo_id} is not on the hub (or is private): check --repo-id"
             ) from err
-        except EntryNotFoundError as err:
-            if not isinstance(err, LocalEntryNotFoundError):
-                return None
+        except (HfHubHTTPError, OSError) as err:  # LocalEntryNotFoundError: offline, DNS, proxy, hub down
             raise self._unreachable(err) from err
-        except (HfHubHTTPError, OSError) as err:
-            raise self._unreachable(err) from err
+
+    def staged(self, remote: str) -> Path | None:
+        """Where the last `snapshot` put `remote`; None when it did not bring it."""
+        path = self.staging / remote
+        return path if path.is_file() else None
 
     def _unreachable(self, err: Exception) -> HubUnreachable:
         return HubUnreachable(
@@ -127,11 +131,24 @@ def _verify_download(item: RemoteFile, staged: Path) -> None:
         raise DownloadError(f"{item.remote} downloaded empty: run `lit-golf download` again")
 
 
+def _present(item: RemoteFile) -> bool:
+    return item.local.is_file() and (not item.is_shard or _local_shard_ok(item.local, item.expected_tokens))
+
+
+def _exact(remote: str) -> str:
+    """An `allow_patterns` entry that matches `remote` only (the hub matches patterns with fnmatch)."""
+    return glob.escape(remote)
+
+
+def _missing_patterns(items: list[RemoteFile]) -> list[str]:
+    return [_exact(item.remote) for item in items if not _present(item)]
+
+
 def ensure(hub: Hub, item: RemoteFile, required: bool = True) -> bool:
-    """Make `item.local` present and valid; False when the hub lacks it (and `required` is False)."""
-    if item.local.is_file() and (not item.is_shard or _local_shard_ok(item.local, item.expected_tokens)):
+    """Make `item.local` present and valid from the last snapshot; False when the hub lacks it (and not `required`)."""
+    if _present(item):
         return True
-    staged = hub.fetch(item.remote)
+    staged = hub.staged(item.remote)
     if staged is None:
         if required:
             raise DownloadError(f"{item.remote} is not in {hub.repo_id}: check --variant, --remote-prefix and --repo-id")
@@ -168,6 +185,10 @@ class Layout:
 
     def manifest(self) -> str:
         return self._remote("manifest.json")
+
+    def every_shard(self, split: str) -> str:
+        """An `allow_patterns` entry for every shard of `split` (their count is unknown without a manifest)."""
+        return _exact(self._remote("datasets", self.dataset_name)) + "/" + shard_glob(split)
 
     def shard(self, split: str, index: int, expected_tokens: int | None = None) -> RemoteFile:
         name = shard_name(split, index)
@@ -211,13 +232,14 @@ def _fetch_manifest(hub: Hub, layout: Layout) -> dict | None:
     """
     cache = dataset_dir(layout.data_dir, layout.vocab_size) / HUB_MANIFEST
     try:
-        staged = hub.fetch(layout.manifest())
+        hub.snapshot([_exact(layout.manifest())])
     except HubUnreachable:
         cached = json.loads(cache.read_text(encoding="utf-8")) if cache.is_file() else {}
         if cached.get("repo_id") != hub.repo_id:
             raise
         print(f"hub unreachable: using the manifest cached in {cache}", file=sys.stderr)
         return cached["manifest"]
+    staged = hub.staged(layout.manifest())
     if staged is None:
         return None
     manifest = json.loads(staged.read_text(encoding="utf-8"))
@@ -246,12 +268,18 @@ def download(args: argparse.Namespace) -> dict:
                     f"{repo_id} has {plan.train_shards_available} train shards for {args.variant}, "
                     f"--train-shards asked for {args.train_shards}: pass at most {plan.train_shards_available}"
                 )
-            for i in range(plan.val_shards):
-                ensure(hub, layout.shard("val", i, _full_shard_tokens(plan, i, plan.val_shards)))
-            for i in range(args.train_shards):
-                ensure(hub, layout.shard("train", i, _full_shard_tokens(plan, i, plan.train_shards_available)))
-            for relative in plan.tokenizer_files:
-                ensure(hub, layout.tokenizer_file(relative), required=relative.endswith(".model"))
+            shards = [layout.shard("val", i, _full_shard_tokens(plan, i, plan.val_shards)) for i in range(plan.val_shards)]
+            shards += [
+                layout.shard("train", i, _full_shard_tokens(plan, i, plan.train_shards_available))
+                for i in range(args.train_shards)
+            ]
+            tokenizer_files = [layout.tokenizer_file(relative) for relative in plan.tokenizer_files]
+            if missing := _missing_patterns(shards + tokenizer_files):
+                hub.snapshot(missing)
+            for item in shards:
+                ensure(hub, item)
+            for item in tokenizer_files:
+                ensure(hub, item, required=item.remote.endswith(".model"))
             val_shards = plan.val_shards
         else:
             val_shards = _download_by_name(hub, layout, args.train_shards)
@@ -267,16 +295,28 @@ def download(args: argparse.Namespace) -> dict:
 
 
 def _download_by_name(hub: Hub, layout: Layout, train_shards: int) -> int:
-    """Without a manifest: val shards 0, 1, ... until one is missing, then the train prefix and tokenizer."""
-    val_shards = 0
+    """Without a manifest: every val shard the repository has (found by a glob), the train prefix and tokenizer.
+
+    Val shards 0, 1, ... already present locally are left out of the glob; the count is where the
+    present-or-fetched run of val shards stops.
+    """
+    present_val = list(takewhile(_present, (layout.shard("val", i) for i in count())))
+    train = [layout.shard("train", i) for i in range(train_shards)]
+    model = tokenizer_filename(layout.vocab_size)
+    tokenizer_model = layout.tokenizer_file(f"tokenizers/{model}")
+    tokenizer_vocab = layout.tokenizer_file(f"tokenizers/{Path(model).with_suffix('.vocab')}")
+    hub.snapshot(
+        [layout.every_shard("val"), *_missing_patterns([*train, tokenizer_model, tokenizer_vocab])],
+        ignore_patterns=[_exact(item.remote) for item in present_val],
+    )
+    val_shards = len(present_val)
     while ensure(hub, layout.shard("val", val_shards), required=val_shards == 0):
         val_shards += 1
-    for i in range(train_shards):
-        if not ensure(hub, layout.shard("train", i), required=False):
+    for i, item in enumerate(train):
+        if not ensure(hub, item, required=False):
             raise DownloadError(f"{hub.repo_id} has only {i} train shards for {layout.variant}: pass --train-shards {i}")
-    model = tokenizer_filename(layout.vocab_size)
-    ensure(hub, layout.tokenizer_file(f"tokenizers/{model}"))
-    ensure(hub, layout.tokenizer_file(f"tokenizers/{Path(model).with_suffix('.vocab')}"), required=False)
+    ensure(hub, tokenizer_model)
+    ensure(hub, tokenizer_vocab, required=False)
     return val_shards
 
 
