@@ -7,6 +7,10 @@ dequantized weights on the first `--val_docs` validation documents, and the seco
 read back and checked bit-exact against the weights it was packed from. Writes `OUT/export.json`.
 
     python bench/export_schemes.py --ckpt PATH --data_dir DIR --out DIR [--val_docs N] [--zpaq_level L]
+
+Bytes and timings only (no weights, so no LQER and no gap), from the codes of an existing artifact:
+
+    python bench/export_schemes.py --artifact PATH --out DIR [--zpaq_level L]
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from lit_golf.export.pipeline import (  # noqa: E402
 )
 from lit_golf.export.schemes import int8_row, passthrough  # noqa: E402
 from lit_golf.export.schemes.registry import dequantize_tensors  # noqa: E402
-from lit_golf.export.serialize import StoredTensor, pack, unpack  # noqa: E402
+from lit_golf.export.serialize import StoredTensor, pack, read_artifact, unpack  # noqa: E402
 from lit_golf.model import rebank_state_dict, unbank_state_dict  # noqa: E402
 
 log = logging.getLogger("lit_golf")
@@ -160,10 +164,34 @@ def measure(gpt, datamodule, out_dir: str | Path, val_docs: int | None = 2000, c
     return summary
 
 
+def repack(artifact_path: str | Path, out_dir: str | Path, zpaq_level: int = 5) -> dict:
+    """brotli vs per-group ZPAQ (+- reordering) bytes and timings on the stored tensors of an artifact."""
+    header, stored = read_artifact(artifact_path)
+    header = {k: header[k] for k in ("gpt_config", "looping_active", "quantization") if k in header}
+    expected = dequantize_tensors(stored)
+    cfg = ExportConfig()
+    variants = {"brotli": _pack_and_read(header, stored, cfg, expected)}
+    for label, roles in (("pergroup", []), ("pergroup_reorder", list(PerGroupCompression().reorder_roles))):
+        variants[label] = _pack_and_read(header, stored, replace(cfg, per_group=PerGroupCompression(True, zpaq_level,
+                                                                                                      roles)), expected)
+    best = min(("pergroup", "pergroup_reorder"), key=lambda k: variants[k]["bytes"])
+    summary = {"artifact": str(artifact_path), "brotli_bytes": variants["brotli"]["bytes"],
+               "pergroup_bytes": variants[best]["bytes"], "pergroup_variant": best,
+               "saved_bytes": variants["brotli"]["bytes"] - variants[best]["bytes"],
+               "serialize_s": variants[best]["serialize_s"], "decompress_s": variants[best]["decompress_s"],
+               "zpaq_level": zpaq_level, "variants": variants, "commit": _commit()}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "export_repack.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ckpt", required=True, help="checkpoint written by `lit-golf fit`")
-    parser.add_argument("--data_dir", required=True, help="data directory of the run (datasets/, tokenizers/)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--ckpt", help="checkpoint written by `lit-golf fit` (needs --data_dir)")
+    source.add_argument("--artifact", help="artifact.ptz: bytes and timings of its codes only")
+    parser.add_argument("--data_dir", help="data directory of the run (datasets/, tokenizers/)")
     parser.add_argument("--out", required=True, help="folder for export.json")
     parser.add_argument("--val_docs", type=int, default=2000, help="validation documents for the bpb gap")
     parser.add_argument("--zpaq_level", type=int, default=5, help="ZPAQ level of the per-group code sections")
@@ -171,16 +199,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calibration_batch_seqs", type=int, default=ExportConfig.calibration_batch_seqs)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.artifact:
+        summary = repack(args.artifact, args.out, args.zpaq_level)
+    else:
+        if not args.data_dir:
+            parser.error("--ckpt needs --data_dir")
+        summary = measure_checkpoint(args)
+    print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, dict)}, indent=2))
+    return 0
+
+
+def measure_checkpoint(args: argparse.Namespace) -> dict:
     from lit_golf.data.datamodule import GolfDataModule
 
     gpt = gpt_from_checkpoint(args.ckpt)
     datamodule = GolfDataModule(data_dir=args.data_dir, vocab_size=gpt.config.vocab_size)
     datamodule.setup("validate")
-    summary = measure(gpt, datamodule, args.out, args.val_docs,
-                      ExportConfig(calibration_batches=args.calibration_batches,
-                                           calibration_batch_seqs=args.calibration_batch_seqs), args.zpaq_level)
-    print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, dict)}, indent=2))
-    return 0
+    return measure(gpt, datamodule, args.out, args.val_docs,
+                   ExportConfig(calibration_batches=args.calibration_batches,
+                                calibration_batch_seqs=args.calibration_batch_seqs), args.zpaq_level)
 
 
 if __name__ == "__main__":
