@@ -19,7 +19,8 @@ if [ ! -d "$data/datasets" ]; then
   for f in "${DATA_XZ_PARENT:-$PWD/.gpu}"/data/fineweb_val_bytes_*.bin.xz; do  # CaseOps byte sidecar, if carried
     [ -e "$f" ] && xz -dc "$f" > "$data/datasets/fineweb10B_sp8192/$(basename "${f%.xz}")"
   done
-  [ -e "${DATA_XZ_PARENT:-$PWD/.gpu}/data/manifest.json" ] && cp "${DATA_XZ_PARENT:-$PWD/.gpu}/data/manifest.json" "$data/"
+  [ -e "${DATA_XZ_PARENT:-$PWD/.gpu}/data/manifest.json" ] \
+    && cp "${DATA_XZ_PARENT:-$PWD/.gpu}/data/manifest.json" "$data/datasets/fineweb10B_sp8192/"
 fi
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   python3 -c "import torch, lightning; print('torch', torch.__version__, 'lightning', lightning.__version__)"
