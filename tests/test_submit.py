@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -109,3 +111,16 @@ def test_submit_refuses_repeated_seeds_and_incomplete_runs(tmp_path, runs, capsy
     assert main(["submit", str(runs[1]), "--out", str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no final_bpb" in err
+
+
+def test_submit_and_check_help_load_neither_lightning_nor_torch():
+    code = """
+import contextlib, io, sys
+from lit_golf.cli import main
+for tool in ("submit", "check"):
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
+        main([tool, "--help"])
+print(sorted(m for m in ("lightning", "torch") if m in sys.modules))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
