@@ -1,4 +1,5 @@
-"""Trained GPT -> `artifact.ptz` + `artifact.json`: Hessians, GPTQ per matrix, packing, size table, budget.
+"""Trained GPT -> `artifact.ptz` + `artifact.json`: Hessians, a quantization scheme per tensor, packing,
+size table, budget.
 
 `export_model` is the whole pipeline for one process; the Lightning callback splits it into
 `collect_hessians` (all ranks) and `build_artifact` (rank 0); `export_from_checkpoint` serves
