@@ -210,6 +210,9 @@ def test_unknown_scheme_compressor_version_or_corrupt_section_is_refused_in_one_
     def rename_compressor(meta):
         meta["sections"][0]["compressor"] = "lrzip"
 
+    def drop_a_part(meta):
+        del next(e for e in meta["tensors"] if e["scheme"] == "lqer_asym")["parts"]["lqer_b"]
+
     zpaq_at = len(blob) - 1
     _, end, _ = serialize._read_preamble(blob, "x")
     meta = json.loads(serialize.decompress(blob[serialize.PREAMBLE.size:end], "brotli"))
@@ -222,6 +225,8 @@ def test_unknown_scheme_compressor_version_or_corrupt_section_is_refused_in_one_
     cases = {
         "scheme.ptz": (rewrite_header(blob, rename_scheme), r"unknown quantization scheme 'nf4'; this lit_golf knows"),
         "codec.ptz": (rewrite_header(blob, rename_compressor), r"section 'row_order' uses unknown compressor 'lrzip'; this lit_golf reads"),
+        "part.ptz": (rewrite_header(blob, drop_a_part),
+                     r"corrupt artifact \(tensor 'blocks.1.attn.q' of scheme 'lqer_asym' has no part 'lqer_b'\)"),
         "zpaq.ptz": (blob[:zpaq_at] + bytes([blob[zpaq_at] ^ 0xFF]) + blob[zpaq_at + 1:],
                      r"corrupt artifact \(checksum mismatch in section 'attn.q'\)"),
         "future.ptz": (blob[:8] + struct.pack("<H", 3) + blob[10:],

@@ -1,1 +1,2 @@
-"""Export: calibration Hessians, GPTQ, the artifact format, code size and the byte budget."""
+"""Export: calibration Hessians, quantization schemes (GPTQ, LQER-asym, int8 gates), the artifact format,
+code size and the byte budget."""

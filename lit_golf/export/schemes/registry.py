@@ -24,4 +24,12 @@ def scheme(name: str, source: str = "ExportConfig") -> ModuleType:
 
 def dequantize_tensors(tensors: dict[str, StoredTensor], source: str = "<artifact>") -> dict[str, torch.Tensor]:
     """Flat float32 state dict (non-float tensors as stored) of the stored tensors, each by its scheme."""
-    return {name: scheme(stored.scheme, source).dequantize(stored.parts) for name, stored in tensors.items()}
+    out = {}
+    for name, stored in tensors.items():
+        try:
+            out[name] = scheme(stored.scheme, source).dequantize(stored.parts)
+        except KeyError as exc:
+            raise ArtifactFormatError(
+                f"{source}: corrupt artifact (tensor {name!r} of scheme {stored.scheme!r} has no part {exc})"
+            ) from None
+    return out
