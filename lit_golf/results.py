@@ -38,7 +38,8 @@ class RunResults:
     reserve_seconds: float | None = None
     """WallClockBudget's reserve kept for the GPTQ calibration pass."""
     calibration_seconds: float | None = None
-    """Seconds of the calibration pass (Hessians over training data) after training."""
+    """Seconds from the end of training until the calibration pass (Hessians over training data) has read
+    its last batch: whatever the export does first (pre-quantization eval) counts too."""
     calibration_split: str | None = None
     """The data split the calibration batches are read from."""
     train_files: list[str] = field(default_factory=list)

@@ -47,6 +47,7 @@ class RecordResults(Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         # Runs before the module's own setup, so a test's clock covers reading the artifact.
         self._eval_started = time.perf_counter()
+        self._train_seconds = None
         self.run_dir = Path(trainer.log_dir or trainer.default_root_dir)  # a collective: every rank asks
         if trainer.is_global_zero:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -60,12 +61,22 @@ class RecordResults(Callback):
             self._log_handler.close()
             self._log_handler = None
 
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        # Read at the last step, not at on_train_end: by then the export may already have run (callback order).
+        if trainer.should_stop or 0 <= trainer.max_steps <= trainer.global_step:
+            self._read_training_clock(pl_module)
+
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._train_seconds is None:  # stopped otherwise (end of data, interrupt)
+            self._read_training_clock(pl_module)
+
+    def _read_training_clock(self, pl_module: L.LightningModule) -> None:
         synchronize_device(pl_module.device)
         self._train_seconds = pl_module.progress.clock.read()
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         budget = _find(trainer, WallClockBudget)
+        budget = budget if budget is not None and budget.active else None
         export = _find(trainer, GPTQExport)
         results = self._common(trainer)
         results.steps = trainer.global_step

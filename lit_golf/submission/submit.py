@@ -24,6 +24,8 @@ from lit_golf.submission.check import LIMIT_BYTES, SCRIPT_NAME, SUBMISSION_JSON,
 from lit_golf.submission.stats import SIGNIFICANCE, THRESHOLD_NATS, gains_in_nats, improvement_p_value
 
 TRACK = "10min_16mb"
+# Where this machine keeps data and logs: not settings of the submission (DATA_DIR replaces the first).
+MACHINE_PATHS = ("data.data_dir", "trainer.logger.init_args.save_dir")
 
 
 def _run(run_dir: Path) -> dict:
@@ -61,7 +63,7 @@ def config_differences(config_text: str) -> list[tuple[str, object, object]]:
     record = _flatten(yaml.safe_load(Path(resolve_config("record")).read_text()))
     run = _flatten(yaml.safe_load(config_text))
     return [(key, value, run.get(key)) for key, value in record.items()
-            if key in run and run[key] != value and not key.startswith("trainer.callbacks")]
+            if key in run and run[key] != value and not key.startswith(("trainer.callbacks", *MACHINE_PATHS))]
 
 
 def submission_record(runs: list[dict], args: argparse.Namespace, script_bytes: int) -> dict:
@@ -100,7 +102,7 @@ def readme(record: dict, runs: list[dict], differences: list, script_bytes: int)
         f"# {record['name']}", "",
         f"**val_bpb {record['val_bpb']:.5f}** ({len(runs)}-seed mean, std {record['val_bpb_std']:.5f}) | "
         f"{record['hardware']} | lit_golf {runs[0].get('lit_golf_version')}, torch {record['pytorch_version']}", "",
-        record["technique_summary"] or "", "",
+        *([record["technique_summary"], ""] if record["technique_summary"] else []),
         "## What differs from the record config (configs/record.yaml)", "",
     ]
     if differences:
