@@ -149,14 +149,25 @@ def check_significance(runs: Runs) -> Verdict:
     return Verdict(True, rule, f"{len(seeds)} seeds, p = {p_value:.2g} vs baseline {runs.submission['baseline_bpb']}")
 
 
-RULES: tuple[Callable[[Runs], Verdict], ...] = (
-    check_bytes, check_training_time, check_calibration, check_eval_time, check_score_first,
-    check_no_validation_in_training, check_significance,
-)
+# Every rule, in report order, with its flag in submission.json's `compliance` (upstream's names where it has one).
+RULES: dict[Callable[[Runs], Verdict], str] = {
+    check_bytes: "artifact_under_16mb",
+    check_training_time: "train_under_600s",
+    check_calibration: "gptq_within_budget",
+    check_eval_time: "eval_under_600s",
+    check_score_first: "score_first_ttt",
+    check_no_validation_in_training: "no_val_data_in_training",
+    check_significance: "three_seeds",
+}
 
 
 def verdicts(runs: Runs) -> list[Verdict]:
     return [rule(runs) for rule in RULES]
+
+
+def compliance(runs: Runs) -> dict[str, bool | None]:
+    """The compliance flags of submission.json: each rule's verdict under its flag name."""
+    return {flag: rule(runs).ok for rule, flag in RULES.items()}
 
 
 def check(folder: str | Path) -> list[Verdict]:

@@ -20,7 +20,7 @@ import yaml
 
 from lit_golf.config_files import resolve_config
 from lit_golf.results import CONFIG_NAME, TRAIN_LOG_NAME, read_results
-from lit_golf.submission.check import LIMIT_BYTES, SCRIPT_NAME, SUBMISSION_JSON, Runs, check, verdicts
+from lit_golf.submission.check import LIMIT_BYTES, SCRIPT_NAME, SUBMISSION_JSON, Runs, check, compliance
 from lit_golf.submission.stats import SIGNIFICANCE, THRESHOLD_NATS, gains_in_nats, improvement_p_value
 
 TRACK = "10min_16mb"
@@ -167,7 +167,7 @@ def submit(run_dirs: list[Path], args: argparse.Namespace) -> Path:
             shutil.copyfile(run_dir / TRAIN_LOG_NAME, out / f"train_seed{results['seed']}.log")
     script_bytes = (out / SCRIPT_NAME).stat().st_size
     record = submission_record(runs, args, script_bytes)
-    record["compliance"] = {v.rule: v.ok for v in verdicts(Runs(out, runs, script_bytes, record))}
+    record["compliance"] = compliance(Runs(out, runs, script_bytes, record))
     (out / SUBMISSION_JSON).write_text(json.dumps(record, indent=2) + "\n")
     differences = config_differences((out / CONFIG_NAME).read_text())
     (out / "README.md").write_text(readme(record, runs, differences, script_bytes))
