@@ -13,6 +13,7 @@ import pytest
 
 from lit_golf.cli import main
 from lit_golf.config_files import resolve_config
+from lit_golf.export.code_size import PACKAGE_DIR, code_files, latin1_literal, submission_script
 from lit_golf.submission.stats import gains_in_nats, improvement_p_value, t_upper_tail
 from tests.test_check import legal_results
 
@@ -126,3 +127,28 @@ print(sorted(m for m in ("lightning", "torch") if m in sys.modules))
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
+def test_the_script_literal_holds_any_bytes_one_character_each():
+    data = bytes(range(256)) * 3 + b"\r\n\r\0'\\\"'''"
+    source = ("# -*- coding: latin-1 -*-\nB=" + latin1_literal(data) + "\n").encode("latin-1")
+    namespace: dict = {}
+    exec(compile(source, "script", "exec"), namespace)
+    assert namespace["B"].encode("latin-1") == data
+    # one character per byte; escapes (one extra character, three for NUL) only for quote, backslash, CR, LF, NUL
+    escapes = sum(data.count(c) for c in (b"'", b"\\", b"\r", b"\n")) + 3 * data.count(b"\0")
+    assert len(latin1_literal(data)) == 2 + len(data) + escapes
+
+
+def test_the_script_carries_every_module_and_the_config():
+    import ast
+
+    import brotli
+
+    script = submission_script("seed_everything: 7\n")
+    blob = next(node.value.value for node in ast.parse(script).body
+                if isinstance(node, ast.Assign) and node.targets[0].id == "B")
+    payload = json.loads(brotli.decompress(blob.encode("latin-1")))
+    assert payload["config"] == "seed_everything: 7\n"
+    assert set(payload["files"]) == {p.relative_to(PACKAGE_DIR.parent).as_posix() for p in code_files()}
+    assert "lit_golf/lightning_cli.py" in payload["files"] and "lit_golf/model.py" in payload["files"]
