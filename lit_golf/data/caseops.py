@@ -38,8 +38,7 @@ ALLCAPS = "\ue002"
 UPPER = "\ue003"
 ESC = "\ue004"
 OPERATORS = (TITLE, ALLCAPS, UPPER, ESC)
-OPERATOR_BYTES = len(TITLE.encode("utf-8"))
-SPACE_MARK = "\u2581"
+SPACE_MARK = "\u2581"  # tokenizer.SPACE_MARK; that module imports torch, which tokenizing workers do without
 
 
 class CaseOpsError(ValueError):

@@ -5,6 +5,9 @@ validation stream and the rest the training stream; `--train-tokenizer` trains o
 only, so no validation text leaks into the tokenizer. Each stream is cut into shards of exactly
 `--shard-tokens` tokens (a document may continue in the next shard), which reproduces the
 published FineWeb export token for token when given the same documents and tokenizer.
+
+`--caseops` tokenizes the CaseOps form of each document's normalized text (`lit_golf.data.caseops`) and
+writes a byte sidecar beside each validation shard, checked per document against the normalized text.
 """
 
 from __future__ import annotations
