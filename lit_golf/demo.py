@@ -78,7 +78,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cli_main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from lit_golf.callbacks.export import GPTQExport
     from lit_golf.data.demo_corpus import write_stdlib_corpus
     from lit_golf.lightning_cli import run_lightning_cli
 
@@ -114,7 +113,7 @@ def cli_main(argv: list[str] | None = None) -> int:
     if args.max_steps is not None:
         fit_args += ["--trainer.max_steps", str(args.max_steps)]
     fit = run_lightning_cli(fit_args)
-    export = next(cb for cb in fit.trainer.callbacks if isinstance(cb, GPTQExport))
+    export = fit.trainer.named_callbacks["gptq"]
     pre_quant = float(fit.trainer.callback_metrics.get("val/bpb", float("nan")))
     gap = export.quant_gap["quant_gap_bpb"] if export.quant_gap else float("nan")
     _say(f"3/4 fit: {fit.trainer.global_step} steps, val bpb {pre_quant:.4f}; artifact {export.artifact_path} "

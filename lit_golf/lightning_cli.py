@@ -15,17 +15,18 @@ from types import SimpleNamespace
 
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch import Trainer
+from lightning.pytorch import Callback, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 
 from lit_golf import strategy  # noqa: F401  (registers the golf_ddp strategy name)
-from lit_golf.callbacks.export import GPTQExport, publish_table
-from lit_golf.callbacks.results import RecordResults
+from lit_golf.callbacks import NAMED_CALLBACKS
+from lit_golf.callbacks.export import publish_table
 from lit_golf.config_files import config_names
 from lit_golf.data.datamodule import GolfDataModule
 from lit_golf.export.budget import ArtifactTooLarge
 from lit_golf.export.code_size import set_run_config
-from lit_golf.export.config import ExportConfig
 from lit_golf.export.pipeline import ExportReport, check_checkpoint, check_vocab, export_from_checkpoint
 from lit_golf.module import GolfLightningModule
 from lit_golf.results import read_results, summary_lines
@@ -37,7 +38,13 @@ USER_ERRORS = (ValueError, FileNotFoundError, ArtifactTooLarge, Misconfiguration
 
 
 class GolfTrainer(Trainer):
-    """A Trainer with two more entry points: `export`, and `run` (fit + export + test in one launch)."""
+    """A Trainer with two more entry points: `export`, and `run` (fit + export + test in one launch).
+
+    `named_callbacks` holds the config's named callbacks (`lit_golf.callbacks.NAMED_CALLBACKS`) by
+    section name, set by `GolfCLI` when it builds the trainer.
+    """
+
+    named_callbacks: dict[str, Callback]
 
     def export(
         self,
@@ -45,45 +52,46 @@ class GolfTrainer(Trainer):
         datamodule: GolfDataModule,
         ckpt_path: str | None = None,
         out_dir: str = "artifact",
-        export_config: ExportConfig | None = None,
     ) -> ExportReport:
-        """GPTQ-quantize `model` (weights from `ckpt_path`) and write `artifact.ptz` + `artifact.json`.
+        """GPTQ-quantize `model` (weights from `ckpt_path`) and write `artifact.ptz` + `artifact.json`,
+        with the config's `gptq` settings (`--gptq.config.*`).
 
         Args:
             ckpt_path: Lightning checkpoint whose `gpt.*` weights are exported.
             out_dir: folder for the artifact files.
-            export_config: quantization bits, clip sigmas, calibration and byte budget.
         """
-        if export_config is None:  # the settings of the config's GPTQExport callback, else the record's
-            callback = next((cb for cb in self.callbacks if isinstance(cb, GPTQExport)), None)
-            export_config = callback.config if callback is not None else ExportConfig()
-        report = export_from_checkpoint(model, datamodule, ckpt_path, out_dir, export_config)
+        report = export_from_checkpoint(model, datamodule, ckpt_path, out_dir, self.named_callbacks["gptq"].config)
         publish_table(self, report)
         report.check_budget()
         return report
 
     def run(self, model: GolfLightningModule, datamodule: GolfDataModule, ckpt_path: str | None = None) -> dict:
-        """The challenge's whole launch: fit (wall clock), export (the GPTQExport callback), then the test
+        """The challenge's whole launch: fit (wall clock), export (the export callback), then the test
         of the exported artifact; ends with one summary and `results.json` in the run folder.
 
         Args:
             ckpt_path: resume the fit from this checkpoint (`last`: the newest run's `last.ckpt`).
         """
-        export = next((cb for cb in self.callbacks if isinstance(cb, GPTQExport)), None)
-        if export is None:
-            raise ValueError("run needs the GPTQExport callback in trainer.callbacks (it writes the artifact that "
-                             "run evaluates); add `- class_path: lit_golf.callbacks.GPTQExport` to the config")
-        recorder = next((cb for cb in self.callbacks if isinstance(cb, RecordResults)), None)
-        if recorder is None:  # an overlay's callback list may leave it out; `run` always records
-            recorder = RecordResults()
-            self.callbacks.append(recorder)
         self.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
-        model.artifact = str(export.artifact_path)
+        model.artifact = str(self.named_callbacks["gptq"].artifact_path)
         self.test(model, datamodule=datamodule)
+        recorder = self.named_callbacks["results"]
         results = read_results(recorder.run_dir) if self.is_global_zero else {}
         if self.is_global_zero:
             log.info("run %s:\n%s", recorder.run_dir, "\n".join(summary_lines(results)))
         return results
+
+
+class RunCSVLogger(CSVLogger):
+    """`metrics.csv` in the run folder of the logger it follows (TensorBoard's `version_N`), beside its events."""
+
+    def __init__(self, follows: Logger) -> None:
+        super().__init__(save_dir=follows.save_dir, name=follows.name)
+        self._follows = follows
+
+    @property
+    def version(self) -> int | str:
+        return self._follows.version
 
 
 class GolfCLI(LightningCLI):
@@ -93,6 +101,27 @@ class GolfCLI(LightningCLI):
         commands["export"] = {"model", "datamodule"}
         commands["run"] = {"model", "datamodule"}
         return commands
+
+    def add_arguments_to_parser(self, parser) -> None:
+        # Each callback is a named section (`--ema.decay`, `export: {config: {...}}`), so a later config or
+        # flag changes one field and keeps the rest, which a `trainer.callbacks` list cannot do.
+        for name, callback in NAMED_CALLBACKS.items():
+            parser.add_lightning_class_args(callback, name)
+
+    def _instantiate_trainer(self, config: dict, callbacks: list[Callback]) -> Trainer:
+        # Named callbacks the trainer's own switches turn off (Lightning refuses a progress bar or a
+        # checkpoint callback together with enable_progress_bar/enable_checkpointing false).
+        named = dict(zip(NAMED_CALLBACKS, callbacks, strict=True))
+        if config.get("enable_progress_bar") is False:
+            named = {k: cb for k, cb in named.items() if not isinstance(cb, ProgressBar)}
+        if config.get("enable_checkpointing") is False:
+            named = {k: cb for k, cb in named.items() if not isinstance(cb, ModelCheckpoint)}
+        logger = config.get("logger")
+        if isinstance(logger, TensorBoardLogger):
+            config["logger"] = [logger, RunCSVLogger(logger)]
+        trainer = super()._instantiate_trainer(config, list(named.values()))
+        trainer.named_callbacks = named
+        return trainer
 
     def init_parser(self, **kwargs):
         # Parse errors raise (`main` prints their one line) instead of printing 60+ lines of usage.

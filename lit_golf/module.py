@@ -8,6 +8,7 @@ stays a plain Python object that Lightning can hook into.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
 import time
@@ -145,8 +146,10 @@ class GolfLightningModule(L.LightningModule):
         if not self.loggers:
             return
         settings = {type(cb).__name__: callback_settings(cb) for cb in self.trainer.callbacks}
+        # Through JSON: plain lists and numbers, so hparams.yaml stays loadable with yaml.safe_load.
+        params = json.loads(json.dumps({"evaluation": asdict(self.eval_config), "callbacks": settings}, default=str))
         for logger in self.loggers:
-            logger.log_hyperparams({"evaluation": asdict(self.eval_config), "callbacks": settings})
+            logger.log_hyperparams(params)
 
     def on_train_start(self) -> None:
         # The loss is read where a time budget syncs the device anyway: no extra host sync per step.

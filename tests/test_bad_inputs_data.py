@@ -316,13 +316,9 @@ def test_library_check_raises_the_mismatch_type(tiny_data):
 
 
 DIVERGE_OVERLAY = """
-trainer:
-  callbacks:  # tiny_cpu's list with the wall clock agreeing (and the loss checked) every step, fewer callbacks
-    - class_path: lit_golf.callbacks.WallClockBudget
-      init_args: {budget_seconds: 600.0, reserve_seconds: 4.0, sync_every_steps: 1}
-    - class_path: lit_golf.callbacks.GPTQExport
-      init_args:
-        config: {calibration_batches: 2, calibration_seq_len: 128, calibration_batch_seqs: 2}
+wallclock: {budget_seconds: 600.0, reserve_seconds: 4.0, sync_every_steps: 1}  # agreeing (loss checked) every step
+gptq:
+  config: {calibration_batches: 2, calibration_seq_len: 128, calibration_batch_seqs: 2}
 """
 
 

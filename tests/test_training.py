@@ -146,14 +146,14 @@ def test_cli_fit_export_test_end_to_end(tiny_data, tmp_path):
     fit = run_lightning_cli(["fit", *common, "--trainer.max_steps", "8", "--trainer.val_check_interval", "8",
                              "--trainer.log_every_n_steps", "4"])
     assert fit.trainer.global_step == 8
-    assert not any(type(cb).__name__ == "WallClockBudget" for cb in fit.trainer.callbacks)
+    assert fit.trainer.named_callbacks["wallclock"].budget_seconds is None  # fixed_steps_cpu.yaml switched it off
     training = fit.model.training_config  # the LR schedule counts steps: the last one ran at 7/8
     for group in fit.trainer.optimizers[0].param_groups:
         assert group["lr"] == pytest.approx(
             group["base_lr"] * lr_multiplier(7 / 8, training.warmdown_frac, training.min_lr))
     val_bpb = float(fit.trainer.callback_metrics["val/bpb"])
     assert 0.5 < val_bpb < 20
-    export = next(cb for cb in fit.trainer.callbacks if type(cb).__name__ == "GPTQExport")
+    export = fit.trainer.named_callbacks["gptq"]
     report = json.loads(export.artifact_path.with_suffix(".json").read_text())
     assert 0 < report["total_bytes"] <= 16_000_000
     # The quantization gap: plain bpb of the trained weights (put back after the measurement) and of
@@ -208,8 +208,8 @@ def test_cli_export_subcommand_and_one_line_errors(tiny_data, tmp_path, capsys):
     capsys.readouterr()
 
     assert main(["export", *common, "--ckpt", str(ckpt), "--out_dir", str(tmp_path / "small"),
-                 "--export_config.calibration_seq_len", "128", "--export_config.calibration_batch_seqs", "2",
-                 "--export_config.budget_bytes", "1000"]) == 2
+                 "--gptq.config.calibration_seq_len", "128", "--gptq.config.calibration_batch_seqs", "2",
+                 "--gptq.config.budget_bytes", "1000"]) == 2
     (summary,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("lit-golf export: error:")]
     assert "over the 1,000-byte budget" in summary  # then the size table, no traceback
 
