@@ -72,8 +72,7 @@ class GolfTrainer(Trainer):
         Args:
             ckpt_path: resume the fit from this checkpoint (`last`: the newest run's `last.ckpt`).
         """
-        self.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
-        model.artifact = str(self.named_callbacks["gptq"].artifact_path)
+        self.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)  # the gptq callback sets model.artifact
         self.test(model, datamodule=datamodule)
         recorder = self.named_callbacks["results"]
         results = read_results(recorder.run_dir) if self.is_global_zero else {}

@@ -153,7 +153,8 @@ class GolfLightningModule(L.LightningModule):
 
     def on_train_start(self) -> None:
         # The loss is read where a time budget syncs the device anyway: no extra host sync per step.
-        self._loss_check_every = self.progress.sync_every_steps or max(self.trainer.log_every_n_steps, 1)
+        budget = self.progress.time_budget
+        self._loss_check_every = budget.sync_every_steps if budget else max(self.trainer.log_every_n_steps, 1)
         if self.training_config.compile_warmup and self._compiled is not None:
             cache = CompileCache(self.training_config.compile_cache)
             cache.load()

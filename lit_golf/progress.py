@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -78,18 +79,40 @@ class WeightAverage(Protocol):
     def copy_to(self, model: torch.nn.Module) -> None: ...
 
 
+@dataclass
+class TimeBudget:
+    """A wall-clock budget's state, as every rank agrees on it (written by `WallClockBudget`)."""
+
+    budget_seconds: float
+    reserve_seconds: float
+    sync_every_steps: int
+    """Steps between the budget's device syncs; other host reads (the finite-loss check) ride along."""
+    elapsed_seconds: float = 0.0
+    """Training seconds the budget has counted after the last finished step."""
+    estimated_total_steps: int | None = None
+    """The step at which the budget will run out at the current pace (for progress bars)."""
+
+    @property
+    def effective_seconds(self) -> float:
+        return self.budget_seconds - self.reserve_seconds
+
+    @property
+    def fraction(self) -> float:
+        return min(self.elapsed_seconds / self.effective_seconds, 1.0)
+
+    @property
+    def remaining_seconds(self) -> float:
+        return max(self.effective_seconds - self.elapsed_seconds, 0.0)
+
+
 class TrainingProgress:
     """The fit's shared state. Written by the module unless noted; read by callbacks.
 
     Attributes:
         clock: the one training clock (validation and compile warm-up excluded).
         tokens_per_step: global batch in tokens.
-        time_fraction: fraction of a time budget spent, set by the budget callback; None when no
-            budget governs, and the fraction is then `step / max_steps`.
-        remaining_seconds: training seconds left in the budget (set with `time_fraction`).
-        estimated_total_steps: the budget's estimate of the final step count (for progress bars).
-        sync_every_steps: cadence at which the budget callback synchronizes the device anyway
-            (other host reads ride along); None without one.
+        time_budget: the wall-clock budget's state, set by the budget callback; None when no budget
+            governs, and the training fraction is then `step / max_steps`.
         last_loss: mean loss of the last step, a device tensor.
         grad_norm: global gradient norm before clipping of the last step, a device tensor (None
             when the optimizer does not compute it).
@@ -100,10 +123,7 @@ class TrainingProgress:
     def __init__(self, clock: Clock = time.perf_counter, synchronize: bool = True) -> None:
         self.clock = TrainingClock(clock, synchronize)
         self.tokens_per_step = 0
-        self.time_fraction: float | None = None
-        self.remaining_seconds: float | None = None
-        self.estimated_total_steps: int | None = None
-        self.sync_every_steps: int | None = None
+        self.time_budget: TimeBudget | None = None
         self.last_loss = torch.zeros(())
         self.grad_norm: torch.Tensor | None = None
         self.lr_multiplier = 1.0
@@ -112,8 +132,8 @@ class TrainingProgress:
 
     def fraction(self, step: int, max_steps: int | None) -> float:
         """Training fraction for schedules: the time budget's when one is set, else steps done / max steps."""
-        if self.time_fraction is not None:
-            return self.time_fraction
+        if self.time_budget is not None:
+            return self.time_budget.fraction
         return step / max_steps if max_steps and max_steps > 0 else 0.0
 
     def step_scalars(self) -> dict[str, float]:

@@ -398,6 +398,8 @@ def test_progress_bar_postfix_and_reads_loss_only_on_refresh():
     postfix = bar.train_progress_bar.postfix
     remaining = budget.effective_budget - 9 * 0.5
     assert postfix == f"step={trainer.global_step}, loss=2.5000, tok/s=2,000, left=0:{round(remaining):02d}"
+    # the bar's total (tqdm's ETA) is the budget's estimate of the final step, not max_steps: 9 + 5.5 s / 0.5 s
+    assert bar.train_progress_bar.total == 9 + round(remaining / 0.5)
 
 
 def wrap_with_fixed_loss(training_step, module, loss):

@@ -90,6 +90,9 @@ class GPTQExport(Callback):
             raise ArtifactTooLarge(error)
         if measure:
             self._record_quant_gap(trainer, pre_quant, self._dequantized_bpb(trainer, pl_module))
+        if trainer.is_global_zero:  # the report next to the artifact is what run records read
+            self._add_to_report({"calibration_seconds": self.calibration_seconds})
+        pl_module.artifact = str(self.artifact_path)  # what the module's next test scores
 
     @staticmethod
     def _plain_bpb(trainer: L.Trainer, pl_module: L.LightningModule) -> float:
@@ -118,8 +121,11 @@ class GPTQExport(Callback):
                  pre_quant, post_quant, self.quant_gap["quant_gap_bpb"])
         if trainer.logger is not None:
             trainer.logger.log_metrics({f"export/{k}": v for k, v in self.quant_gap.items()}, step=trainer.global_step)
+        self._add_to_report(self.quant_gap)
+
+    def _add_to_report(self, values: dict) -> None:
         table = self.artifact_path.with_suffix(".json")
-        table.write_text(json.dumps({**json.loads(table.read_text()), **self.quant_gap}, indent=2))
+        table.write_text(json.dumps({**json.loads(table.read_text()), **values}, indent=2))
 
 
 def check_finite_weights(gpt: torch.nn.Module, step: int) -> None:

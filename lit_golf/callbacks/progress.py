@@ -39,7 +39,8 @@ class GolfProgressBar(TQDMProgressBar):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._rate.step()
-        estimate = pl_module.progress.estimated_total_steps
+        budget = pl_module.progress.time_budget
+        estimate = budget.estimated_total_steps if budget is not None else None
         if estimate is not None and self._train_progress_bar is not None:
             # tqdm counts this launch's batches; the estimate counts the run's steps (a resumed run's too).
             steps_before_launch = trainer.global_step - (batch_idx + 1)
@@ -57,6 +58,6 @@ class GolfProgressBar(TQDMProgressBar):
                 self._tokens_per_second = steps * progress.tokens_per_step / seconds
         if self._tokens_per_second is not None:
             metrics["tok/s"] = f"{self._tokens_per_second:,.0f}"
-        if progress.remaining_seconds is not None:
-            metrics["left"] = format_duration(progress.remaining_seconds)
+        if progress.time_budget is not None:
+            metrics["left"] = format_duration(progress.time_budget.remaining_seconds)
         return metrics

@@ -22,8 +22,6 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 import lit_golf
-from lit_golf.callbacks.export import GPTQExport
-from lit_golf.callbacks.wallclock import WallClockBudget
 from lit_golf.export import code_size
 from lit_golf.progress import synchronize_device
 from lit_golf.results import TRAIN_LOG_NAME, RunResults, update_results
@@ -75,36 +73,35 @@ class RecordResults(Callback):
         self._train_seconds = pl_module.progress.clock.read()
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        budget = _find(trainer, WallClockBudget)
-        budget = budget if budget is not None and budget.active else None
-        export = _find(trainer, GPTQExport)
+        budget = pl_module.progress.time_budget
         results = self._common(trainer)
         results.steps = trainer.global_step
         results.train_seconds = budget.elapsed_seconds if budget is not None else self._train_seconds
         if budget is not None:
             results.train_budget_seconds, results.reserve_seconds = budget.budget_seconds, budget.reserve_seconds
-        if export is not None and export.artifact_path is not None:
-            results.calibration_seconds = getattr(export, "calibration_seconds", None)
+        artifact = getattr(pl_module, "artifact", None)  # set by the export callback to what it wrote
+        if artifact is not None and trainer.is_global_zero:
+            report = json.loads(Path(artifact).with_suffix(".json").read_text())
+            results.calibration_seconds = report.get("calibration_seconds")
             results.calibration_split = _calibration_split(trainer.datamodule)
-            results.budget_bytes = export.config.budget_bytes
-            results.val_bpb_pre_quant = (export.quant_gap or {}).get("val_bpb_pre_quant")
-            results.val_bpb_post_quant = (export.quant_gap or {}).get("val_bpb_post_quant")
-            if trainer.is_global_zero:
-                self._record_bytes(results, export)
+            results.budget_bytes = report["export_config"]["budget_bytes"]
+            results.val_bpb_pre_quant = report.get("val_bpb_pre_quant")
+            results.val_bpb_post_quant = report.get("val_bpb_post_quant")
+            self._record_bytes(results, Path(artifact), report)
         if trainer.is_global_zero:
             update_results(self.run_dir, results)
 
-    def _record_bytes(self, results: RunResults, export: GPTQExport) -> None:
+    def _record_bytes(self, results: RunResults, artifact: Path, report: dict) -> None:
         """Model file bytes, and the counted script copied into the run folder (the file `submit` ships)."""
-        report = json.loads(export.artifact_path.with_suffix(".json").read_text())
         script = self.run_dir / code_size.SCRIPT_NAME
         running = os.environ.get(code_size.SCRIPT_ENV)
         if running:
             shutil.copyfile(running, script)
         else:
+            export_config = report["export_config"]
             script.write_bytes(code_size.submission_script(code_size.current_run_config(),
-                                                           export.config.compressor, export.config.brotli_quality))
-        results.model_bytes = export.artifact_path.stat().st_size
+                                                           export_config["compressor"], export_config["brotli_quality"]))
+        results.model_bytes = artifact.stat().st_size
         results.code_bytes = script.stat().st_size
         results.artifact_bytes = results.model_bytes + results.code_bytes
         if results.code_bytes != report["code_bytes"]:
@@ -146,10 +143,6 @@ class RecordResults(Callback):
             results.train_files = [str(p.resolve()) for p in find_shards(dm.data_dir, "train", dm.vocab_size)]
             results.val_files = [str(p.resolve()) for p in find_shards(dm.data_dir, "val", dm.vocab_size)]
         return results
-
-
-def _find(trainer: L.Trainer, kind: type) -> Callback | None:
-    return next((cb for cb in trainer.callbacks if isinstance(cb, kind)), None)
 
 
 def _calibration_split(datamodule) -> str | None:

@@ -153,15 +153,16 @@ class Throughput(Callback):
         if self._total_peak:
             seq_len = getattr(trainer.datamodule, "train_seq_len", None)
             mfu = flops_per_token(pl_module.gpt, seq_len) * tokens_per_second / self._total_peak
+        estimate = progress.time_budget.estimated_total_steps if progress.time_budget is not None else None
         return ThroughputSample(
             step=trainer.global_step,
-            max_steps=progress.estimated_total_steps or trainer.max_steps,
+            max_steps=estimate or trainer.max_steps,
             loss=float(progress.last_loss),
             tokens_per_second=tokens_per_second,
             step_ms=1e3 * seconds / steps,
             train_seconds=progress.clock.read(),
             mfu=mfu,
-            max_steps_estimated=progress.estimated_total_steps is not None,
+            max_steps_estimated=estimate is not None,
         )
 
     def state_dict(self) -> dict:

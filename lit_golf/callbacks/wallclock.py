@@ -18,7 +18,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from lit_golf.distributed import all_reduce_max
-from lit_golf.progress import TrainingProgress, synchronize_device
+from lit_golf.progress import TimeBudget, TrainingProgress, synchronize_device
 
 
 def log_to_loggers(trainer: L.Trainer, metrics: dict[str, float]) -> None:
@@ -58,8 +58,8 @@ class BudgetAgreement:
 class WallClockBudget(Callback):
     """Sets the training fraction in `pl_module.progress` before each step; stops when the budget is spent.
 
-    Reads the module's one training clock (`pl_module.progress.clock`) and writes `time_fraction`,
-    `remaining_seconds`, `estimated_total_steps` and `sync_every_steps` there.
+    Reads the module's one training clock (`pl_module.progress.clock`) and publishes its state as
+    `pl_module.progress.time_budget` (a `TimeBudget`).
 
     Args:
         budget_seconds: total training wall-clock allowed; None switches the budget off (a fixed-step
@@ -127,12 +127,10 @@ class WallClockBudget(Callback):
             trainer.should_stop = True
 
     def _publish(self, progress: TrainingProgress) -> None:
-        progress.time_fraction = self.fraction
-        progress.remaining_seconds = self.remaining_seconds
-        progress.sync_every_steps = self.sync_every_steps
         per_step = self._agreement.seconds_per_step
-        progress.estimated_total_steps = (
-            estimated_final_step(self._steps, self.remaining_seconds, per_step) if per_step > 0 else None
+        progress.time_budget = TimeBudget(
+            self.budget_seconds, self.reserve_seconds, self.sync_every_steps, self._elapsed,
+            estimated_final_step(self._steps, self.remaining_seconds, per_step) if per_step > 0 else None,
         )
 
     def _agree(self, trainer: L.Trainer, device: torch.device, progress: TrainingProgress) -> None:
