@@ -243,3 +243,21 @@ def test_caseops_refuses_a_tokenizer_without_operators(tiny_data, tmp_path, caps
     error = capsys.readouterr().err.strip()
     assert error.count("\n") == 0 and "has no piece for the CaseOps operator(s) U+E001" in error
     assert not dataset_dir(tmp_path / "o", 512).exists()
+
+
+def test_evaluation_valset_counts_bytes_from_the_sidecar_only(caseops_data):
+    """Every evaluator (plain, sliding, TTT) gathers bytes from ValSet's table: the sidecar, never the tables."""
+    from lit_golf.eval.valset import ValSet
+
+    out, _, sp = caseops_data
+    shard = find_shards(out, "val", VOCAB)[0]
+    tokens = torch.from_numpy(read_shard(shard).astype(np.int64))
+    sidecar = torch.from_numpy(read_shard(sidecar_path(shard)).astype(np.int64))
+    luts = build_byte_luts(sp, VOCAB)
+    assert luts.caseops
+    table = ValSet.build(tokens, luts, "cpu", sidecar).byte_table
+    assert table[0] == 0 and torch.equal(table[1:], sidecar[1:].to(torch.int32))
+    with pytest.raises(TokenizerError, match="holds CaseOps operators"):
+        ValSet.build(tokens, luts, "cpu")
+    with pytest.raises(ValueError, match=r"the byte sidecar holds \d+ counts for \d+ validation tokens"):
+        ValSet.build(tokens, luts, "cpu", sidecar[:-1])
