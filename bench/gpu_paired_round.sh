@@ -2,7 +2,9 @@
 # One device call: install the carried wheels, unpack the carried enwiki2015 shards, then run the
 # `lit-golf run` launches in $RUNS side by side on the one GPU (their compiles overlap on the CPU
 # cores; training shares the GPU, so their tokens/s are not solo figures), with $PRE and $POST
-# commands before/after. Everything the runs wrote (logs, results.json, artifact.json, hparams, events)
+# commands before/after (STAGGER=1: each launch waits for the previous one's compile warm-up, so a
+# second run of the same config compiles from the cache and trains while the first one exports/evaluates).
+# Everything the runs wrote (logs, results.json, artifact.json, hparams, events)
 # comes back as one tarball; $OUT/summary.txt has the headline lines.
 # Usage (repo root; wheels in .whl/, xz shards + tokenizer in ${DATA_XZ:-.gpu/data}):
 #   RUNS="record_s1337|--config configs/record.yaml ... --seed_everything 1337;frontier_s1337|..." \
@@ -29,8 +31,15 @@ fi
 pre_pid=$!
 IFS=';' read -ra runs <<< "${RUNS:-}"
 pids=()
+prev=""
 for run in "${runs[@]}"; do
   name=${run%%|*}; args=${run#*|}
+  if [ -n "${STAGGER:-}" ] && [ -n "$prev" ]; then
+    # Start when the previous launch has compiled (or ended): its Inductor cache makes this compile short,
+    # and this run's training then overlaps the other's CPU-bound phases instead of its training.
+    until grep -q "compile warm-up" "logs/gpu/$prev.log" 2>/dev/null || ! kill -0 "${pids[-1]}" 2>/dev/null; do sleep 2; done
+  fi
+  prev=$name
   # shellcheck disable=SC2086
   ( s=$(date +%s); timeout "${RUN_TIMEOUT:-560}" python3 -m lit_golf.cli ${LAUNCH:-run} $args --data.data_dir "$data" \
       --trainer.logger.init_args.save_dir "logs/gpu/$name" > "logs/gpu/$name.log" 2>&1
@@ -39,7 +48,9 @@ for run in "${runs[@]}"; do
 done
 for p in "${pids[@]}"; do wait "$p"; done
 wait "$pre_pid" 2>/dev/null
-[ -n "${POST:-}" ] && { echo "== POST: $POST"; timeout "${POST_TIMEOUT:-240}" bash -c "$POST"; echo "POST rc $?"; } > "$out/post.txt" 2>&1
+# POST gets what is left of a 10-minute device call (minus the packing below), at most POST_TIMEOUT.
+left=$(( ${CALL_SECONDS:-585} - SECONDS - 15 )); [ "$left" -gt "${POST_TIMEOUT:-240}" ] && left=${POST_TIMEOUT:-240}
+[ -n "${POST:-}" ] && [ "$left" -gt 20 ] && { echo "== POST ($left s): $POST"; timeout "$left" bash -c "$POST"; echo "POST rc $?"; } > "$out/post.txt" 2>&1
 for run in "${runs[@]}"; do
   name=${run%%|*}
   { echo "== $name"; grep -E "tok/s|val_bpb|bpb|artifact .*bytes|quant|checkpoint:|looping|export:|compile|peak memory|error|Error" \

@@ -51,6 +51,8 @@ INTERPRETED_CHECK = textwrap.dedent("""
 
 
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton's interpreter needs Triton installed")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CPU-only coverage: on a GPU the CUDA tests below run the kernel "
+                    "itself (Triton 3.6's interpreter fails on it there, 3.9's passes)")
 def test_interpreted_kernels_match_eager_loss_and_gradient_on_cpu():
     env = {**os.environ, "TRITON_INTERPRET": "1", "CUDA_VISIBLE_DEVICES": ""}
     result = subprocess.run([sys.executable, "-c", INTERPRETED_CHECK], env=env, capture_output=True, text=True,

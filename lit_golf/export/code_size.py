@@ -90,9 +90,42 @@ def minify(source: str) -> str:
     return ast.unparse(tree)
 
 
-def code_files(package_dir: Path = PACKAGE_DIR) -> list[Path]:
-    """Every module of the package, sorted (the shipped configs are not code: the script embeds its own)."""
-    return sorted(p for p in package_dir.rglob("*.py") if "configs" not in p.relative_to(package_dir).parts)
+# What a submission runs: `train_gpt.py` calls `lit_golf.cli.main(["run", ...])`.
+ENTRY_MODULE = "lit_golf.cli"
+
+
+def _module_path(name: str, package_dir: Path) -> Path | None:
+    base = package_dir.parent / name.replace(".", "/")
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+def code_files(package_dir: Path = PACKAGE_DIR, entry: str = ENTRY_MODULE) -> list[Path]:
+    """The modules a submission runs, sorted: the import closure of `entry` inside the package.
+
+    Function-local imports count (the CLI imports Lightning's side, and the model its Triton kernels,
+    only when used), and so do the packages' `__init__` files. Tools a submission never runs (data
+    preparation, download, demo, submit/check, sweep) are reached only through the dispatcher's
+    module-name strings, so they are not shipped.
+    """
+    found: set[Path] = set()
+    todo = [entry]
+    while todo:
+        name = todo.pop()
+        path = _module_path(name, package_dir)
+        if path is None or path in found:
+            continue
+        found.add(path)
+        parts = name.split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts))]
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                todo += [alias.name for alias in node.names if alias.name.split(".")[0] == PACKAGE]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == PACKAGE:
+                todo += [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+    return sorted(found)
 
 
 def payload(config_text: str, package_dir: Path = PACKAGE_DIR) -> bytes:
