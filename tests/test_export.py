@@ -438,8 +438,11 @@ class CalibratedData(L.LightningDataModule):
 
 class TinyFit(L.LightningModule):
     def __init__(self):
+        from lit_golf.progress import TrainingProgress
+
         super().__init__()
         self.gpt = tiny_gpt().train()
+        self.progress = TrainingProgress()  # as GolfLightningModule: EMA registers its average there
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.gpt.parameters(), lr=0.1)
