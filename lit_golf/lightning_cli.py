@@ -136,12 +136,27 @@ class GolfCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         # After `--ckpt`'s hyperparameters replaced the model's: the vocabulary checked is the one that loads.
         config = self.config[self.config.subcommand]
+        if self.config.subcommand in ("test", "validate"):
+            log_into_fit_run(config)
         # The submission script embeds the resolved config, as LightningCLI saves it into the run folder.
         set_run_config(self._parser(self.config.subcommand).dump(config, skip_none=False))
         vocab, data_vocab = config.get("model.gpt.vocab_size"), config.get("data.vocab_size")
         if isinstance(vocab, int) and isinstance(data_vocab, int) and min(vocab, data_vocab) >= 1:
             data = SimpleNamespace(vocab_size=data_vocab, data_dir=config.get("data.data_dir"))
             check_vocab(vocab, data, "model.gpt.vocab_size" + (", from the checkpoint" if config.get("ckpt_path") else ""))
+
+
+def log_into_fit_run(config) -> None:
+    """`test --artifact RUN/artifact/artifact.ptz` logs into RUN, the fit's folder, next to its training curves
+    and results.json (instead of a new version folder that nothing links to the fit)."""
+    artifact, logger = config.get("model.artifact"), config.get("trainer.logger")
+    init = getattr(logger, "init_args", None)
+    if not artifact or init is None or not {"save_dir", "name", "version"} <= set(vars(init)):
+        return
+    run = next((p for p in Path(artifact).resolve().parents if (p / "hparams.yaml").is_file()), None)
+    if run is not None:
+        init.save_dir, init.name, init.version = str(run.parent.parent), run.parent.name, run.name
+        log.info("test: logging into the fit's run folder %s", run)
 
 
 def check_inputs(subcommand: str, config) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.loggers import TensorBoardLogger
 
 from lit_golf import artifact
 from lit_golf.config import GPTConfig
@@ -111,6 +112,7 @@ class GolfLightningModule(L.LightningModule):
         self.progress = TrainingProgress()  # shared with the callbacks (lit_golf/progress.py)
         self.test_results: dict = {}
         self._loss_check_every = 1  # steps between finite-loss checks; set at train start
+        self._last_val_bpb: float | None = None
         self.val_bpb = BitsPerByte()  # a submodule: follows the model's device, reduces across ranks
 
     # ------------------------------------------------------------------ setup
@@ -145,11 +147,13 @@ class GolfLightningModule(L.LightningModule):
         """Evaluation config and every callback's settings into the loggers' hparams (not the checkpoint's)."""
         if not self.loggers:
             return
+        for logger in self.loggers:
+            logger.log_hyperparams(self._run_settings())
+
+    def _run_settings(self) -> dict:
         settings = {type(cb).__name__: callback_settings(cb) for cb in self.trainer.callbacks}
         # Through JSON: plain lists and numbers, so hparams.yaml stays loadable with yaml.safe_load.
-        params = json.loads(json.dumps({"evaluation": asdict(self.eval_config), "callbacks": settings}, default=str))
-        for logger in self.loggers:
-            logger.log_hyperparams(params)
+        return json.loads(json.dumps({"evaluation": asdict(self.eval_config), "callbacks": settings}, default=str))
 
     def on_train_start(self) -> None:
         # The loss is read where a time budget syncs the device anyway: no extra host sync per step.
@@ -163,6 +167,13 @@ class GolfLightningModule(L.LightningModule):
                 cache.save()
 
     def on_train_end(self) -> None:
+        if self._last_val_bpb is not None:  # hp_metric of the hparams view: the run's final val bpb
+            params = json.loads(json.dumps(dict(self.hparams), default=str)) | self._run_settings()
+            for logger in self.loggers:
+                if isinstance(logger, TensorBoardLogger):  # its hparams view pairs the settings with the metric
+                    logger.log_hyperparams(params, metrics={"hp_metric": self._last_val_bpb})
+                else:
+                    logger.log_metrics({"hp_metric": self._last_val_bpb}, step=self.global_step)
         if self.device.type == "cuda":
             log.info("peak memory: allocated %d MiB, reserved %d MiB",
                      torch.cuda.max_memory_allocated(self.device) // 2**20,
@@ -303,9 +314,8 @@ class GolfLightningModule(L.LightningModule):
         metric = self.val_bpb
         bpb = metric.compute()
         loss = metric.loss()
-        # hp_metric: TensorBoard's hparams view shows the latest, i.e. the run's final val bpb.
-        self.log_dict({"val/bpb": bpb.float(), "val/loss": loss.float(), "hp_metric": bpb.float()},
-                      rank_zero_only=True)
+        self.log_dict({"val/bpb": bpb.float(), "val/loss": loss.float()}, rank_zero_only=True)
+        self._last_val_bpb = float(bpb)
         if self.trainer.is_global_zero:
             log.info("step %d val_loss %.4f val_bpb %.4f", self.global_step, float(loss), float(bpb))
         metric.reset()

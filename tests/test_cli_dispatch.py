@@ -112,9 +112,9 @@ def test_lit_golf_help_answers_in_under_two_seconds():
 def test_help_of_every_tool_loads_neither_lightning_nor_torch():
     code = """
 import contextlib, io, json, sys
-from lit_golf.cli import main
+from lit_golf.cli import TOOLS, main
 seen = {}
-for argv in (["--help"], ["prepare-data", "--help"], ["download", "--help"], ["demo", "--help"]):
+for argv in (["--help"], *([tool, "--help"] for tool in TOOLS)):
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         try:
@@ -127,7 +127,7 @@ print(json.dumps(seen))
     done = _run(code)
     assert done.returncode == 0, done.stderr
     seen = json.loads(done.stdout.strip().splitlines()[-1])
-    assert seen == {k: [True, []] for k in seen} and len(seen) == 4, seen
+    assert seen == {k: [True, []] for k in seen} and len(seen) == 7, seen  # --help and the six tools
 
 
 def test_shipped_configs_are_addressable_by_name():
@@ -146,7 +146,9 @@ def test_shipped_configs_are_addressable_by_name():
 def test_every_shipped_config_parses(name, capsys):
     from lit_golf.cli import main
 
-    bases = {"overrides/fixed_steps_cpu": ["--config", "tiny_cpu"], "overrides/fixed_steps_1gpu": ["--config", "record"]}
+    record = ["--config", "record"]  # overlays are layered on the config they were written for
+    bases = {"overrides/fixed_steps_cpu": ["--config", "tiny_cpu"], "overrides/fixed_steps_1gpu": record,
+             "frontier": record, "overrides/export_frontier": record}
     with pytest.raises(SystemExit) as done:
         main(["fit", *bases.get(name, []), "--config", name, "--print_config"])
     assert done.value.code in (0, None)

@@ -230,8 +230,13 @@ def run_phased_ttt(
     stopwatch: Stopwatch | None = None,
     progress: bool = True,
     trace: TTTTrace | None = None,
+    phase_bpb: dict[str, float] | None = None,
 ) -> BitsPerByte:
-    """Score all documents of `val` with phased TTT. Trains `model`'s weights in place: pass a copy."""
+    """Score all documents of `val` with phased TTT. Trains `model`'s weights in place: pass a copy.
+
+    `phase_bpb`, when given, receives the bits per byte of everything scored so far after each stage
+    (all ranks, synced), by stage name.
+    """
     rank, world = rank_and_world()
     stopwatch = stopwatch or Stopwatch(val.device)
     docs = find_documents(val.tokens, cfg.bos_id)
@@ -267,6 +272,8 @@ def run_phased_ttt(
                         bar.update(len(batch))
                         if not bar.disable:
                             bar.set_postfix(bpb=f"{_local_bpb(metric):.4f}", refresh=False)
+                if phase_bpb is not None:
+                    phase_bpb[stage.name] = metric.totals()["bpb"]  # a collective: every rank is here
                 if rank == 0:
                     log.info("ttt %s: %d docs on rank 0, running bpb %.4f", stage.name, sum(map(len, plan)), _local_bpb(metric))
                 if stage.sgd_docs is not None:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+from tqdm.auto import tqdm
 
 import lit_golf
 from lit_golf.config import GPTConfig
@@ -82,7 +83,9 @@ def quantize_model(
     matrices = {m.state_key: m for m in gpt.quantized_matrices()}
     stored: dict[str, StoredTensor] = {}
     originals: dict[str, torch.Tensor] = {}
-    for key, tensor in unbank_state_dict(gpt.state_dict(), gpt.config).items():
+    flat = unbank_state_dict(gpt.state_dict(), gpt.config)
+    bar = tqdm(flat.items(), total=len(flat), desc="export: quantize", unit="tensor", leave=False)
+    for key, tensor in bar:
         matrix = matrices.get(key)
         if matrix is None or tensor.numel() <= cfg.passthrough_max_numel:
             if cfg.schemes.gates == int8_row.NAME and is_gate(key, tensor, cfg):
@@ -91,6 +94,7 @@ def quantize_model(
                 stored[key] = StoredTensor.from_parts(passthrough.NAME, PASSTHROUGH, passthrough.quantize(tensor))
             continue
         bits, _ = cfg.group_quantization(matrix.group)
+        bar.set_postfix(group=matrix.group, refresh=False)
         parts = gptq.quantize(tensor, hessians[matrix.name], cfg, matrix.group)
         stored[key] = StoredTensor.from_parts(gptq.NAME, matrix.group, parts, bits)
         originals[key] = tensor.detach().float().cpu()
@@ -162,10 +166,15 @@ def build_artifact(
     oversized artifact is still on disk for inspection.
     """
     out_dir = Path(out_dir)
+    started = time.perf_counter()
     stored, errors = quantize_model(gpt, hessians, cfg)
+    log.info("export: %d tensors quantized in %.1fs (%s); packing and compressing", len(stored),
+             time.perf_counter() - started, ", ".join(sorted({t.scheme for t in stored.values()})))
     started = time.perf_counter()
     blob, parts = pack_stored(artifact_header(gpt, cfg, tokenizer), stored, cfg)
     serialize_s = time.perf_counter() - started
+    log.info("export: packed and compressed (%s%s) in %.1fs", cfg.compressor,
+             " + per-group zpaq" if cfg.per_group.enabled else "", serialize_s)
     artifact_path = write_artifact(out_dir / ARTIFACT_NAME, blob)
     code = measure_code(cfg.compressor, cfg.brotli_quality)
     rows = _size_rows(parts, errors, code)
