@@ -5,7 +5,8 @@
 # commands before/after (STAGGER=1: each launch waits for the previous one's compile warm-up, so a
 # second run of the same config compiles from the cache and trains while the first one exports/evaluates).
 # Everything the runs wrote (logs, results.json, artifact.json, hparams, events)
-# comes back as one tarball; $OUT/summary.txt has the headline lines.
+# comes back as one tarball per run ($OUT/<name>.tar.xz, packed when the run ends); $OUT/summary.txt has
+# the headline lines.
 # Usage (repo root; wheels in .whl/, xz shards + tokenizer in ${DATA_XZ:-.gpu/data}):
 #   RUNS="record_s1337|--config configs/record.yaml ... --seed_everything 1337;frontier_s1337|..." \
 #     PRE="python3 -m pytest -q tests/test_fused_ce.py" bash bench/gpu_paired_round.sh
@@ -41,9 +42,12 @@ for run in "${runs[@]}"; do
   fi
   prev=$name
   # shellcheck disable=SC2086
-  ( s=$(date +%s); timeout "${RUN_TIMEOUT:-560}" python3 -m lit_golf.cli ${LAUNCH:-run} $args --data.data_dir "$data" \
+  # Each run is packed into $OUT as soon as it ends (killed by RUN_TIMEOUT included): a device call that
+  # runs out of time returns what finished.
+  ( s=$(date +%s); timeout "${RUN_TIMEOUT:-480}" python3 -m lit_golf.cli ${LAUNCH:-run} $args --data.data_dir "$data" \
       --trainer.logger.init_args.save_dir "logs/gpu/$name" > "logs/gpu/$name.log" 2>&1
-    echo "$name rc $? launch->exit $(( $(date +%s) - s ))s" >> "$out/summary.txt" ) &
+    echo "$name rc $? launch->exit $(( $(date +%s) - s ))s" >> "$out/summary.txt"
+    tar --exclude='*.ckpt' --exclude='*.ptz' -cJf "$out/$name.tar.xz" "logs/gpu/$name" "logs/gpu/$name.log" 2>/dev/null ) &
   pids+=($!)
 done
 for p in "${pids[@]}"; do wait "$p"; done
@@ -56,6 +60,5 @@ for run in "${runs[@]}"; do
   { echo "== $name"; grep -E "tok/s|val_bpb|bpb|artifact .*bytes|quant|checkpoint:|looping|export:|compile|peak memory|error|Error" \
       "logs/gpu/$name.log" | grep -v "^ *warn" | tail -40; } >> "$out/summary.txt"
 done
-tar --exclude='*.ckpt' --exclude='*.ptz' -cJf "$out/logs.tar.xz" logs/gpu 2>/dev/null
 echo "round ${SECONDS}s (started $(date -d @"$started" -u +%H:%M:%S) UTC)" >> "$out/summary.txt"
 exit 0
