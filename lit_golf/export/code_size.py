@@ -1,10 +1,10 @@
 """The code bytes of a submission: the size of the `train_gpt.py` that ships it, built here.
 
 The 16,000,000-byte limit covers the artifact *and* the code, and the challenge counts the code as
-the bytes of the submission's `train_gpt.py`. A lit_golf submission must ship the whole package
-(it trains, exports and evaluates), so `submission_script` writes one self-contained file: a short
-launcher and, in one compressed string, every module of the package (minified: comments,
-docstrings and formatting dropped via `ast`) plus the resolved config of the run. Export counts
+the bytes of the submission's `train_gpt.py`. A lit_golf submission ships what a run executes (it
+trains, exports and evaluates), so `submission_script` writes one self-contained file: a short
+launcher and, in one compressed string, every module the entry point imports (`code_files`;
+minified: comments, docstrings and formatting dropped via `ast`) plus the resolved config of the run. Export counts
 exactly that file's bytes (`measure_code`), and `lit-golf submit` writes the same bytes, so the budget
 checked during fit is the real one. Run from such a file (`SCRIPT_ENV` set by its launcher), the
 file itself is measured.
