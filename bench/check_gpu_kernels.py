@@ -14,13 +14,14 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from gpu_timing import time_ms  # noqa: E402  (bench/ is on sys.path when a bench script runs)
 
 from lit_golf.attention import attend, available_backends, select_backend  # noqa: E402
 from lit_golf.config import GPTConfig  # noqa: E402
@@ -29,20 +30,6 @@ from lit_golf.model import GPT  # noqa: E402
 
 DEVICE = "cuda"
 failures: list[str] = []
-
-
-def time_ms(fn: Callable[[], object], warmup: int = 3, iters: int = 10) -> float:
-    """Mean wall time of `fn` on the GPU in milliseconds."""
-    for _ in range(warmup):
-        fn()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    torch.cuda.synchronize()
-    start.record()
-    for _ in range(iters):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / iters
 
 
 def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:

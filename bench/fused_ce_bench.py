@@ -23,24 +23,12 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from gpu_timing import time_ms  # noqa: E402  (bench/ is on sys.path when a bench script runs)
+
 from lit_golf.kernels.fused_ce import fused_ce_available, softcapped_cross_entropy  # noqa: E402
 
 LOSS_TOLERANCE = 1e-3  # absolute, per token (losses are ~10 nats; fp32 sums in another order)
 GRAD_TOLERANCE = 1e-2  # relative Frobenius error of the bf16 gradient
-
-
-def time_ms(fn: Callable[[], object], warmup: int, iters: int) -> float:
-    """Mean wall time of `fn` on the GPU in milliseconds."""
-    for _ in range(warmup):
-        fn()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    torch.cuda.synchronize()
-    start.record()
-    for _ in range(iters):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / iters
 
 
 def peak_extra_bytes(fn: Callable[[], object]) -> int:
