@@ -18,7 +18,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lit_golf.data.shards import read_shard  # noqa: E402
+from lit_golf.data.shards import (
+    BOS_ID,
+    read_shard,  # noqa: E402
+)
 from lit_golf.eval.config import EvalConfig  # noqa: E402
 from lit_golf.eval.documents import (  # noqa: E402
     find_documents,
@@ -33,7 +36,7 @@ from lit_golf.eval.ttt import DocumentBatchScorer, build_stages  # noqa: E402
 def positions(cfg: EvalConfig, tokens: torch.Tensor) -> int:
     scorer = SimpleNamespace(cfg=cfg, rows=cfg.ttt_batch_docs)  # all `_row_groups` reads
     total = 0
-    for stage in build_stages(find_documents(tokens, cfg.bos_id), cfg):
+    for stage in build_stages(find_documents(tokens, BOS_ID), cfg):
         for docs in plan_batches(stage.docs, cfg.ttt_batch_docs, 0, 1, cfg.ttt_chunk_size, cfg.ttt_context_len,
                                  cfg.ttt_window_bucket):
             lengths = [d.num_targets for d in docs] + [0] * (cfg.ttt_batch_docs - len(docs))
@@ -52,8 +55,8 @@ def main() -> None:
     parser.add_argument("--window-bucket", type=int, default=EvalConfig().ttt_window_bucket)
     args = parser.parse_args()
     cfg = EvalConfig(max_docs=args.max_docs, phased_prefix_docs=args.prefix_docs, ttt_window_bucket=args.window_bucket)
-    tokens = truncate_to_documents(torch.from_numpy(read_shard(args.shard).astype("int64")), cfg.bos_id, cfg.max_docs)
-    docs = find_documents(tokens, cfg.bos_id)
+    tokens = truncate_to_documents(torch.from_numpy(read_shard(args.shard).astype("int64")), BOS_ID, cfg.max_docs)
+    docs = find_documents(tokens, BOS_ID)
     scored = sum(d.num_targets for d in docs)
     run = positions(cfg, tokens)
     print(f"{len(docs)} docs, {scored:,} scored tokens; TTT runs {run:,} positions ({run / scored:.1f}x)")

@@ -31,6 +31,7 @@ from count_ttt_work import positions  # noqa: E402
 
 from lit_golf import artifact  # noqa: E402
 from lit_golf.data.datamodule import GolfDataModule  # noqa: E402
+from lit_golf.data.shards import BOS_ID  # noqa: E402
 from lit_golf.eval.config import EvalConfig  # noqa: E402
 from lit_golf.eval.documents import find_documents, truncate_to_documents  # noqa: E402
 from lit_golf.eval.runtime import Stopwatch  # noqa: E402
@@ -66,7 +67,7 @@ def main() -> None:
     overrides = {"attention_backend": args.attention_backend} if args.attention_backend else {}
     model = artifact.load(args.artifact, device, **overrides)
     data = GolfDataModule(data_dir=args.data_dir, vocab_size=model.config.vocab_size)
-    tokens = truncate_to_documents(data.val_tokens(), cfg.bos_id, cfg.max_docs)
+    tokens = truncate_to_documents(data.val_tokens(), BOS_ID, cfg.max_docs)
     val = ValSet.build(tokens, data.byte_luts(), device)
     loaded = time.time()
     stopwatch = Stopwatch(device)
@@ -90,7 +91,7 @@ def main() -> None:
         "artifact": args.artifact,
         "attention_backend": model.attention_backend_name,
         "compiled": cfg.ttt_compile,
-        "docs": len(find_documents(tokens, cfg.bos_id)),
+        "docs": len(find_documents(tokens, BOS_ID)),
         "prefix_docs": cfg.phased_prefix_docs,
         "window_bucket": cfg.ttt_window_bucket,
         "scored_tokens": scored,

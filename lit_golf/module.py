@@ -21,6 +21,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from lit_golf import artifact
 from lit_golf.config import GPTConfig
+from lit_golf.data.shards import BOS_ID
 from lit_golf.eval.config import EvalConfig
 from lit_golf.eval.metric import BitsPerByte
 from lit_golf.eval.plain import document_masked_nll
@@ -307,7 +308,7 @@ class GolfLightningModule(L.LightningModule):
     # ------------------------------------------------------------- validation
     def validation_step(self, batch, batch_idx):
         input_ids, target_ids, nbytes = batch  # bytes: the datamodule's val_byte_table (sidecar or tables)
-        nll = document_masked_nll(self.gpt, input_ids, target_ids, self.eval_config.bos_id)
+        nll = document_masked_nll(self.gpt, input_ids, target_ids, BOS_ID)
         self.val_bpb.update(nll, nbytes)
 
     def on_validation_epoch_end(self) -> None:

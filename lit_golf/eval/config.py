@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from lit_golf.config import config_from_dict
-from lit_golf.data.shards import BOS_ID
 
 LORA_SITES = ("q", "k", "v", "o", "mlp", "head")
 PREFIX_ORDERS = ("longest_first", "stream")
@@ -58,8 +57,8 @@ class EvalConfig:
     global_sgd_batch_seqs: int = 32
     global_sgd_grad_clip: float = 1.0
     global_sgd_epochs: int = 1
-    # data
-    bos_id: int = BOS_ID  # the shard format's; the model's SmearGate masks the same constant
+    # data (documents start at the shard format's BOS token, `lit_golf.data.shards.BOS_ID`: one source,
+    # shared with the model's SmearGate mask and the packing of training rows)
     max_docs: int | None = None
 
     def __post_init__(self) -> None:

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from lit_golf.data.shards import BOS_ID
 from lit_golf.distributed import rank_and_world
 from lit_golf.eval.config import EvalConfig
 from lit_golf.eval.documents import document_starts, packed_cu_seqlens
@@ -113,9 +114,9 @@ def score_windows(
 
 def eval_plain(model: nn.Module, val: ValSet, cfg: EvalConfig, progress: bool = False) -> BitsPerByte:
     windows = plain_windows(val.num_targets, cfg.eval_seq_len)
-    return score_windows(model, val, windows, cfg.eval_batch_seqs, cfg.bos_id, label="plain" if progress else None)
+    return score_windows(model, val, windows, cfg.eval_batch_seqs, BOS_ID, label="plain" if progress else None)
 
 
 def eval_sliding(model: nn.Module, val: ValSet, cfg: EvalConfig, progress: bool = False) -> BitsPerByte:
     windows = sliding_windows(val.num_targets, cfg.eval_seq_len, cfg.sliding_stride)
-    return score_windows(model, val, windows, cfg.eval_batch_seqs, cfg.bos_id, label="sliding" if progress else None)
+    return score_windows(model, val, windows, cfg.eval_batch_seqs, BOS_ID, label="sliding" if progress else None)

@@ -8,6 +8,7 @@ import logging
 import torch
 import torch.nn as nn
 
+from lit_golf.data.shards import BOS_ID
 from lit_golf.data.tokenizer import ByteLUTs
 from lit_golf.distributed import rank_and_world
 from lit_golf.eval.config import EvalConfig
@@ -63,7 +64,7 @@ def evaluate(
             results.update(_scores("ttt", metric))
             results.update({f"ttt_bpb_after_{name}": bpb for name, bpb in phase_bpb.items()})
             results["ttt_gain"] = results["val_bpb"] - results["ttt_bpb"]
-            results["ttt_docs"] = len(find_documents(val.tokens, cfg.bos_id))
+            results["ttt_docs"] = len(find_documents(val.tokens, BOS_ID))
             results["ttt_tokens_per_second"] = results["ttt_tokens"] / stopwatch.seconds["ttt"]
     results.update({f"time_{name}_s": seconds for name, seconds in stopwatch.seconds.items() if name != "eval"})
     results["eval_seconds"] = stopwatch.seconds["eval"]
@@ -89,7 +90,7 @@ def plain_bpb(
 def _valset(
     val_tokens: torch.Tensor, luts: ByteLUTs, cfg: EvalConfig, device: torch.device, token_bytes: torch.Tensor | None
 ) -> ValSet:
-    tokens = truncate_to_documents(torch.as_tensor(val_tokens).to(device=device, dtype=torch.int64), cfg.bos_id, cfg.max_docs)
+    tokens = truncate_to_documents(torch.as_tensor(val_tokens).to(device=device, dtype=torch.int64), BOS_ID, cfg.max_docs)
     kept = None if token_bytes is None else torch.as_tensor(token_bytes)[: tokens.numel()]  # a prefix is kept
     return ValSet.build(tokens, luts, device, kept)
 

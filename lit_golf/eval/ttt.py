@@ -32,6 +32,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from lit_golf.data.shards import BOS_ID
 from lit_golf.distributed import rank_and_world
 from lit_golf.eval.config import EvalConfig
 from lit_golf.eval.documents import (
@@ -239,7 +240,7 @@ def run_phased_ttt(
     """
     rank, world = rank_and_world()
     stopwatch = stopwatch or Stopwatch(val.device)
-    docs = find_documents(val.tokens, cfg.bos_id)
+    docs = find_documents(val.tokens, BOS_ID)
     stages = build_stages(docs, cfg)
     plans = [
         plan_batches(
