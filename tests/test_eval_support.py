@@ -78,8 +78,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world: int, port: int, fn: Callable, out_dir: str, args: tuple) -> None:
-    torch.set_num_threads(1)
+def _worker(rank: int, world: int, port: int, fn: Callable, out_dir: str, args: tuple, threads: int | None) -> None:
+    if threads is not None:
+        torch.set_num_threads(threads)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         torch.save(fn(*args), Path(out_dir) / f"rank{rank}.pt")
@@ -87,7 +88,14 @@ def _worker(rank: int, world: int, port: int, fn: Callable, out_dir: str, args: 
         dist.destroy_process_group()
 
 
-def run_on_ranks(fn: Callable, world: int, tmp_path: Path, *args) -> list:
-    """Run module-level `fn(*args)` on `world` CPU processes joined by gloo; returns each rank's result."""
-    mp.spawn(_worker, args=(world, free_port(), fn, str(tmp_path), args), nprocs=world, join=True)
+def run_on_ranks(fn: Callable, world: int, tmp_path: Path, *args, start_method: str = "spawn",
+                 threads: int | None = 1) -> list:
+    """Run module-level `fn(*args)` on `world` CPU processes joined by gloo; returns each rank's result.
+
+    The one launcher of the test suite's multi-process tests: `fn` reads its rank from
+    `torch.distributed`. `start_method="fork"` skips the children's re-import (when the parent has not
+    started threads that a fork would break); `threads=None` keeps torch's default thread count.
+    """
+    mp.start_processes(_worker, args=(world, free_port(), fn, str(tmp_path), args, threads), nprocs=world,
+                       join=True, start_method=start_method)
     return [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(world)]

@@ -11,6 +11,7 @@ import lightning as L
 import pytest
 import torch
 import torch.distributed as dist
+from test_eval_support import run_on_ranks
 from torch.utils.data import DataLoader, TensorDataset
 
 from lit_golf import artifact
@@ -482,24 +483,17 @@ def test_callback_in_a_real_fit_exports_the_ema_weights_to_the_tensorboard_log_d
     assert again.artifact_path.read_bytes() == callback.artifact_path.read_bytes()
 
 
-def _rank_hessians(rank: int, world_size: int, init_file: str, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
-    try:
-        cfg = ExportConfig(**SMALL_EXPORT)
-        hessians = collect_hessians(tiny_gpt(), calibration_batches(FakeDataModule(), cfg, rank, world_size))
-        torch.save(hessians, f"{out_dir}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+def _rank_hessians() -> dict[str, torch.Tensor]:
+    rank, world_size = dist.get_rank(), dist.get_world_size()
+    cfg = ExportConfig(**SMALL_EXPORT)
+    return collect_hessians(tiny_gpt(), calibration_batches(FakeDataModule(), cfg, rank, world_size))
 
 
 @pytest.mark.slow
 def test_two_ranks_sharing_the_batches_get_the_single_process_hessians(tmp_path):
-    torch.multiprocessing.start_processes(_rank_hessians, args=(2, str(tmp_path / "pg"), str(tmp_path)), nprocs=2,
-                                          start_method="fork")  # children inherit the imports: no re-import cost
+    per_rank = run_on_ranks(_rank_hessians, 2, tmp_path, start_method="fork")  # fork: no re-import cost
     expected = collect_hessians(tiny_gpt(), calibration_batches(FakeDataModule(), ExportConfig(**SMALL_EXPORT)))
-    for rank in range(2):
-        got = torch.load(tmp_path / f"rank{rank}.pt")
+    for got in per_rank:
         for name, hessian in expected.items():
             torch.testing.assert_close(got[name], hessian, rtol=1e-5, atol=1e-6)
 

@@ -19,7 +19,7 @@ import copy
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from test_eval_support import run_on_ranks
 from test_optim import BF16_BANK_ATOL, params_of, set_grads, tiny_model
 
 from lit_golf.optim import BANK_NAMES, OptimConfig, build_golf_optimizer, muon_momentum
@@ -62,30 +62,28 @@ def run(grads_for_step, **overrides):
     return params_of(model), opt.state_dict()
 
 
-def _worker(rank: int, store_dir: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{store_dir}/store", rank=rank, world_size=WORLD_SIZE)
-    try:
-        def local_random(model, step):
-            random_grads(model, step, rank)
+def _rank_run() -> dict:
+    rank = dist.get_rank()
 
-        model = tiny_model()
-        opt = build_golf_optimizer(model, optimizer_config())
-        train(model, opt, range(SNAPSHOT_AT), local_random)
-        snapshot = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
-        train(model, opt, range(SNAPSHOT_AT, STEPS), local_random)
-        result = {"params": params_of(model), "state": opt.state_dict()}
+    def local_random(model, step):
+        random_grads(model, step, rank)
 
-        model.load_state_dict(snapshot[0])
-        opt.load_state_dict(snapshot[1])
-        train(model, opt, range(SNAPSHOT_AT, STEPS), local_random)
-        result["replayed"] = params_of(model)
+    model = tiny_model()
+    opt = build_golf_optimizer(model, optimizer_config())
+    train(model, opt, range(SNAPSHOT_AT), local_random)
+    snapshot = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
+    train(model, opt, range(SNAPSHOT_AT, STEPS), local_random)
+    result = {"params": params_of(model), "state": opt.state_dict()}
 
-        result["exact"], result["exact_state"] = run(lambda model, step: integer_grads(model, step, rank),
-                                                     grad_clip_norm=0.0)
-        result["unsynced"], _ = run(local_random, distributed=False)
-        torch.save(result, f"{store_dir}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+    model.load_state_dict(snapshot[0])
+    opt.load_state_dict(snapshot[1])
+    train(model, opt, range(SNAPSHOT_AT, STEPS), local_random)
+    result["replayed"] = params_of(model)
+
+    result["exact"], result["exact_state"] = run(lambda model, step: integer_grads(model, step, rank),
+                                                 grad_clip_norm=0.0)
+    result["unsynced"], _ = run(local_random, distributed=False)
+    return result
 
 
 def averaged(grads_for_rank):
@@ -102,9 +100,7 @@ def averaged(grads_for_rank):
 
 @pytest.fixture(scope="module")
 def rank_results(tmp_path_factory):
-    store_dir = tmp_path_factory.mktemp("gloo")
-    mp.spawn(_worker, args=(str(store_dir),), nprocs=WORLD_SIZE, join=True)
-    return [torch.load(store_dir / f"rank{rank}.pt") for rank in range(WORLD_SIZE)]
+    return run_on_ranks(_rank_run, WORLD_SIZE, tmp_path_factory.mktemp("gloo"), threads=None)
 
 
 @pytest.mark.slow
