@@ -22,14 +22,19 @@ VOCAB = 64
 BOS = 1
 
 
+# The suite's toy GPT: the record's structure (U-Net skips, a loop, parallel lanes, XSA) at toy sizes.
+# Test files that need other sizes derive from it: `{**TINY_GPT, "model_dim": 64, ...}`.
+TINY_GPT = dict(
+    vocab_size=VOCAB, num_layers=4, model_dim=32, num_heads=2, num_kv_heads=1, mlp_mult=2, rope_dims=8,
+    xsa_last_n=2, parallel_start_layer=3, num_loops=1, loop_start=1, loop_end=2, attention_backend="sdpa",
+    fused_mlp=False,
+)
+
+
 def tiny_model(seed: int = 0, looping: bool = True) -> GPT:
     """4 layers (6 executed slots with looping), parallel lanes, XSA, random non-zero weights."""
     torch.manual_seed(seed)
-    cfg = GPTConfig(
-        vocab_size=VOCAB, num_layers=4, model_dim=32, num_heads=2, num_kv_heads=1, mlp_mult=2, rope_dims=8,
-        xsa_last_n=2, parallel_start_layer=3, num_loops=1, loop_start=1, loop_end=2, fused_mlp=False,
-    )
-    model = GPT(cfg)
+    model = GPT(GPTConfig(**TINY_GPT))
     with torch.no_grad():
         for p in model.parameters():
             if p.dim() >= 2:
@@ -39,9 +44,9 @@ def tiny_model(seed: int = 0, looping: bool = True) -> GPT:
 
 
 def small_gpt(vocab: int) -> GPTConfig:
-    """The training and CLI tests' model: 4 layers with looping, parallel lanes and XSA, dim 64."""
-    return GPTConfig(vocab_size=vocab, num_layers=4, model_dim=64, num_heads=4, num_kv_heads=2, rope_dims=8,
-                     xsa_last_n=4, parallel_start_layer=3, num_loops=1, loop_start=1, loop_end=2)
+    """The training and CLI tests' model: the toy structure at dim 64 with XSA everywhere."""
+    return GPTConfig(**{**TINY_GPT, "vocab_size": vocab, "model_dim": 64, "num_heads": 4, "num_kv_heads": 2,
+                        "mlp_mult": 4.0, "xsa_last_n": 4, "attention_backend": "auto", "fused_mlp": True})
 
 
 def synthetic_val(lengths: list[int], seed: int = 0) -> torch.Tensor:

@@ -11,7 +11,7 @@ import lightning as L
 import pytest
 import torch
 import torch.distributed as dist
-from test_eval_support import run_on_ranks
+from test_eval_support import TINY_GPT, run_on_ranks
 from torch.utils.data import DataLoader, TensorDataset
 
 from lit_golf import artifact
@@ -40,10 +40,7 @@ from lit_golf.export.serialize import (
 )
 from lit_golf.model import GPT, rebank_state_dict, unbank_state_dict
 
-TINY = dict(
-    vocab_size=128, num_layers=4, model_dim=64, num_heads=4, num_kv_heads=2, rope_dims=8, xsa_last_n=2,
-    num_loops=1, loop_start=1, loop_end=2, parallel_start_layer=3, attention_backend="sdpa", fused_mlp=False,
-)
+TINY = {**TINY_GPT, "vocab_size": 128, "model_dim": 64, "num_heads": 4, "num_kv_heads": 2, "mlp_mult": 4.0}
 # Everything in quantized_matrices() quantized (tiny matrices), fast compression, a budget that fits.
 SMALL_EXPORT = dict(passthrough_max_numel=0, brotli_quality=5, budget_bytes=10**9, calibration_batches=3,
                     calibration_seq_len=32, calibration_batch_seqs=2)

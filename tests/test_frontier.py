@@ -7,7 +7,7 @@ import copy
 
 import pytest
 import torch
-from test_eval_support import BOS, VOCAB, small_eval_config, synthetic_luts, synthetic_val
+from test_eval_support import BOS, TINY_GPT, VOCAB, small_eval_config, synthetic_luts, synthetic_val
 
 from lit_golf import artifact
 from lit_golf.config import GPTConfig
@@ -26,11 +26,7 @@ from lit_golf.optim import OptimConfig, build_golf_optimizer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-TINY = dict(
-    vocab_size=VOCAB, num_layers=4, model_dim=32, num_heads=2, num_kv_heads=1, mlp_mult=2, rope_dims=8,
-    xsa_last_n=2, parallel_start_layer=3, num_loops=1, loop_start=1, loop_end=2, attention_backend="sdpa",
-    fused_mlp=False,
-)
+TINY = TINY_GPT
 SWITCHES = dict(smear_gate=True, sparse_attn_gate=True, sparse_attn_gate_scale=0.5)
 NEW_PARAMETERS = {"smear.weight", "smear.lam", *(f"blocks.{i}.attn.gate_weight" for i in range(TINY["num_layers"]))}
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_eval_support import TINY_GPT
 
 from lit_golf.config import GPTConfig
 from lit_golf.model import (
@@ -17,10 +18,8 @@ from lit_golf.model import (
     unbank_state_dict,
 )
 
-TINY = dict(
-    vocab_size=256, num_layers=6, model_dim=64, num_heads=4, num_kv_heads=2, rope_dims=8, xsa_last_n=3,
-    num_loops=1, loop_start=2, loop_end=3, parallel_start_layer=4, attention_backend="sdpa",
-)
+TINY = {**TINY_GPT, "vocab_size": 256, "num_layers": 6, "model_dim": 64, "num_heads": 4, "num_kv_heads": 2,
+        "mlp_mult": 4.0, "xsa_last_n": 3, "loop_start": 2, "loop_end": 3, "parallel_start_layer": 4, "fused_mlp": True}
 
 
 def tiny_model(seed: int = 0, trained: bool = True, **overrides) -> GPT:
