@@ -19,9 +19,6 @@ export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 if [ ! -d "$data/datasets" ]; then
   ENWIKI_XZ_DIR=${DATA_XZ_PARENT:-$PWD/.gpu} bash bench/unpack_enwiki.sh "$data" "${VAL_DOCS:-1000}" > "$out/data.txt" 2>&1 \
     || { cat "$out/data.txt"; exit 1; }
-  for f in "${DATA_XZ_PARENT:-$PWD/.gpu}"/data/fineweb_val_bytes_*.bin.xz; do  # CaseOps byte sidecar, if carried
-    [ -e "$f" ] && xz -dc "$f" > "$data/datasets/fineweb10B_sp8192/$(basename "${f%.xz}")"
-  done
   [ -e "${DATA_XZ_PARENT:-$PWD/.gpu}/data/manifest.json" ] \
     && cp "${DATA_XZ_PARENT:-$PWD/.gpu}/data/manifest.json" "$data/datasets/fineweb10B_sp8192/"
 fi
