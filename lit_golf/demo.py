@@ -106,8 +106,8 @@ def cli_main(argv: list[str] | None = None) -> int:
              f"shards + manifest under {data_dir}")
 
     common = [
-        "--config", str(config), "--data.data_dir", str(data_dir), "--data.vocab_size", str(args.vocab_size),
-        "--model.gpt.vocab_size", str(args.vocab_size), "--trainer.logger.init_args.save_dir", str(out / "logs"),
+        "--config", str(config), "--data.data_dir", str(data_dir), "--model.gpt.vocab_size", str(args.vocab_size),
+        "--trainer.logger.init_args.save_dir", str(out / "logs"),
     ]
     fit_args = ["fit", *common]
     if args.max_steps is not None:

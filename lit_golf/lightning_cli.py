@@ -11,7 +11,6 @@ import argparse
 import logging
 import warnings
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -27,7 +26,12 @@ from lit_golf.config_files import config_names
 from lit_golf.data.datamodule import GolfDataModule
 from lit_golf.export.budget import ArtifactTooLarge
 from lit_golf.export.code_size import set_run_config
-from lit_golf.export.pipeline import ExportReport, check_checkpoint, check_vocab, export_from_checkpoint
+from lit_golf.export.pipeline import (
+    ExportReport,
+    check_checkpoint,
+    check_data_for_vocab,
+    export_from_checkpoint,
+)
 from lit_golf.module import GolfLightningModule
 from lit_golf.results import read_results, summary_lines
 
@@ -106,6 +110,10 @@ class GolfCLI(LightningCLI):
         # flag changes one field and keeps the rest, which a `trainer.callbacks` list cannot do.
         for name, callback in NAMED_CALLBACKS.items():
             parser.add_lightning_class_args(callback, name)
+        # One source per knob: the data follows the model's vocabulary and evaluation window (a checkpoint's
+        # hyperparameters set both at once); `data.vocab_size` and `data.eval_seq_len` are derived, never given.
+        parser.link_arguments("model.gpt.vocab_size", "data.vocab_size")
+        parser.link_arguments("model.evaluation.eval_seq_len", "data.eval_seq_len")
 
     def _instantiate_trainer(self, config: dict, callbacks: list[Callback]) -> Trainer:
         # Named callbacks the trainer's own switches turn off (Lightning refuses a progress bar or a
@@ -140,10 +148,10 @@ class GolfCLI(LightningCLI):
             log_into_fit_run(config)
         # The submission script embeds the resolved config, as LightningCLI saves it into the run folder.
         set_run_config(self._parser(self.config.subcommand).dump(config, skip_none=False))
-        vocab, data_vocab = config.get("model.gpt.vocab_size"), config.get("data.vocab_size")
-        if isinstance(vocab, int) and isinstance(data_vocab, int) and min(vocab, data_vocab) >= 1:
-            data = SimpleNamespace(vocab_size=data_vocab, data_dir=config.get("data.data_dir"))
-            check_vocab(vocab, data, "model.gpt.vocab_size" + (", from the checkpoint" if config.get("ckpt_path") else ""))
+        vocab, data_dir = config.get("model.gpt.vocab_size"), config.get("data.data_dir")
+        if isinstance(vocab, int) and vocab >= 1 and data_dir:
+            source = "model.gpt.vocab_size" + (", from the checkpoint" if config.get("ckpt_path") else "")
+            check_data_for_vocab(vocab, data_dir, source)
 
 
 def log_into_fit_run(config) -> None:

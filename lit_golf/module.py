@@ -8,6 +8,7 @@ stays a plain Python object that Lightning can hook into.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import math
@@ -83,18 +84,18 @@ class GolfLightningModule(L.LightningModule):
 
     def __init__(
         self,
-        gpt: GPTConfig | None = None,
+        gpt: GPTConfig = GPTConfig(),  # noqa: B008 (copied below; a default, not None, so model.gpt.* always exists)
         optim: OptimConfig | None = None,
         training: TrainingConfig | None = None,
-        evaluation: EvalConfig | None = None,
+        evaluation: EvalConfig = EvalConfig(),  # noqa: B008 (copied below; model.evaluation.* always exists)
         artifact: str | None = None,
         use_ema_weights: bool = True,
     ) -> None:
         super().__init__()
-        self.gpt_config = gpt or GPTConfig()
+        self.gpt_config = dataclasses.replace(gpt)  # own copies: the defaults are shared objects
         self.optim_config = optim or OptimConfig()
         self.training_config = training or TrainingConfig()
-        self.eval_config = evaluation or EvalConfig()
+        self.eval_config = dataclasses.replace(evaluation)
         self.artifact = artifact
         self.use_ema_weights = use_ema_weights
         # What a checkpoint needs to rebuild and resume the model. Evaluation settings stay out: with

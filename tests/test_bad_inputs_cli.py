@@ -87,7 +87,7 @@ def bad(tmp_path_factory) -> dict[str, Path]:
 
 def common(tiny_data, tmp_path) -> list[str]:
     return ["--config", str(TINY_CPU), "--data.data_dir", str(tiny_data.data_dir),
-            "--data.vocab_size", str(tiny_data.vocab_size), "--model.gpt.vocab_size", str(tiny_data.vocab_size),
+            "--model.gpt.vocab_size", str(tiny_data.vocab_size),
             "--trainer.logger.init_args.save_dir", str(tmp_path / "logs")]
 
 
@@ -154,8 +154,12 @@ CASES = [
     ("loop-beyond-layers", ["fit", "--model.gpt.loop_end", "9"], ["loop_end=9 must lie inside 0..3"]),
     ("eval-seq-len-0", ["fit", "--model.evaluation.eval_seq_len", "0"], ["invalid EvalConfig: eval_seq_len=0"]),
     # what jsonargparse rejects: the key and the reason, not the usage
-    ("unknown-model-key", ["fit", "--model.gpt.bogus", "3"], ["--model.gpt", "'bogus'", "see `lit-golf fit --help`"]),
+    ("unknown-model-key", ["fit", "--model.gpt.bogus", "3"],
+     ["unrecognized arguments: --model.gpt.bogus 3", "see `lit-golf fit --help`"]),
     ("unknown-top-level-key", ["fit", "--bogus", "3"], ["unrecognized arguments: --bogus 3"]),
+    # data.vocab_size follows model.gpt.vocab_size: one source, the derived one is refused
+    ("derived-data-vocab", ["fit", "--data.vocab_size", "512"],
+     ['"data.vocab_size" must be given via "model.gpt.vocab_size"']),
     ("unknown-trainer-key", ["fit", "--trainer.bogus", "3"], ["unrecognized arguments: --trainer.bogus 3"]),
     ("int-not-a-number", ["fit", "--model.gpt.num_layers", "abc"], ["--model.gpt.num_layers", "int", "abc"]),
     ("float-not-a-number", ["fit", "--model.gpt.mlp_mult", "lots"], ["--model.gpt.mlp_mult", "float", "lots"]),
@@ -165,7 +169,7 @@ CASES = [
     ("flag-without-value", ["fit", "--trainer.max_steps"], ["--trainer.max_steps", "expected one argument"]),
     ("config-missing", ["fit", "--config", "{folder}/nope.yaml"], ["--config", "does not exist", "nope.yaml"]),
     ("config-not-yaml", ["fit", "--config", "{bad.yaml}"], ["bad.yaml is not valid YAML", "line 3"]),
-    ("config-unknown-key", ["fit", "--config", "{unknown_key.yaml}"], ["--model.gpt", "'bogus_field'"]),
+    ("config-unknown-key", ["fit", "--config", "{unknown_key.yaml}"], ["does not accept option 'model.gpt.bogus_field'"]),
     ("unknown-subcommand", ["fitt"], ["invalid choice: 'fitt'", "see `lit-golf --help`"]),
 ]
 

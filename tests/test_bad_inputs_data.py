@@ -175,8 +175,7 @@ def no_val_data(tiny_data, tmp_path_factory) -> Path:
 
 
 def cli_args(data_dir: Path, logs: Path, *extra: str) -> list[str]:
-    return ["--config", str(TINY_CPU), "--data.data_dir", str(data_dir), "--data.vocab_size", str(VOCAB),
-            "--model.gpt.vocab_size", str(VOCAB), "--trainer.logger.init_args.save_dir", str(logs), *extra]
+    return ["--config", str(TINY_CPU), "--data.data_dir", str(data_dir), "--model.gpt.vocab_size", str(VOCAB), "--trainer.logger.init_args.save_dir", str(logs), *extra]
 
 
 def drop_train_shards(data_dir: Path) -> None:

@@ -42,8 +42,7 @@ def read_json(path: Path) -> dict:
 
 @pytest.mark.slow
 def test_run_submit_and_the_submitted_script_reproduce_the_run(tiny_data, tmp_path):
-    data = ["--data.data_dir", str(tiny_data.data_dir), "--data.vocab_size", str(tiny_data.vocab_size),
-            "--model.gpt.vocab_size", str(tiny_data.vocab_size)]
+    data = ["--data.data_dir", str(tiny_data.data_dir), "--model.gpt.vocab_size", str(tiny_data.vocab_size)]
     (tmp_path / "first").mkdir()
     done = lit_golf("run", "--config", str(TINY_CPU), "--config", str(FIXED_STEPS_CPU), *data, *TINY_RUN,
                     cwd=tmp_path / "first")

@@ -141,7 +141,7 @@ def test_cli_help_lists_every_subcommand(capsys):
 @pytest.mark.slow
 def test_cli_fit_export_test_end_to_end(tiny_data, tmp_path):
     common = ["--config", str(TINY_CPU), "--config", str(FIXED_STEPS_CPU), "--data.data_dir", str(tiny_data.data_dir),
-              "--data.vocab_size", str(tiny_data.vocab_size), "--model.gpt.vocab_size", str(tiny_data.vocab_size),
+              "--model.gpt.vocab_size", str(tiny_data.vocab_size),
               "--trainer.logger.init_args.save_dir", str(tmp_path / "logs"), "--data.max_val_tokens", "4096"]
     fit = run_lightning_cli(["fit", *common, "--trainer.max_steps", "8", "--trainer.val_check_interval", "8",
                              "--trainer.log_every_n_steps", "4"])
@@ -205,7 +205,7 @@ def assert_observability(run_dir: Path, final_val_bpb: float) -> None:
 @pytest.mark.slow
 def test_cli_export_subcommand_and_one_line_errors(tiny_data, tmp_path, capsys):
     common = ["--config", str(TINY_CPU), "--data.data_dir", str(tiny_data.data_dir),
-              "--data.vocab_size", str(tiny_data.vocab_size), "--model.gpt.vocab_size", str(tiny_data.vocab_size),
+              "--model.gpt.vocab_size", str(tiny_data.vocab_size),
               "--trainer.logger.init_args.save_dir", str(tmp_path / "logs")]
     assert main(["fit", *common, "--trainer.max_steps", "2", "--trainer.val_check_interval", "2",
                  "--trainer.enable_checkpointing", "true"]) == 0
