@@ -1,7 +1,7 @@
 """`WallClockBudget`: stop training when the time budget is spent, identically on every rank.
 
 The challenge allows a fixed wall-clock for training, minus a reserve for GPTQ. The LR schedule and
-the loop switch follow `training_fraction = training seconds / effective budget`, so every rank must
+the loop switch follow the training fraction (training seconds / effective budget), so every rank must
 see the same fraction and stop at the same step. Reading the clock is cheap but agreeing on it needs
 a collective and a device sync; doing that every step would stall the GPU pipeline. Instead the ranks
 agree (all-reduce MAX of measured time, after a device sync) every `sync_every_steps` steps and, in
