@@ -9,12 +9,14 @@ corpus with the same settings (and says so), and rebuilds them otherwise; a fail
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 
+from jsonargparse import ArgumentParser
+
 from lit_golf.config_files import CONFIG_DIR, config_names, resolve_config
+from lit_golf.tool_parser import tool_parser
 
 DEFAULT_CONFIG = CONFIG_DIR / "tiny_cpu.yaml"
 
@@ -65,8 +67,8 @@ def prepare_demo_data(corpus: Path, data_dir: Path, vocab_size: int, num_val_doc
     return json.loads(manifest_path(data_dir, vocab_size).read_text()), False
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lit-golf demo", description=__doc__.splitlines()[0])
+def build_parser() -> ArgumentParser:
+    parser = tool_parser("lit-golf demo", __doc__.splitlines()[0], config_file=False)
     parser.add_argument("--out", default="demo_run", help="folder for corpus, data, logs and artifact")
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="fit/test config: a file or a shipped name (default: tiny_cpu)")
     parser.add_argument("--vocab-size", type=int, default=1024, help="size of the tokenizer trained on the corpus")

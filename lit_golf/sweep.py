@@ -25,6 +25,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from jsonargparse import ArgumentParser
+
+from lit_golf.tool_parser import tool_parser
+
 log = logging.getLogger("lit_golf")
 
 # The columns of the table, from each trial's results.json (lit_golf.results.RunResults).
@@ -147,8 +151,8 @@ def sweep(configs: list[str], grid: list[str], seeds: list[int], out: Path, comm
     return rows
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lit-golf sweep", description=__doc__.splitlines()[0])
+def build_parser() -> ArgumentParser:
+    parser = tool_parser("lit-golf sweep", __doc__.splitlines()[0], config_file=False)
     parser.add_argument("--config", action="append", default=[], required=True,
                         help="config file or shipped name, repeatable (as for fit)")
     parser.add_argument("--grid", action="append", default=[], help="DOTTED.KEY=V1,V2 (repeatable: the product)")

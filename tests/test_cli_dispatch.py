@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import lit_golf
+from lit_golf.cli import main
 from lit_golf.config_files import CONFIG_DIR, config_names, resolve_config, resolve_config_args
 
 PACKAGE = Path(lit_golf.__file__).resolve().parent
@@ -216,3 +217,26 @@ def test_a_built_wheel_ships_the_configs_and_runs_them_by_name_outside_the_repo(
                           env={**os.environ, "PYTHONPATH": str(tmp_path / "site")})
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(str(tmp_path / "site")) and "num_layers: 11" in done.stdout
+
+
+@pytest.mark.parametrize("tool, yaml_text, expected", [
+    ("download", "variant: sp1024\ntrain_shards: 3\n", {"variant": "sp1024", "train_shards": 3}),
+    ("prepare-data", "input: [docs.jsonl]\nvocab_size: 300\ncaseops: true\n",
+     {"input": ["docs.jsonl"], "vocab_size": 300, "caseops": True}),
+])
+def test_data_tools_read_a_config_file_and_print_their_config(tool, yaml_text, expected, tmp_path, capsys):
+    import yaml
+
+    config = tmp_path / "tool.yaml"
+    config.write_text(yaml_text)
+    with pytest.raises(SystemExit) as done:
+        main([tool, "--config", str(config), "--print_config"])
+    assert done.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert {k: printed[k] for k in expected} == expected
+
+
+def test_a_tool_s_unknown_flag_is_one_line(capsys):
+    assert main(["download", "--bogus"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("lit-golf download: error:") and "--bogus" in err and "\n" not in err

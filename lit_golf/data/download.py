@@ -25,6 +25,7 @@ from pathlib import Path
 
 from huggingface_hub import snapshot_download
 from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+from jsonargparse import ArgumentParser
 
 from lit_golf.data.shards import (
     ShardError,
@@ -35,6 +36,7 @@ from lit_golf.data.shards import (
     tokenizer_filename,
     tokenizer_path,
 )
+from lit_golf.tool_parser import tool_parser
 
 # sp1024 is in the challenge's own repository; the SP-8192 export used by the 2026 records was
 # published separately (see the records' READMEs in openai/parameter-golf).
@@ -320,8 +322,8 @@ def _download_by_name(hub: Hub, layout: Layout, train_shards: int) -> int:
     return val_shards
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> ArgumentParser:
+    parser = tool_parser(
         prog="lit-golf download",
         description="Fetch the published FineWeb shards and tokenizer into DATA_DIR/datasets/ and DATA_DIR/tokenizers/ "
         "(resumable: files already present and valid are skipped).",

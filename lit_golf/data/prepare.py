@@ -30,6 +30,7 @@ from typing import TextIO
 
 import numpy as np
 import sentencepiece as spm
+from jsonargparse import ArgumentParser
 from tqdm import tqdm
 
 from lit_golf.data.shards import (
@@ -43,6 +44,7 @@ from lit_golf.data.shards import (
     tokenizer_path,
     write_shard,
 )
+from lit_golf.tool_parser import tool_parser
 
 DEFAULT_NUM_VAL_DOCS = 50_000
 DEFAULT_SHARD_TOKENS = 100_000_000
@@ -524,8 +526,8 @@ def prepare(args: argparse.Namespace) -> dict:
     return manifest
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> ArgumentParser:
+    parser = tool_parser(
         prog="lit-golf prepare-data",
         description="Tokenize documents (.jsonl with a text field, or .txt one per line; plain, .gz or .xz) "
         "into upstream-format shards under OUT/datasets/fineweb10B_sp<V>/.",

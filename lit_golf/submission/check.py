@@ -8,7 +8,6 @@ count and the significance (from submission.json, which `submit` computed from t
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from pathlib import Path
 
 from lit_golf.results import RESULTS_NAME, read_results
 from lit_golf.submission.stats import SIGNIFICANCE, THRESHOLD_NATS
+from lit_golf.tool_parser import tool_parser
 
 LIMIT_BYTES = 16_000_000
 LIMIT_SECONDS = 600.0
@@ -176,7 +176,7 @@ def check(folder: str | Path) -> list[Verdict]:
 
 
 def cli_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="lit-golf check", description=__doc__.splitlines()[0])
+    parser = tool_parser("lit-golf check", __doc__.splitlines()[0])
     parser.add_argument("folder", help="a run folder (results.json) or a folder written by `lit-golf submit`")
     args = parser.parse_args(argv)
     verdicts = check(args.folder)

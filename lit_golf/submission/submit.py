@@ -22,6 +22,7 @@ from lit_golf.config_files import resolve_config
 from lit_golf.results import CONFIG_NAME, TRAIN_LOG_NAME, read_results
 from lit_golf.submission.check import LIMIT_BYTES, SCRIPT_NAME, SUBMISSION_JSON, Runs, check, compliance
 from lit_golf.submission.stats import SIGNIFICANCE, THRESHOLD_NATS, gains_in_nats, improvement_p_value
+from lit_golf.tool_parser import tool_parser
 
 TRACK = "10min_16mb"
 # Where this machine keeps data and logs: not settings of the submission (DATA_DIR replaces the first).
@@ -175,7 +176,7 @@ def submit(run_dirs: list[Path], args: argparse.Namespace) -> Path:
 
 
 def cli_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="lit-golf submit", description=__doc__.splitlines()[0])
+    parser = tool_parser("lit-golf submit", __doc__.splitlines()[0])
     parser.add_argument("run_dirs", nargs="+", type=Path, help="run folders of `lit-golf run` (one per seed)")
     parser.add_argument("--out", required=True, help="the submission folder to write")
     parser.add_argument("--baseline-bpb", type=float, help="the record to beat: reports the p-value of the gain")

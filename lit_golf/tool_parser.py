@@ -1,0 +1,20 @@
+"""The argument parser of every `lit-golf` tool (`prepare-data`, `download`, `demo`, `submit`, `check`, `sweep`).
+
+jsonargparse, like the LightningCLI commands: the same flags as an argparse parser, plus `--config FILE`
+(a YAML file of the flags, keys with underscores: `vocab_size: 8192`; not for `demo` and `sweep`, whose
+`--config` names the training config they launch) and `--print_config`. Parse errors
+raise `argparse.ArgumentError`, which `lit_golf.cli` reports in one line with exit code 2. jsonargparse
+loads without torch or Lightning, so every tool's `--help` still answers at once.
+"""
+
+from __future__ import annotations
+
+from jsonargparse import ActionConfigFile, ArgumentParser
+
+
+def tool_parser(prog: str, description: str, config_file: bool = True) -> ArgumentParser:
+    """`config_file=False` for a tool whose own `--config` names the training config it launches (demo, sweep)."""
+    parser = ArgumentParser(prog=prog, description=description, exit_on_error=False)
+    if config_file:
+        parser.add_argument("--config", action=ActionConfigFile, help="YAML file with any of the options below")
+    return parser
