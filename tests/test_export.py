@@ -264,6 +264,9 @@ def test_export_is_deterministic_and_writes_a_json_report(exported, tmp_path):
     summary = json.loads(report.json_path.read_text())
     assert summary["artifact_bytes"] == report.artifact_path.stat().st_size
     assert summary["total_bytes"] == summary["artifact_bytes"] + summary["code_bytes"] == report.total_bytes
+    # the counted code is written beside the artifact: the file the run folder and the submission ship
+    assert (report.artifact_path.parent / "train_gpt.py").read_bytes() == report.code.script
+    assert len(report.code.script) == summary["code_bytes"]
     assert summary["export_config"]["matrix_bits"] == 6 and summary["gpt_config"]["num_layers"] == 4
     assert [row["part"] for row in summary["parts"]] == ["attn", "mlp", "embed", "passthrough", "header", "code"]
     assert 0 < report.relative_errors["mlp"] < 0.05 and 0 < report.relative_errors["embed"] < 0.05

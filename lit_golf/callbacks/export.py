@@ -70,7 +70,7 @@ class GPTQExport(Callback):
         # `trainer.log_dir` is a collective (it broadcasts), so every rank asks for it.
         out_dir = Path(cfg.out_dir) if cfg.out_dir else Path(trainer.log_dir or trainer.default_root_dir) / "artifact"
         batches = calibration_batches(trainer.datamodule, cfg, trainer.global_rank, trainer.world_size)
-        started = getattr(self, "_train_ended", None) or time.perf_counter()
+        started = self._train_ended or time.perf_counter()
         log.info("export: Hessians over %d calibration batches of %d x %d tokens on %s",
                  cfg.calibration_batches, cfg.calibration_batch_seqs, cfg.calibration_seq_len, pl_module.device)
         hessians = collect_hessians(pl_module.gpt, batches, pl_module.device)

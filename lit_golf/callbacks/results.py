@@ -87,26 +87,18 @@ class RecordResults(Callback):
             results.budget_bytes = report["export_config"]["budget_bytes"]
             results.val_bpb_pre_quant = report.get("val_bpb_pre_quant")
             results.val_bpb_post_quant = report.get("val_bpb_post_quant")
-            self._record_bytes(results, Path(artifact), report)
+            self._record_bytes(results, Path(artifact))
         if trainer.is_global_zero:
             update_results(self.run_dir, results)
 
-    def _record_bytes(self, results: RunResults, artifact: Path, report: dict) -> None:
-        """Model file bytes, and the counted script copied into the run folder (the file `submit` ships)."""
+    def _record_bytes(self, results: RunResults, artifact: Path) -> None:
+        """Model file bytes, and the counted script (written by the export beside the artifact) copied into the
+        run folder: the file `submit` ships."""
         script = self.run_dir / code_size.SCRIPT_NAME
-        running = os.environ.get(code_size.SCRIPT_ENV)
-        if running:
-            shutil.copyfile(running, script)
-        else:
-            export_config = report["export_config"]
-            script.write_bytes(code_size.submission_script(code_size.current_run_config(),
-                                                           export_config["compressor"], export_config["brotli_quality"]))
+        shutil.copyfile(artifact.parent / code_size.SCRIPT_NAME, script)
         results.model_bytes = artifact.stat().st_size
         results.code_bytes = script.stat().st_size
         results.artifact_bytes = results.model_bytes + results.code_bytes
-        if results.code_bytes != report["code_bytes"]:
-            log.warning("results: %s has %d bytes but the export counted %d code bytes", script,
-                        results.code_bytes, report["code_bytes"])
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         synchronize_device(pl_module.device)

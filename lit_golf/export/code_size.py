@@ -15,7 +15,7 @@ from __future__ import annotations
 import ast
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from lit_golf.export.serialize import compress
@@ -61,6 +61,7 @@ class CodeSize:
     raw_bytes: int  # the package's source files as written
     minified_bytes: int  # the JSON payload (minified modules + config) before compression
     compressed_bytes: int  # the bytes of train_gpt.py: what counts
+    script: bytes = field(repr=False, default=b"")  # that train_gpt.py itself (the export writes it out)
 
 
 def set_run_config(config_text: str) -> None:
@@ -128,11 +129,10 @@ def code_files(package_dir: Path = PACKAGE_DIR, entry: str = ENTRY_MODULE) -> li
     return sorted(found)
 
 
-def payload(config_text: str, package_dir: Path = PACKAGE_DIR) -> bytes:
+def payload(config_text: str, files: list[Path], package_dir: Path = PACKAGE_DIR) -> bytes:
     """The JSON the launcher unpacks: `files` (path under the temporary folder -> minified source), `config`."""
-    files = {p.relative_to(package_dir.parent).as_posix(): minify(p.read_text(encoding="utf-8"))
-             for p in code_files(package_dir)}
-    return json.dumps({"files": files, "config": config_text}, sort_keys=True, separators=(",", ":")).encode()
+    sources = {p.relative_to(package_dir.parent).as_posix(): minify(p.read_text(encoding="utf-8")) for p in files}
+    return json.dumps({"files": sources, "config": config_text}, sort_keys=True, separators=(",", ":")).encode()
 
 
 def latin1_literal(data: bytes) -> str:
@@ -145,11 +145,16 @@ def submission_script(
     config_text: str, compressor: str = "brotli", brotli_quality: int = 11, package_dir: Path = PACKAGE_DIR
 ) -> bytes:
     """The bytes of `train_gpt.py`: the launcher with the package and `config_text` compressed inside."""
+    files = code_files(package_dir)
+    return _launcher(payload(config_text, files, package_dir), len(files), compressor, brotli_quality)
+
+
+def _launcher(data: bytes, num_files: int, compressor: str, brotli_quality: int) -> bytes:
     from lit_golf import __version__
 
-    blob = compress(payload(config_text, package_dir), compressor, brotli_quality)
-    text = LAUNCHER.format(version=__version__, files=len(code_files(package_dir)), compressor=compressor,
-                           env=SCRIPT_ENV, blob=latin1_literal(blob))
+    blob = compress(data, compressor, brotli_quality)
+    text = LAUNCHER.format(version=__version__, files=num_files, compressor=compressor, env=SCRIPT_ENV,
+                           blob=latin1_literal(blob))
     return text.encode("latin-1")
 
 
@@ -164,12 +169,13 @@ def measure_code(
     """
     files = code_files(package_dir)
     config_text = current_run_config() if config_text is None else config_text
-    script = os.environ.get(SCRIPT_ENV)
-    size = Path(script).stat().st_size if script else len(submission_script(config_text, compressor, brotli_quality,
-                                                                            package_dir))
+    data = payload(config_text, files, package_dir)
+    running = os.environ.get(SCRIPT_ENV)
+    script = Path(running).read_bytes() if running else _launcher(data, len(files), compressor, brotli_quality)
     return CodeSize(
         files=[p.relative_to(package_dir.parent).as_posix() for p in files],
         raw_bytes=sum(p.stat().st_size for p in files),
-        minified_bytes=len(payload(config_text, package_dir)),
-        compressed_bytes=size,
+        minified_bytes=len(data),
+        compressed_bytes=len(script),
+        script=script,
     )

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 import lit_golf
 from lit_golf.config import GPTConfig
 from lit_golf.export.budget import SizeRow, check_budget, size_table, total_bytes
-from lit_golf.export.code_size import CodeSize, measure_code
+from lit_golf.export.code_size import SCRIPT_NAME, CodeSize, measure_code
 from lit_golf.export.config import GROUPS, ExportConfig
 from lit_golf.export.gptq import output_error
 from lit_golf.export.hessians import collect_hessians
@@ -177,6 +177,7 @@ def build_artifact(
              " + per-group zpaq" if cfg.per_group.enabled else "", serialize_s)
     artifact_path = write_artifact(out_dir / ARTIFACT_NAME, blob)
     code = measure_code(cfg.compressor, cfg.brotli_quality)
+    (out_dir / SCRIPT_NAME).write_bytes(code.script)  # the counted code, beside the artifact it ships with
     rows = _size_rows(parts, errors, code)
     report = ExportReport(artifact_path, out_dir / REPORT_NAME, rows, code, cfg.budget_bytes,
                           size_table(rows, cfg.budget_bytes), errors, serialize_s)
