@@ -106,7 +106,7 @@ class GolfCLI(LightningCLI):
         return commands
 
     def add_arguments_to_parser(self, parser) -> None:
-        # Each callback is a named section (`--ema.decay`, `export: {config: {...}}`), so a later config or
+        # Each callback is a named section (`--ema.decay`, `gptq: {config: {...}}`), so a later config or
         # flag changes one field and keeps the rest, which a `trainer.callbacks` list cannot do.
         for name, callback in NAMED_CALLBACKS.items():
             parser.add_lightning_class_args(callback, name)

@@ -147,10 +147,9 @@ class GolfLightningModule(L.LightningModule):
 
     def _log_run_settings(self) -> None:
         """Evaluation config and every callback's settings into the loggers' hparams (not the checkpoint's)."""
-        if not self.loggers:
-            return
+        settings = self._run_settings() if self.loggers else None
         for logger in self.loggers:
-            logger.log_hyperparams(self._run_settings())
+            logger.log_hyperparams(settings)
 
     def _run_settings(self) -> dict:
         settings = {type(cb).__name__: callback_settings(cb) for cb in self.trainer.callbacks}
