@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# A queue of GPU jobs that outlives one device call, so a session's 30 minutes of device time become one
+# lease with one warm Inductor cache instead of three cold boxes. A device call lasts at most 10 minutes
+# and the machine stays warm 30 s after it: `start` (first call) installs the carried wheels, unpacks the
+# carried code snapshot(s) and data, and starts a runner in its own session (setsid: it survives the
+# call) that runs the jobs of $LEASE/queue one after another; `collect` (every call, the next one made
+# within those 30 s) unpacks any newly carried data, waits until the queue is done or the call's time is
+# nearly spent, and copies each finished job's tarball (its log and run folder, no checkpoints or
+# artifacts) into $OUT. Jobs run in a snapshot of a commit, never in the working tree that later calls
+# overwrite.
+#
+# Queue lines: `name|command` runs in order (timeout $JOB_TIMEOUT); `name&|command` starts in the
+# background and the runner goes on. Commands run in $LEASE/code with $DATA (plain SP-8192 enwiki2015),
+# $CASEOPS (CaseOps pack, waited for), $RUNS ($RUNS/<name> is the job's run folder) set.
+#   bash bench/gpu_queue.sh start QUEUE_FILE   # carry .gpu/code.tar (git archive + COMMIT), .gpu/data, .whl
+#   bash bench/gpu_queue.sh add 'name|command'  # append a job (a later call)
+#   bash bench/gpu_queue.sh collect [SECONDS]   # SECONDS: this call's time left (default 570)
+set -uo pipefail
+lease=${LEASE:-/tmp/lease}; out=${OUT:-/tmp/out}
+export LEASE=$lease DATA=/tmp/data CASEOPS=/tmp/data_caseops RUNS=$lease/runs PYTHONUNBUFFERED=1
+export PYTHONPATH=/tmp/site:$lease/code
+repo=$PWD
+
+unpack_data() {  # unpack_data XZ_PARENT DEST: the carried xz shards into an upstream-layout data dir
+  [ -e "$2/READY" ] || [ ! -d "$1/data" ] && return 0
+  ENWIKI_XZ_DIR=$1 bash "$repo/bench/unpack_enwiki.sh" "$2" "${VAL_DOCS:-1000}" > "$lease/unpack_$(basename "$2").txt" 2>&1 \
+    && { [ -e "$1/data/manifest.json" ] && cp "$1/data/manifest.json" "$2/datasets/fineweb10B_sp8192/"; touch "$2/READY"; }
+}
+
+run_job() {  # run_job NAME COMMAND: log, status line, tarball of what it wrote
+  local name=$1 cmd=$2 started rc
+  started=$(date +%s); mkdir -p "$RUNS/$name"
+  (cd "$lease/code" && timeout "${JOB_TIMEOUT:-900}" bash -c "$cmd") > "$lease/logs/$name.log" 2>&1
+  rc=$?
+  echo "$name rc $rc $(( $(date +%s) - started ))s ended $(date -u +%H:%M:%S)" >> "$lease/status"
+  tar --exclude='*.ckpt' --exclude='*.ptz' -C "$lease" -cJf "$lease/done/$name.tar.xz" "logs/$name.log" "runs/$name"
+}
+
+runner() {
+  local i=0 line name
+  while :; do
+    line=$(sed -n "$((i + 1))p" "$lease/queue")
+    [ -z "$line" ] && { sleep 2; continue; }
+    i=$((i + 1)); name=${line%%|*}
+    echo "$(date -u +%H:%M:%S) start $name" >> "$lease/runner.log"
+    if [[ $name == *'&' ]]; then run_job "${name%&}" "${line#*|}" & else run_job "$name" "${line#*|}"; fi
+  done
+}
+
+case ${1:-} in
+  start)
+    mkdir -p "$lease"/{logs,done,runs,code} "$out"
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
+    tar -xf .gpu/code.tar -C "$lease/code"
+    for snapshot in .gpu/code_*.tar; do  # other commits (e.g. a before/after smoke): $lease/code_<name>
+      [ -e "$snapshot" ] || continue
+      dir=$lease/$(basename "$snapshot" .tar); mkdir -p "$dir"; tar -xf "$snapshot" -C "$dir"
+    done
+    unpack_data "$repo/.gpu" "$DATA"
+    cp "$2" "$lease/queue"
+    { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+      python3 -c "import torch, lightning; print('torch', torch.__version__, 'lightning', lightning.__version__)"
+      cat "$lease/code/COMMIT"; } | tee "$lease/machine.txt"
+    setsid bash "$0" runner < /dev/null > "$lease/runner.out" 2>&1 &
+    shift 2; exec bash "$0" collect "$@"
+    ;;
+  runner) runner ;;
+  add) echo "$2" >> "$lease/queue" ;;
+  collect)
+    mkdir -p "$out"; begun=$SECONDS; budget=${2:-570}
+    for snapshot in .gpu/code_*.tar; do
+      [ -e "$snapshot" ] || continue
+      dir=$lease/$(basename "$snapshot" .tar); [ -d "$dir" ] && continue
+      mkdir -p "$dir"; tar -xf "$snapshot" -C "$dir"
+    done
+    unpack_data "$repo/.gpu/caseops" "$CASEOPS"  # a CaseOps pack carried by this call (~20 s)
+    # Done: every queued job has a status line (and nothing is still being unpacked for a job).
+    until [ "$(wc -l < "$lease/status" 2>/dev/null || echo 0)" -ge "$(grep -c . "$lease/queue")" ] \
+        || [ $(( SECONDS - begun )) -ge "$budget" ]; do sleep 5; done
+    n=0
+    for f in "$lease"/done/*.tar.xz; do
+      [ -e "$f" ] && [ ! -e "$f.sent" ] && [ $n -lt 6 ] || continue
+      cp "$f" "$out/" && touch "$f.sent" && n=$((n + 1))
+    done
+    { cat "$lease/machine.txt"; echo "== status"; cat "$lease/status" 2>/dev/null; echo "== runner"; cat "$lease/runner.log"
+      echo "== queue"; cat "$lease/queue"; nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader
+      for log in "$lease"/logs/*.log; do echo "== tail $log"; tail -c 1500 "$log"; echo; done; } > "$out/lease.txt" 2>&1
+    tail -c 6000 "$out/lease.txt"
+    ;;
+  *) echo "usage: bash bench/gpu_queue.sh start QUEUE | add 'name|cmd' | collect [SECONDS]" >&2; exit 2 ;;
+esac
