@@ -22,7 +22,7 @@ from lit_golf.data.shards import (
     BOS_ID,
     read_shard,  # noqa: E402
 )
-from lit_golf.eval.config import EvalConfig  # noqa: E402
+from lit_golf.eval.config import EvalConfig, GlobalSGDConfig, TTTConfig  # noqa: E402
 from lit_golf.eval.documents import (  # noqa: E402
     find_documents,
     num_chunks,
@@ -34,15 +34,15 @@ from lit_golf.eval.ttt import DocumentBatchScorer, build_stages  # noqa: E402
 
 
 def positions(cfg: EvalConfig, tokens: torch.Tensor) -> int:
-    scorer = SimpleNamespace(cfg=cfg, rows=cfg.ttt_batch_docs)  # all `_row_groups` reads
+    scorer = SimpleNamespace(cfg=cfg, rows=cfg.ttt.batch_docs)  # all `_row_groups` reads
     total = 0
     for stage in build_stages(find_documents(tokens, BOS_ID), cfg):
-        for docs in plan_batches(stage.docs, cfg.ttt_batch_docs, 0, 1, cfg.ttt_chunk_size, cfg.ttt_context_len,
-                                 cfg.ttt_window_bucket):
-            lengths = [d.num_targets for d in docs] + [0] * (cfg.ttt_batch_docs - len(docs))
-            for ci in range(num_chunks(lengths[0], cfg.ttt_chunk_size)):
-                width = window_width(ci, cfg.ttt_chunk_size, cfg.ttt_context_len, cfg.ttt_window_bucket)
-                groups = DocumentBatchScorer._row_groups(scorer, lengths, ci * cfg.ttt_chunk_size, width)
+        for docs in plan_batches(stage.docs, cfg.ttt.batch_docs, 0, 1, cfg.ttt.chunk_size, cfg.ttt.context_len,
+                                 cfg.ttt.window_bucket):
+            lengths = [d.num_targets for d in docs] + [0] * (cfg.ttt.batch_docs - len(docs))
+            for ci in range(num_chunks(lengths[0], cfg.ttt.chunk_size)):
+                width = window_width(ci, cfg.ttt.chunk_size, cfg.ttt.context_len, cfg.ttt.window_bucket)
+                groups = DocumentBatchScorer._row_groups(scorer, lengths, ci * cfg.ttt.chunk_size, width)
                 total += sum(g.stop - g.start for g in groups) * width
     return total
 
@@ -51,10 +51,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("shard", type=Path)
     parser.add_argument("--max-docs", type=int, default=None)
-    parser.add_argument("--prefix-docs", type=int, default=EvalConfig().phased_prefix_docs)
-    parser.add_argument("--window-bucket", type=int, default=EvalConfig().ttt_window_bucket)
+    parser.add_argument("--prefix-docs", type=int, default=GlobalSGDConfig().prefix_docs)
+    parser.add_argument("--window-bucket", type=int, default=TTTConfig().window_bucket)
     args = parser.parse_args()
-    cfg = EvalConfig(max_docs=args.max_docs, phased_prefix_docs=args.prefix_docs, ttt_window_bucket=args.window_bucket)
+    cfg = EvalConfig(ttt=TTTConfig(window_bucket=args.window_bucket),
+                     global_sgd=GlobalSGDConfig(prefix_docs=args.prefix_docs), max_docs=args.max_docs)
     tokens = truncate_to_documents(torch.from_numpy(read_shard(args.shard).astype("int64")), BOS_ID, cfg.max_docs)
     docs = find_documents(tokens, BOS_ID)
     scored = sum(d.num_targets for d in docs)

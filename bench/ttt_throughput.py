@@ -32,7 +32,7 @@ from count_ttt_work import positions  # noqa: E402
 from lit_golf import artifact  # noqa: E402
 from lit_golf.data.datamodule import GolfDataModule  # noqa: E402
 from lit_golf.data.shards import BOS_ID  # noqa: E402
-from lit_golf.eval.config import EvalConfig  # noqa: E402
+from lit_golf.eval.config import EvalConfig, GlobalSGDConfig, TTTConfig  # noqa: E402
 from lit_golf.eval.documents import find_documents, truncate_to_documents  # noqa: E402
 from lit_golf.eval.runtime import Stopwatch  # noqa: E402
 from lit_golf.eval.ttt import run_phased_ttt  # noqa: E402
@@ -47,8 +47,8 @@ def main() -> None:
     parser.add_argument("--max-docs", type=int, default=5000)
     parser.add_argument("--prefix-docs", type=int, default=200)
     parser.add_argument("--eager", action="store_true", help="no torch.compile (the path before this benchmark)")
-    parser.add_argument("--window-bucket", type=int, default=EvalConfig().ttt_window_bucket)
-    parser.add_argument("--tokens-per-pass", type=int, default=EvalConfig().ttt_tokens_per_pass)
+    parser.add_argument("--window-bucket", type=int, default=TTTConfig().window_bucket)
+    parser.add_argument("--tokens-per-pass", type=int, default=TTTConfig().tokens_per_pass)
     parser.add_argument("--attention-backend", default=None, help="override the artifact's runtime backend")
     parser.add_argument("--compile-cache", default=None,
                         help="mega-cache file: loaded first when present (a warm launch on a fresh box), saved at the end")
@@ -61,8 +61,8 @@ def main() -> None:
     cache = CompileCache(args.compile_cache)
     cache.load()
     cfg = EvalConfig(
-        max_docs=args.max_docs, phased_prefix_docs=args.prefix_docs, ttt_compile=not args.eager,
-        ttt_window_bucket=args.window_bucket, ttt_tokens_per_pass=args.tokens_per_pass,
+        ttt=TTTConfig(compile=not args.eager, window_bucket=args.window_bucket, tokens_per_pass=args.tokens_per_pass),
+        global_sgd=GlobalSGDConfig(prefix_docs=args.prefix_docs), max_docs=args.max_docs,
     )
     overrides = {"attention_backend": args.attention_backend} if args.attention_backend else {}
     model = artifact.load(args.artifact, device, **overrides)
@@ -91,10 +91,10 @@ def main() -> None:
         "commit": commit or None,
         "artifact": args.artifact,
         "attention_backend": model.attention_backend_name,
-        "compiled": cfg.ttt_compile,
+        "compiled": cfg.ttt.compile,
         "docs": len(find_documents(tokens, BOS_ID)),
-        "prefix_docs": cfg.phased_prefix_docs,
-        "window_bucket": cfg.ttt_window_bucket,
+        "prefix_docs": cfg.global_sgd.prefix_docs,
+        "window_bucket": cfg.ttt.window_bucket,
         "scored_tokens": scored,
         "positions": run_positions,
         "ttt_s_after_compile": ttt_s,
@@ -106,7 +106,7 @@ def main() -> None:
         "ttt_bpb": totals["bpb"],
         "sections_s": {k: round(v, 2) for k, v in stopwatch.seconds.items()},
         "peak_memory_gb": torch.cuda.max_memory_allocated(device) / 1e9,
-        "config": {k: v for k, v in cfg.to_dict().items() if k.startswith(("ttt_", "phased_", "global_sgd_"))},
+        "config": {k: v for k, v in cfg.to_dict().items() if k in ("ttt", "global_sgd")},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with args.out.open("a") as f:

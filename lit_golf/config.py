@@ -6,19 +6,22 @@ describe a model without importing its implementation.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-from typing import TypeVar
+from dataclasses import asdict, dataclass, fields, is_dataclass
+from typing import TypeVar, get_type_hints
 
 ConfigT = TypeVar("ConfigT")
 
 
 def config_from_dict(cls: type[ConfigT], values: dict) -> ConfigT:
-    """Build config dataclass `cls` from `values`, naming any unknown field instead of ignoring it."""
+    """Build config dataclass `cls` from `values` (a nested dict for a field that is itself a config
+    dataclass, as `asdict` writes it), naming any unknown field instead of ignoring it."""
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
         raise ValueError(f"unknown {cls.__name__} fields {unknown}; known fields: {sorted(known)}")
-    return cls(**values)
+    types = get_type_hints(cls)
+    nested = {k: config_from_dict(types[k], v) for k, v in values.items() if is_dataclass(types[k]) and isinstance(v, dict)}
+    return cls(**{**values, **nested})
 
 
 @dataclass

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import warnings
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from lit_golf.callbacks import NAMED_CALLBACKS
 from lit_golf.callbacks.export import publish_table
 from lit_golf.config_files import config_names
 from lit_golf.data.datamodule import GolfDataModule
+from lit_golf.eval.config import LEGACY_FIELDS
 from lit_golf.export.budget import ArtifactTooLarge
 from lit_golf.export.code_size import set_run_config
 from lit_golf.export.pipeline import (
@@ -39,6 +41,17 @@ log = logging.getLogger("lit_golf")
 
 # Bad input (files, configs, budgets) is reported in one line; LIT_GOLF_TRACEBACK=1 shows the traceback.
 USER_ERRORS = (ValueError, FileNotFoundError, ArtifactTooLarge, MisconfigurationException, argparse.ArgumentError)
+
+
+# One source per knob (target: source): the data follows the model's vocabulary (a checkpoint's hyperparameters
+# set both at once) and the evaluation's window, batch and document count, so in-training validation scores
+# what `test` scores. The targets are derived, never given: a flag or a config file that sets one is an error.
+LINKED = {
+    "data.vocab_size": "model.gpt.vocab_size",
+    "data.eval_seq_len": "model.evaluation.plain.seq_len",
+    "data.val_batch_seqs": "model.evaluation.plain.batch_seqs",
+    "data.max_val_docs": "model.evaluation.max_docs",
+}
 
 
 class GolfTrainer(Trainer):
@@ -110,10 +123,8 @@ class GolfCLI(LightningCLI):
         # flag changes one field and keeps the rest, which a `trainer.callbacks` list cannot do.
         for name, callback in NAMED_CALLBACKS.items():
             parser.add_lightning_class_args(callback, name)
-        # One source per knob: the data follows the model's vocabulary and evaluation window (a checkpoint's
-        # hyperparameters set both at once); `data.vocab_size` and `data.eval_seq_len` are derived, never given.
-        parser.link_arguments("model.gpt.vocab_size", "data.vocab_size")
-        parser.link_arguments("model.evaluation.eval_seq_len", "data.eval_seq_len")
+        for target, source in LINKED.items():
+            parser.link_arguments(source, target)
 
     def _instantiate_trainer(self, config: dict, callbacks: list[Callback]) -> Trainer:
         # Named callbacks the trainer's own switches turn off (Lightning refuses a progress bar or a
@@ -136,7 +147,13 @@ class GolfCLI(LightningCLI):
         return super().init_parser(**kwargs)
 
     def parse_arguments(self, parser, args) -> None:
-        super().parse_arguments(parser, args)
+        try:
+            super().parse_arguments(parser, args)
+        except argparse.ArgumentError as error:
+            link = re.match(r"argument (\S+) --> (\S+):", str(error))
+            if link and link[2] in LINKED:  # a derived flag given (jsonargparse words it oddly for an `int | None`)
+                raise argparse.ArgumentError(None, f'Linked "{link[2]}" must be given via "{link[1]}".') from None
+            raise argparse.ArgumentError(None, f"{error}{moved_flags_hint(str(error))}") from None
         subcommand = self.config.get("subcommand")
         if subcommand:
             check_inputs(subcommand, self.config[subcommand])
@@ -152,6 +169,19 @@ class GolfCLI(LightningCLI):
         if isinstance(vocab, int) and vocab >= 1 and data_dir:
             source = "model.gpt.vocab_size" + (", from the checkpoint" if config.get("ckpt_path") else "")
             check_data_for_vocab(vocab, data_dir, source)
+
+
+# Flags of the layout before issue 15 (an old config.yaml, a submission's embedded config), named in a parse error.
+MOVED_FLAGS = {
+    **{f"model.evaluation.{old}": f"model.evaluation.{new}" for old, new in LEGACY_FIELDS.items()},
+    "data.max_val_tokens": "model.evaluation.max_docs, a document count",
+}
+
+
+def moved_flags_hint(message: str) -> str:
+    """` (X is now Y)` for each flag of the old layout that `message` names, else nothing."""
+    moved = [f"{old} is now {new}" for old, new in MOVED_FLAGS.items() if re.search(rf"\b{re.escape(old)}\b", message)]
+    return f" ({'; '.join(moved)})" if moved else ""
 
 
 def log_into_fit_run(config) -> None:
@@ -222,12 +252,17 @@ def check_config_files(argv: list[str]) -> None:
                 raise FileNotFoundError(f"--config {value}: {what} (shipped configs, by name: {', '.join(config_names())})")
             continue
         try:
-            yaml.safe_load(path.read_text())
+            values = yaml.safe_load(path.read_text())
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
             problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
             raise ValueError(f"--config {path} is not valid YAML: {problem}{where}") from None
+        # jsonargparse lets the link overwrite a derived field a file sets: refuse it instead of ignoring it
+        for target, source in LINKED.items():
+            section, key = target.split(".")
+            if isinstance(values, dict) and key in (values.get(section) or {}):
+                raise ValueError(f"--config {path} sets {target}, which follows {source}: set that instead")
 
 
 # Short flags users ask for, mapped onto the LightningCLI fields that carry them.

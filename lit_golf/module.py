@@ -95,7 +95,7 @@ class GolfLightningModule(L.LightningModule):
         self.gpt_config = dataclasses.replace(gpt)  # own copies: the defaults are shared objects
         self.optim_config = optim or OptimConfig()
         self.training_config = training or TrainingConfig()
-        self.eval_config = dataclasses.replace(evaluation)
+        self.eval_config = copy.deepcopy(evaluation)
         self.artifact = artifact
         self.use_ema_weights = use_ema_weights
         # What a checkpoint needs to rebuild and resume the model. Evaluation settings stay out: with

@@ -13,6 +13,8 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from lit_golf.eval.config import EvalConfig
+
 RESULTS_NAME = "results.json"
 TRAIN_LOG_NAME = "train.log"
 CONFIG_NAME = "config.yaml"  # LightningCLI's copy of the resolved config in the run folder
@@ -67,9 +69,9 @@ class RunResults:
     eval_seconds: float | None = None
     """Evaluation wall clock, from the test stage's start (artifact read and decompressed, compile included) to the final bpb."""
     evaluation: dict = field(default_factory=dict)
-    """The EvalConfig the evaluation ran with."""
+    """The EvalConfig the evaluation ran with (`EvalConfig.to_dict`: one dict per group)."""
     val_tokens_limited: bool | None = None
-    """True when `data.max_val_tokens` or `evaluation.max_docs` cut the validation set."""
+    """True when `evaluation.max_docs` (linked to `data.max_val_docs`) cut the validation set."""
 
     def updates(self) -> dict:
         """The measured keys (None and empty values left out), for merging into an existing file."""
@@ -102,6 +104,11 @@ def read_results(path: str | Path) -> dict:
     unknown = sorted(set(data) - set(KEYS))
     if unknown:
         raise ValueError(f"{path}: unknown keys {unknown}; it was written by another lit_golf version")
+    if data.get("evaluation"):  # what `check` and `submit` read of it must be what the evaluation ran with
+        try:
+            EvalConfig.from_dict(data["evaluation"])
+        except ValueError as exc:
+            raise ValueError(f"{path}: evaluation: {exc}") from None
     return data
 
 

@@ -33,8 +33,8 @@ REPO = Path(__file__).resolve().parent.parent
 TINY_CPU = REPO / "configs" / "tiny_cpu.yaml"
 RECORD = REPO / "configs" / "record.yaml"
 # `test` as fast as it goes: plain bpb of a few documents, no TTT.
-QUICK_TEST = ["--model.evaluation.ttt_enabled", "false", "--model.evaluation.phased_enabled", "false",
-              "--model.evaluation.max_docs", "4", "--data.max_val_tokens", "2048", "--trainer.logger", "false"]
+QUICK_TEST = ["--model.evaluation.ttt.enabled", "false", "--model.evaluation.global_sgd.enabled", "false",
+              "--model.evaluation.max_docs", "4", "--trainer.logger", "false"]
 
 
 
@@ -48,7 +48,7 @@ def ema_ckpt(tiny_data, tmp_path_factory) -> Path:
                                  training=TrainingConfig(compile=False, compile_warmup=False))
     dm = GolfDataModule(data_dir=str(tiny_data.data_dir), vocab_size=tiny_data.vocab_size, train_seq_len=128,
                         train_batch_tokens=1024, tokens_per_microbatch=512, eval_seq_len=128, val_batch_seqs=4,
-                        cu_bucket=16, cu_min_len=32, max_val_tokens=4096)
+                        cu_bucket=16, cu_min_len=32, max_val_docs=20)
     saver = ModelCheckpoint(dirpath=out, filename="ema", every_n_train_steps=2, save_top_k=-1)
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=2, max_epochs=-1, logger=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
@@ -67,7 +67,7 @@ def bad(tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("bad")
     files = {name: d / name for name in ("garbage.ckpt", "text.ckpt", "empty.ckpt", "tensor.ckpt", "state_dict.ckpt",
                                          "other_model.ckpt", "pickle.ckpt", "bad.yaml", "unknown_key.yaml",
-                                         "vocab600.ckpt")}
+                                         "derived_key.yaml", "vocab600.ckpt")}
     files["garbage.ckpt"].write_bytes(bytes((i * 37 + 11) % 256 for i in range(3000)))
     files["text.ckpt"].write_text("this is not a checkpoint\n")
     files["empty.ckpt"].write_bytes(b"")
@@ -77,6 +77,7 @@ def bad(tmp_path_factory) -> dict[str, Path]:
     files["pickle.ckpt"].write_bytes(pickle.dumps({"state_dict": {"gpt.x": 1}}, protocol=4))
     files["bad.yaml"].write_text("trainer:\n  max_steps: [1\n")
     files["unknown_key.yaml"].write_text("model:\n  gpt:\n    bogus_field: 3\n")
+    files["derived_key.yaml"].write_text("data:\n  val_batch_seqs: 16\n")  # a copy of record.yaml before issue 15
     gpt = GPT(small_gpt(600))  # a checkpoint of a model with another vocabulary than the data's
     torch.save({"state_dict": {f"gpt.{k}": v for k, v in gpt.state_dict().items()},
                 "hyper_parameters": {"gpt": asdict(gpt.config)}}, files["vocab600.ckpt"])
@@ -152,7 +153,10 @@ CASES = [
     ("mlp-mult-0", ["fit", "--model.gpt.mlp_mult", "0"], ["mlp_mult=0.0 must be positive"]),
     ("rope-dims-odd", ["fit", "--model.gpt.rope_dims", "7"], ["rope_dims=7 must be even"]),
     ("loop-beyond-layers", ["fit", "--model.gpt.loop_end", "9"], ["loop_end=9 must lie inside 0..3"]),
-    ("eval-seq-len-0", ["fit", "--model.evaluation.eval_seq_len", "0"], ["invalid EvalConfig: eval_seq_len=0"]),
+    ("eval-seq-len-0", ["fit", "--model.evaluation.plain.seq_len", "0"],
+     ["invalid EvalConfig: evaluation.plain.seq_len=0 must be positive"]),
+    ("ttt-chunk-beyond-context", ["fit", "--model.evaluation.ttt.chunk_size", "512"],
+     ["invalid EvalConfig: evaluation.ttt.chunk_size=512 must not exceed evaluation.ttt.context_len=256"]),
     # what jsonargparse rejects: the key and the reason, not the usage
     ("unknown-model-key", ["fit", "--model.gpt.bogus", "3"],
      ["unrecognized arguments: --model.gpt.bogus 3", "see `lit-golf fit --help`"]),
@@ -160,6 +164,16 @@ CASES = [
     # data.vocab_size follows model.gpt.vocab_size: one source, the derived one is refused
     ("derived-data-vocab", ["fit", "--data.vocab_size", "512"],
      ['"data.vocab_size" must be given via "model.gpt.vocab_size"']),
+    # the validation batch and document count belong to model.evaluation (one owner per knob)
+    ("derived-data-val-batch", ["fit", "--data.val_batch_seqs", "8"],
+     ['"data.val_batch_seqs" must be given via "model.evaluation.plain.batch_seqs"']),
+    ("derived-data-max-val-docs", ["fit", "--data.max_val_docs", "8"],
+     ['"data.max_val_docs" must be given via "model.evaluation.max_docs"']),
+    # flags of the layout before issue 15 name their new place
+    ("old-flat-eval-flag", ["fit", "--model.evaluation.ttt_lora_rank", "8"],
+     ["--model.evaluation.ttt_lora_rank", "model.evaluation.ttt_lora_rank is now model.evaluation.ttt.lora_rank"]),
+    ("old-max-val-tokens", ["fit", "--data.max_val_tokens", "4096"],
+     ["data.max_val_tokens is now model.evaluation.max_docs, a document count"]),
     ("unknown-trainer-key", ["fit", "--trainer.bogus", "3"], ["unrecognized arguments: --trainer.bogus 3"]),
     ("int-not-a-number", ["fit", "--model.gpt.num_layers", "abc"], ["--model.gpt.num_layers", "int", "abc"]),
     ("float-not-a-number", ["fit", "--model.gpt.mlp_mult", "lots"], ["--model.gpt.mlp_mult", "float", "lots"]),
@@ -170,6 +184,8 @@ CASES = [
     ("config-missing", ["fit", "--config", "{folder}/nope.yaml"], ["--config", "does not exist", "nope.yaml"]),
     ("config-not-yaml", ["fit", "--config", "{bad.yaml}"], ["bad.yaml is not valid YAML", "line 3"]),
     ("config-unknown-key", ["fit", "--config", "{unknown_key.yaml}"], ["does not accept option 'model.gpt.bogus_field'"]),
+    ("config-derived-key", ["fit", "--config", "{derived_key.yaml}"],  # not silently overwritten by the link
+     ["derived_key.yaml sets data.val_batch_seqs, which follows model.evaluation.plain.batch_seqs: set that instead"]),
     ("unknown-subcommand", ["fitt"], ["invalid choice: 'fitt'", "see `lit-golf --help`"]),
 ]
 

@@ -30,7 +30,7 @@ from lit_golf.model import GPT, unbank_state_dict
 REPO = Path(__file__).resolve().parent.parent
 TINY_CPU = REPO / "configs" / "tiny_cpu.yaml"
 VOCAB = 512  # conftest's tiny_data
-EVAL_QUICK = ["--model.evaluation.ttt_enabled", "false", "--model.evaluation.max_docs", "4"]
+EVAL_QUICK = ["--model.evaluation.ttt.enabled", "false", "--model.evaluation.max_docs", "4"]
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -206,9 +206,9 @@ DATA_CASES = [
     pytest.param("fit", drop_train_shards, [], r"the training split in \S+ is empty \(val shards but no "
                  r"fineweb_train_\*\.bin\): re-run `lit-golf prepare-data` with --num-val-docs below the number of "
                  r"documents", id="fit-with-an-empty-training-split"),
-    pytest.param("fit", lambda d: None, ["--data.max_val_tokens", "1"],
-                 r"max_val_tokens=1 is too small: validation needs at least 2 tokens \(one prediction\); raise "
-                 r"--data\.max_val_tokens or drop it", id="max-val-tokens-1"),
+    pytest.param("fit", lambda d: None, ["--model.evaluation.max_docs", "0"],
+                 r"invalid EvalConfig: evaluation\.max_docs=0 must be positive or None \(all documents\)",
+                 id="max-docs-0"),
     pytest.param("fit", swap_tokenizer, [], "MISMATCH", id="fit-with-another-same-size-tokenizer"),
     pytest.param("test", swap_tokenizer, [], "MISMATCH", id="test-with-another-same-size-tokenizer"),
     pytest.param("fit", published_style_manifest, [], r"is not the one the shards were made with: \S+manifest\.json "
@@ -245,7 +245,7 @@ def test_fit_and_test_refuse_data_that_does_not_fit_together(
                    rf"{re.escape(str(manifest))} records sha256 {recorded}; put that tokenizer back or re-run "
                    r"`lit-golf prepare-data`")
     assert re.search(message, line), line
-    if "max_val_tokens" in line:
+    if "max_docs" in line:
         assert "shard" not in line  # the setting is too small, not the data
 
 
@@ -325,7 +325,7 @@ def test_diverged_training_stops_with_one_line(tiny_data, tmp_path, capsys):
     overlay = tmp_path / "every_step.yaml"
     overlay.write_text(DIVERGE_OVERLAY)
     lrs = [arg for name in ("matrix_lr", "embed_lr", "scalar_lr") for arg in (f"--model.optim.{name}", "1e6")]
-    small = ["--data.train_batch_tokens", "512", "--data.tokens_per_microbatch", "512", "--data.max_val_tokens", "4096",
+    small = ["--data.train_batch_tokens", "512", "--data.tokens_per_microbatch", "512", "--model.evaluation.max_docs", "20",
              "--trainer.max_steps", "20", "--trainer.val_check_interval", "20"]
     argv = ["fit", *cli_args(tiny_data.data_dir, tmp_path / "logs", "--config", str(overlay), *lrs, *small)]
     assert main(argv) == 2

@@ -22,7 +22,7 @@ def legal_results(seed: int, folder: Path) -> dict:
         train_files=[str(folder / "fineweb_train_000000.bin")], val_files=[str(folder / "fineweb_val_000000.bin")],
         model_bytes=15_900_000, code_bytes=SCRIPT_BYTES, artifact_bytes=15_980_000, budget_bytes=LIMIT_BYTES,
         evaluated="artifact", val_bpb=1.08, val_loss=2.8, ttt_bpb=1.07, ttt_loss=2.77, final_bpb=1.07,
-        final_loss=2.77, eval_seconds=400.0, evaluation={"ttt_enabled": True},
+        final_loss=2.77, eval_seconds=400.0, evaluation={"ttt": {"enabled": True}},
     ).updates()
 
 
@@ -40,6 +40,15 @@ def write_submission(folder: Path, results: list[dict], p_value: float | None = 
     seeds = [r["seed"] for r in results]
     (folder / "submission.json").write_text(json.dumps({"seeds": seeds, "baseline_bpb": 1.09, "p_value": p_value}))
     return folder
+
+
+def test_results_with_the_flat_evaluation_of_an_older_lit_golf_are_one_line(tmp_path, capsys):
+    """A results.json written before issue 15 must not read as "no TTT": its flat keys name their new place."""
+    run = write_run(tmp_path / "run", {**legal_results(1, tmp_path), "evaluation": {"ttt_enabled": True}})
+    assert main(["check", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "results.json: evaluation: flat EvalConfig fields" in err
+    assert "ttt_enabled -> evaluation.ttt.enabled" in err
 
 
 def verdicts(folder: Path) -> dict[str, bool | None]:

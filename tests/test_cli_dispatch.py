@@ -159,6 +159,21 @@ def test_every_shipped_config_parses(name, capsys):
     assert printed["model"]["gpt"]["vocab_size"] >= 1 and printed["trainer"]["strategy"]
 
 
+def test_the_evaluation_owns_the_validation_window_batch_and_documents(tiny_data, monkeypatch):
+    """`data.eval_seq_len`, `val_batch_seqs` and `max_val_docs` follow `model.evaluation` through the CLI's links."""
+    from lit_golf.lightning_cli import GolfTrainer, run_lightning_cli
+
+    monkeypatch.setattr(GolfTrainer, "fit", lambda *args, **kwargs: None)  # parse and build, do not train
+    common = ["fit", "--config", str(CONFIG_DIR / "tiny_cpu.yaml"), "--data.data_dir", str(tiny_data.data_dir),
+              "--model.gpt.vocab_size", str(tiny_data.vocab_size), "--trainer.logger", "false"]
+    cli = run_lightning_cli([*common, "--model.evaluation.plain.batch_seqs", "4", "--model.evaluation.max_docs", "7"])
+    dm, evaluation = cli.datamodule, cli.model.eval_config
+    assert (dm.eval_seq_len, dm.val_batch_seqs, dm.max_val_docs) == (256, 4, 7)
+    assert (evaluation.plain.seq_len, evaluation.plain.batch_seqs, evaluation.max_docs) == (256, 4, 7)
+    defaults = run_lightning_cli(common).datamodule  # tiny_cpu.yaml's own values
+    assert (defaults.eval_seq_len, defaults.val_batch_seqs, defaults.max_val_docs) == (256, 8, 256)
+
+
 def test_lit_golf_log_lines_print_once_per_run_not_per_rank():
     code = """
 import logging

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from lit_golf.data.datamodule import GolfDataModule, ValWindows, grad_accum_steps_for, truncate_at_document
+from lit_golf.data.datamodule import GolfDataModule, ValWindows, grad_accum_steps_for
 from lit_golf.data.packing import TrainStream, build_cu_seqlens, epoch_shard_order, segment_starts
 from lit_golf.data.shards import (
     BOS_ID,
@@ -23,6 +23,7 @@ from lit_golf.data.shards import (
     write_shard,
 )
 from lit_golf.data.tokenizer import TokenizerError
+from lit_golf.eval.documents import find_documents, truncate_to_documents
 
 VOCAB = 300
 
@@ -250,13 +251,16 @@ def test_val_partial_window_is_its_own_batch():
     assert [len(ValWindows(torch.arange(12), torch.arange(12), 4, 2, r, 2)) for r in range(2)] == [1, 2]
 
 
-def test_max_val_tokens_truncates_at_a_document_boundary(synthetic):
+def test_max_val_docs_keeps_the_documents_the_final_evaluation_scores(synthetic):
     full = datamodule(synthetic.data_dir).val_tokens()
-    limit = int(synthetic.val_docs[0].size + synthetic.val_docs[1].size + 5)
-    cut = datamodule(synthetic.data_dir, max_val_tokens=limit).val_tokens()
-    assert cut.numel() == limit - 5 and torch.equal(cut, full[: cut.numel()]) and full[cut.numel()] == BOS_ID
-    one_doc = np.array([1, 5, 6, 7, 8, 9], dtype=np.uint16)
-    assert truncate_at_document(one_doc, 3).tolist() == [1, 5, 6]
+    cut = datamodule(synthetic.data_dir, max_val_docs=2).val_tokens()
+    # the first two documents with all their targets: the second one's last target is the third one's BOS
+    assert cut.numel() == synthetic.val_docs[0].size + synthetic.val_docs[1].size + 1 and cut[-1] == BOS_ID
+    assert torch.equal(cut, full[: cut.numel()]) and len(find_documents(cut, BOS_ID)) == 2
+    assert torch.equal(cut, truncate_to_documents(full, BOS_ID, 2))  # what `evaluation.max_docs` keeps
+    assert torch.equal(datamodule(synthetic.data_dir, max_val_docs=10**6).val_tokens(), full)
+    with pytest.raises(ValueError, match=r"GolfDataModule: max_val_docs=0 must be positive"):
+        datamodule(synthetic.data_dir, max_val_docs=0)
 
 
 def test_calibration_batches_are_distinct_train_windows(synthetic):

@@ -108,9 +108,9 @@ def test_plain_and_sliding_equal_hand_computation(sliding):
     cfg = small_eval_config()
     val = ValSet.build(tokens, luts, "cpu")
     evaluator, windows = (
-        (eval_sliding, sliding_windows(val.num_targets, cfg.eval_seq_len, cfg.sliding_stride))
+        (eval_sliding, sliding_windows(val.num_targets, cfg.plain.seq_len, cfg.sliding.stride))
         if sliding
-        else (eval_plain, plain_windows(val.num_targets, cfg.eval_seq_len))
+        else (eval_plain, plain_windows(val.num_targets, cfg.plain.seq_len))
     )
     totals = evaluator(model, val, cfg).totals()
     nll_sum, nbytes = hand_scored(model, tokens, luts, windows)

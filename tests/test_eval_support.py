@@ -66,15 +66,20 @@ def synthetic_luts(seed: int = 0) -> ByteLUTs:
     return ByteLUTs(base, space, torch.arange(VOCAB) < 2)
 
 
-def small_eval_config(**overrides) -> EvalConfig:
-    """Record structure at toy scale: chunk 8, context 32, 4 docs per batch, 2 phases over 6 prefix docs."""
-    values = dict(
-        eval_seq_len=32, eval_batch_seqs=3, sliding_stride=8, ttt_lora_rank=4, ttt_lr=3e-2, ttt_chunk_size=8,
-        ttt_context_len=32, ttt_batch_docs=4, ttt_window_bucket=16, phased_prefix_docs=6, phased_num_phases=2,
-        global_sgd_lr=3e-2, global_sgd_chunk_tokens=96, global_sgd_batch_seqs=2,
-    )
-    values.update(overrides)
-    return EvalConfig(**values)
+def small_eval_config(max_docs: int | None = None, **groups: dict) -> EvalConfig:
+    """Record structure at toy scale: chunk 8, context 32, 4 docs per batch, 2 phases over 6 prefix docs.
+
+    `groups` change fields of one group each: `small_eval_config(ttt={"lr": 0.0}, global_sgd={"enabled": False})`.
+    """
+    values = {
+        "plain": dict(seq_len=32, batch_seqs=3),
+        "sliding": dict(stride=8),
+        "ttt": dict(lora_rank=4, lr=3e-2, chunk_size=8, context_len=32, batch_docs=4, window_bucket=16),
+        "global_sgd": dict(prefix_docs=6, num_phases=2, lr=3e-2, chunk_tokens=96, batch_seqs=2),
+    }
+    for group, changes in groups.items():
+        values[group].update(changes)
+    return EvalConfig.from_dict({**values, "max_docs": max_docs})
 
 
 def free_port() -> int:

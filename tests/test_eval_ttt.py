@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import json
 
 import pytest
 import torch
@@ -17,7 +18,7 @@ from test_eval_support import (
 )
 
 from lit_golf.data.tokenizer import target_bytes
-from lit_golf.eval.config import EvalConfig
+from lit_golf.eval.config import LEGACY_FIELDS, EvalConfig, TTTConfig
 from lit_golf.eval.documents import find_documents
 from lit_golf.eval.global_sgd import global_sgd
 from lit_golf.eval.plain import eval_plain
@@ -55,7 +56,7 @@ def test_stages_follow_the_record_phases(val_tokens):
     assert [s.name for s in stages] == ["phase1", "phase2", "rest"]
     assert [len(s.docs) for s in stages] == [3, 3, len(docs) - 6]
     assert [None if s.sgd_docs is None else len(s.sgd_docs) for s in stages] == [3, 6, None]
-    assert build_stages(docs, small_eval_config(phased_enabled=False))[0].docs == docs
+    assert build_stages(docs, small_eval_config(global_sgd={"enabled": False}))[0].docs == docs
 
 
 def test_prefix_is_the_longest_documents_or_the_stream_start(val_tokens):
@@ -66,7 +67,7 @@ def test_prefix_is_the_longest_documents_or_the_stream_start(val_tokens):
     assert [d.num_targets for s in stages[:2] for d in s.docs] == [d.num_targets for d in longest[:6]]
     assert stages[1].sgd_docs == stages[0].docs + stages[1].docs  # documents in scored order
     assert sorted(d.index for s in stages for d in s.docs) == [d.index for d in docs]
-    stream = build_stages(docs, small_eval_config(phased_prefix_order="stream"))
+    stream = build_stages(docs, small_eval_config(global_sgd={"prefix_order": "stream"}))
     assert [d.index for s in stream[:2] for d in s.docs] == list(range(6))
 
 
@@ -116,7 +117,7 @@ def sgd_trained_positions(sgd_docs, chunk: int) -> set[int]:
 
 @pytest.mark.parametrize("order", ["longest_first", "stream"])
 def test_global_sgd_reads_only_documents_already_scored(val_tokens, order):
-    cfg = small_eval_config(phased_prefix_order=order)
+    cfg = small_eval_config(global_sgd={"prefix_order": order})
     docs = find_documents(val_tokens, BOS)
     starts = [d.start for d in docs]
     _, trace = run_ttt(val_tokens, cfg)
@@ -132,7 +133,7 @@ def test_global_sgd_reads_only_documents_already_scored(val_tokens, order):
     stages = build_stages(docs, cfg)
     assert sorted(read_by_phase) == [1, 2]
     for phase in (1, 2):  # every prefix document scored so far, but the last chunk (as the record does)
-        assert read_by_phase[phase] == sgd_trained_positions(stages[phase - 1].sgd_docs, cfg.global_sgd_chunk_tokens)
+        assert read_by_phase[phase] == sgd_trained_positions(stages[phase - 1].sgd_docs, cfg.global_sgd.chunk_tokens)
     rest = {d.index for d in stages[-1].docs}
     last_sgd = max(i for i, e in enumerate(trace.events) if e[0] == "sgd_read")
     assert {e[1] for e in trace.events[last_sgd:] if e[0] == "scored"} == rest
@@ -141,7 +142,7 @@ def test_global_sgd_reads_only_documents_already_scored(val_tokens, order):
 @pytest.mark.parametrize("context_len", [32, 128])
 def test_without_learning_each_chunk_is_scored_from_its_own_document_window(val_tokens, context_len):
     """lr 0 and no phases: chunk scores equal the plain model on the chunk's own-document window."""
-    cfg = small_eval_config(ttt_lr=0.0, phased_enabled=False, ttt_context_len=context_len)
+    cfg = small_eval_config(ttt={"lr": 0.0, "context_len": context_len}, global_sgd={"enabled": False})
     model = tiny_model()
     _, trace = run_ttt(val_tokens, cfg, model)
     for (d, ci), nll in trace.chunk_nll.items():
@@ -159,8 +160,8 @@ def test_ttt_off_is_plain_eval_and_the_model_is_left_untouched(val_tokens):
     model.train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with torch.inference_mode():  # as in Lightning's test loop
-        full = evaluate(model, val_tokens, synthetic_luts(), small_eval_config(sliding_enabled=True), progress=False)
-    plain_only = evaluate(model, val_tokens, synthetic_luts(), small_eval_config(ttt_enabled=False), progress=False)
+        full = evaluate(model, val_tokens, synthetic_luts(), small_eval_config(sliding={"enabled": True}), progress=False)
+    plain_only = evaluate(model, val_tokens, synthetic_luts(), small_eval_config(ttt={"enabled": False}), progress=False)
     assert model.training and all(p.requires_grad for p in model.parameters())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert not any(k.startswith("ttt") for k in plain_only)
@@ -180,7 +181,7 @@ def test_max_docs_limits_every_evaluator_to_the_first_documents(val_tokens):
 
 def _evaluate_on_rank(tokens: torch.Tensor) -> tuple[dict, dict, dict, list]:
     """evaluate() with a trace, the weights one global SGD on the phase-1 documents produces, and the stages."""
-    cfg = small_eval_config(sliding_enabled=True)
+    cfg = small_eval_config(sliding={"enabled": True})
     trace = TTTTrace()
     results = evaluate(tiny_model(), tokens, synthetic_luts(), cfg, progress=False, trace=trace)
     model = tiny_model()
@@ -215,17 +216,41 @@ def test_two_gloo_ranks_score_every_token_once_and_match_one_rank(val_tokens, tm
 
 
 def test_bounding_rows_per_pass_changes_nothing(val_tokens):
-    """Rows run in slices of one (`ttt_tokens_per_pass` below a row's width) score like the whole batch at once."""
-    whole = run_ttt(val_tokens, small_eval_config(phased_enabled=False))[1].chunk_nll
-    sliced = run_ttt(val_tokens, small_eval_config(phased_enabled=False, ttt_tokens_per_pass=16))[1].chunk_nll
+    """Rows run in slices of one (`ttt.tokens_per_pass` below a row's width) score like the whole batch at once."""
+    whole = run_ttt(val_tokens, small_eval_config(global_sgd={"enabled": False}))[1].chunk_nll
+    sliced = run_ttt(val_tokens, small_eval_config(ttt={"tokens_per_pass": 16}, global_sgd={"enabled": False}))[1].chunk_nll
     assert sliced.keys() == whole.keys()
     for key, nll in whole.items():
         assert sliced[key] == pytest.approx(nll, rel=1e-6), key
 
 
 def test_bad_eval_config_is_one_line_error():
-    with pytest.raises(ValueError, match=r"ttt_chunk_size=0 must be positive; ttt_lora_targets has unknown sites \['x'\]"):
-        EvalConfig(ttt_chunk_size=0, ttt_lora_targets=("q", "x"))
-    with pytest.raises(ValueError, match=r"unknown EvalConfig fields \['ttt_rank'\]"):
-        EvalConfig.from_dict({"ttt_rank": 4})
-    assert EvalConfig.from_dict(EvalConfig().to_dict()) == EvalConfig()
+    with pytest.raises(ValueError, match=r"evaluation\.ttt\.chunk_size=0 must be positive; evaluation\.ttt\.lora_targets "
+                       r"has unknown sites \['x'\]"):
+        TTTConfig(chunk_size=0, lora_targets=("q", "x"))
+    with pytest.raises(ValueError, match=r"evaluation\.ttt\.chunk_size=64 must not exceed evaluation\.ttt\.context_len=32"):
+        EvalConfig(ttt=TTTConfig(chunk_size=64, context_len=32))
+    with pytest.raises(ValueError, match=r"unknown TTTConfig fields \['rank'\]"):
+        EvalConfig.from_dict({"ttt": {"rank": 4}})
+
+
+def test_eval_config_round_trips_as_nested_dicts():
+    cfg = small_eval_config(max_docs=7, ttt={"lora_targets": ("q", "v"), "lora_alpha": 8.0},
+                            global_sgd={"prefix_order": "stream"})
+    values = cfg.to_dict()
+    assert values["ttt"]["lora_alpha"] == 8.0 and values["global_sgd"]["prefix_order"] == "stream"
+    assert values["plain"] == {"seq_len": 32, "batch_seqs": 3} and values["max_docs"] == 7
+    restored = EvalConfig.from_dict(json.loads(json.dumps(values)))  # as results.json stores it: tuples become lists
+    assert restored == cfg and isinstance(restored.ttt, TTTConfig) and restored.ttt.lora_targets == ("q", "v")
+    assert EvalConfig.from_dict({}) == EvalConfig()
+
+
+def test_flat_legacy_eval_keys_name_their_new_place():
+    """A results.json written before issue 15 keeps flat keys: one line says where each one went."""
+    with pytest.raises(ValueError, match=r"^flat EvalConfig fields of an older lit_golf .*: ttt_lora_rank -> "
+                       r"evaluation\.ttt\.lora_rank, phased_enabled -> evaluation\.global_sgd\.enabled, "
+                       r"eval_seq_len -> evaluation\.plain\.seq_len$") as error:
+        EvalConfig.from_dict({"ttt_lora_rank": 4, "phased_enabled": False, "eval_seq_len": 64, "max_docs": 3})
+    assert "\n" not in str(error.value)
+    assert LEGACY_FIELDS["global_sgd_chunk_tokens"] == "global_sgd.chunk_tokens"
+    assert LEGACY_FIELDS["sliding_stride"] == "sliding.stride" and LEGACY_FIELDS["ttt_compile"] == "ttt.compile"

@@ -14,9 +14,9 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUD
 LENGTHS = [70, 5, 33, 12, 90, 20, 45, 8, 60, 17, 28, 3, 50, 130, 41]
 
 
-def chunk_scores(compiled: bool, **overrides) -> tuple[dict, dict]:
+def chunk_scores(compiled: bool, ttt: dict | None = None, **groups: dict) -> tuple[dict, dict]:
     torch._dynamo.reset()
-    cfg = small_eval_config(ttt_compile=compiled, **overrides)
+    cfg = small_eval_config(ttt={"compile": compiled, **(ttt or {})}, **groups)
     model = tiny_model().cuda()
     with torch.no_grad():  # std 0.1 instead of 0.3: at 0.3 the tiny model is chaotic in bf16 (+-1 nat per chunk)
         for p in model.parameters():
@@ -30,8 +30,8 @@ def chunk_scores(compiled: bool, **overrides) -> tuple[dict, dict]:
 
 def test_compiled_ttt_matches_eager_per_chunk_without_learning():
     """lr 0: both paths compute the same function; only bf16 rounding of fused kernels may differ."""
-    eager_results, eager = chunk_scores(False, ttt_lr=0.0, phased_enabled=False)
-    compiled_results, compiled = chunk_scores(True, ttt_lr=0.0, phased_enabled=False)
+    eager_results, eager = chunk_scores(False, ttt={"lr": 0.0}, global_sgd={"enabled": False})
+    compiled_results, compiled = chunk_scores(True, ttt={"lr": 0.0}, global_sgd={"enabled": False})
     assert compiled.keys() == eager.keys()
     for key, nll in eager.items():
         assert compiled[key] == pytest.approx(nll, rel=2e-2, abs=2e-2), key

@@ -12,7 +12,7 @@ from test_eval_support import BOS, TINY_GPT, VOCAB, small_eval_config, synthetic
 from lit_golf import artifact
 from lit_golf.config import GPTConfig
 from lit_golf.data.shards import BOS_ID
-from lit_golf.eval.config import EvalConfig
+from lit_golf.eval.config import TTTConfig
 from lit_golf.eval.documents import find_documents
 from lit_golf.eval.lora import BatchedLoRA
 from lit_golf.eval.metric import BitsPerByte
@@ -211,15 +211,15 @@ def test_ttt_without_learning_scores_each_chunk_with_the_gated_model():
     lengths = [40, 5, 21, 12, 33, 9]
     tokens = synthetic_val(lengths, seed=3)
     model = tiny_model(**SWITCHES)
-    cfg = small_eval_config(ttt_lr=0.0, global_sgd_lr=0.0, ttt_lora_alpha=144.0, ttt_warm_start_a=True)
+    cfg = small_eval_config(ttt={"lr": 0.0, "lora_alpha": 144.0, "warm_start_a": True}, global_sgd={"lr": 0.0})
     trace = TTTTrace()
     evaluate(model, tokens, synthetic_luts(), cfg, progress=False, trace=trace)
     docs = find_documents(tokens, BOS)
-    assert len(trace.chunk_nll) == sum(-(-d.num_targets // cfg.ttt_chunk_size) for d in docs)
+    assert len(trace.chunk_nll) == sum(-(-d.num_targets // cfg.ttt.chunk_size) for d in docs)
     for (d, ci), nll in trace.chunk_nll.items():
         doc = docs[d]
-        lo, hi = ci * cfg.ttt_chunk_size, min((ci + 1) * cfg.ttt_chunk_size, doc.num_targets)
-        first = doc.start + max(0, hi - cfg.ttt_context_len)
+        lo, hi = ci * cfg.ttt.chunk_size, min((ci + 1) * cfg.ttt.chunk_size, doc.num_targets)
+        first = doc.start + max(0, hi - cfg.ttt.context_len)
         x, y = tokens[first : doc.start + hi], tokens[first + 1 : doc.start + hi + 1]
         with torch.no_grad():
             expected = model(x[None], y[None], reduction="none")[0, doc.start + lo - first :].double().sum()
@@ -258,7 +258,7 @@ def test_warm_start_keeps_a_between_batches_and_redraws_it_at_a_phase_start():
     val = ValSet.build(tokens, synthetic_luts(), "cpu")
 
     def scorer(warm: bool) -> DocumentBatchScorer:
-        cfg = small_eval_config(ttt_lora_alpha=144.0, ttt_warm_start_a=warm)
+        cfg = small_eval_config(ttt={"lora_alpha": 144.0, "warm_start_a": warm})
         return DocumentBatchScorer(model, val, cfg, BitsPerByte(), None)
 
     def a_and_b(s: DocumentBatchScorer) -> tuple[torch.Tensor, torch.Tensor]:
@@ -297,7 +297,7 @@ def test_phased_ttt_redraws_a_once_per_stage_with_warm_start(monkeypatch):
         reset(self, generator, keep_a)
 
     monkeypatch.setattr(BatchedLoRA, "reset", recording_reset)
-    cfg = small_eval_config(ttt_lora_alpha=144.0, ttt_warm_start_a=True)
+    cfg = small_eval_config(ttt={"lora_alpha": 144.0, "warm_start_a": True})
     warm = evaluate(tiny_model(**SWITCHES), tokens, synthetic_luts(), cfg, progress=False)
     assert keeps == [False, False, False, False, True]
     cold = evaluate(tiny_model(**SWITCHES), tokens, synthetic_luts(), small_eval_config(), progress=False)
@@ -306,8 +306,8 @@ def test_phased_ttt_redraws_a_once_per_stage_with_warm_start(monkeypatch):
 
 
 def test_bad_lora_alpha_is_one_line_error():
-    with pytest.raises(ValueError, match="ttt_lora_alpha=0.0 must be positive"):
-        EvalConfig(ttt_lora_alpha=0.0)
+    with pytest.raises(ValueError, match=r"evaluation\.ttt\.lora_alpha=0.0 must be positive"):
+        TTTConfig(lora_alpha=0.0)
 
 
 def test_bad_gate_window_is_one_line_error():
@@ -360,16 +360,16 @@ def test_frontier_yaml_on_the_record_changes_exactly_the_frontier_fields(capsys)
         "model.gpt.smear_gate": True, "model.gpt.sparse_attn_gate": True, "model.gpt.sparse_attn_gate_scale": 0.5,
         "model.gpt.fused_softcap_ce": True, "model.optim.muon_backend": "polar_express", "model.optim.beta2": 0.99,
         "model.training.warmdown_frac": 0.85, "model.training.min_lr": 0.1,
-        "model.evaluation.ttt_lora_rank": 80, "model.evaluation.ttt_lora_alpha": 144.0,
-        "model.evaluation.ttt_warm_start_a": True, "model.evaluation.ttt_beta2": 0.99,
-        "model.evaluation.phased_prefix_docs": 2500,
+        "model.evaluation.ttt.lora_rank": 80, "model.evaluation.ttt.lora_alpha": 144.0,
+        "model.evaluation.ttt.warm_start_a": True, "model.evaluation.ttt.beta2": 0.99,
+        "model.evaluation.global_sgd.prefix_docs": 2500,
     }
     clips = [key for key in frontier if key.endswith(("config.mlp_clip_sigmas", "config.embed_clip_sigmas"))]
     assert len(clips) == 2  # the export's settings, wherever the config keeps them
     expected |= {key: 11.5 if key.endswith("mlp_clip_sigmas") else 14.0 for key in clips}
     changed = {key: value for key, value in frontier.items() if record.get(key) != value}
     assert changed == expected
-    assert frontier["model.evaluation.ttt_weight_decay"] == 0.5 and frontier["model.gpt.gate_window"] == 12
+    assert frontier["model.evaluation.ttt.weight_decay"] == 0.5 and frontier["model.gpt.gate_window"] == 12
     assert set(record) == set(frontier)
 
 

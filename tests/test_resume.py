@@ -26,7 +26,7 @@ def fit_command(tiny_data, save_dir: Path, *extra: str) -> list[str]:
     launcher = [str(LIT_GOLF)] if LIT_GOLF.is_file() else [sys.executable, "-m", "lit_golf.cli"]
     return [
         *launcher, "fit", "--config", str(TINY_CPU), "--config", str(FIXED_STEPS_CPU),
-        "--data.data_dir", str(tiny_data.data_dir), "--model.gpt.vocab_size", str(tiny_data.vocab_size), "--data.max_val_tokens", "4096",
+        "--data.data_dir", str(tiny_data.data_dir), "--model.gpt.vocab_size", str(tiny_data.vocab_size), "--model.evaluation.max_docs", "20",
         "--data.train_batch_tokens", "1024", "--data.tokens_per_microbatch", "512",  # cheap steps
         "--trainer.logger.init_args.save_dir", str(save_dir), "--trainer.max_steps", str(STEPS),
         "--trainer.val_check_interval", "15", *extra,

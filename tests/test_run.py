@@ -20,8 +20,8 @@ import pytest
 from tests.test_resume import FIXED_STEPS_CPU, REPO, TINY_CPU, quiet_env
 
 # Small enough for a loaded 2-core box: 4 steps, 6 validation documents, 2 of them in the TTT prefix.
-TINY_RUN = ["--trainer.max_steps", "4", "--data.max_val_tokens", "2048", "--model.evaluation.max_docs", "6",
-            "--model.evaluation.phased_prefix_docs", "2", "--trainer.logger.init_args.save_dir", "logs"]
+TINY_RUN = ["--trainer.max_steps", "4", "--model.evaluation.max_docs", "6",
+            "--model.evaluation.global_sgd.prefix_docs", "2", "--trainer.logger.init_args.save_dir", "logs"]
 
 
 def lit_golf(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -51,7 +51,7 @@ def test_sweep_of_tiny_fits_writes_the_table_and_resumes(tiny_data, tmp_path, mo
     out = tmp_path / "sweep"
     argv = ["sweep", "--config", "tiny_cpu", "--config", str(REPO / "configs/overrides/fixed_steps_cpu.yaml"),
             "--grid", "model.optim.matrix_lr=0.02,0.04", "--seeds", "3", "--out", str(out), "--",
-            "--data.data_dir", str(tiny_data.data_dir), "--model.gpt.vocab_size", str(tiny_data.vocab_size), "--data.max_val_tokens", "4096",
+            "--data.data_dir", str(tiny_data.data_dir), "--model.gpt.vocab_size", str(tiny_data.vocab_size), "--model.evaluation.max_docs", "20",
             "--data.train_batch_tokens", "1024", "--data.tokens_per_microbatch", "512",
             "--trainer.max_steps", "3", "--trainer.val_check_interval", "3"]
     assert main(argv) == 0

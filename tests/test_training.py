@@ -30,7 +30,7 @@ FIXED_STEPS_CPU = REPO / "configs" / "overrides" / "fixed_steps_cpu.yaml"  # no 
 def datamodule(tiny_data, tokens_per_microbatch: int) -> GolfDataModule:
     return GolfDataModule(data_dir=str(tiny_data.data_dir), vocab_size=tiny_data.vocab_size, train_seq_len=128,
                           train_batch_tokens=1024, tokens_per_microbatch=tokens_per_microbatch, eval_seq_len=128,
-                          val_batch_seqs=4, cu_bucket=16, cu_min_len=32, max_val_tokens=4096)
+                          val_batch_seqs=4, cu_bucket=16, cu_min_len=32, max_val_docs=20)
 
 
 def fit_weights(tiny_data, *, steps: int, warmup: bool = False, devices: int = 1, tokens_per_microbatch=512,
@@ -142,7 +142,7 @@ def test_cli_help_lists_every_subcommand(capsys):
 def test_cli_fit_export_test_end_to_end(tiny_data, tmp_path):
     common = ["--config", str(TINY_CPU), "--config", str(FIXED_STEPS_CPU), "--data.data_dir", str(tiny_data.data_dir),
               "--model.gpt.vocab_size", str(tiny_data.vocab_size),
-              "--trainer.logger.init_args.save_dir", str(tmp_path / "logs"), "--data.max_val_tokens", "4096"]
+              "--trainer.logger.init_args.save_dir", str(tmp_path / "logs"), "--model.evaluation.max_docs", "20"]
     fit = run_lightning_cli(["fit", *common, "--trainer.max_steps", "8", "--trainer.val_check_interval", "8",
                              "--trainer.log_every_n_steps", "4"])
     assert fit.trainer.global_step == 8
@@ -168,7 +168,7 @@ def test_cli_fit_export_test_end_to_end(tiny_data, tmp_path):
     assert_observability(Path(fit.trainer.log_dir), val_bpb)
 
     test = run_lightning_cli(["test", *common, "--artifact", str(export.artifact_path),
-                              "--model.evaluation.max_docs", "24", "--model.evaluation.phased_prefix_docs", "8"])
+                              "--model.evaluation.max_docs", "24", "--model.evaluation.global_sgd.prefix_docs", "8"])
     results = test.model.test_results
     assert results["ttt_tokens"] == results["val_tokens"] > 0
     # the test of a fit's artifact logs into that fit's run folder: per-phase TTT scalars beside the curves
@@ -199,7 +199,7 @@ def assert_observability(run_dir: Path, final_val_bpb: float) -> None:
     assert all(e.value > 0 for e in events.Scalars("train/grad_norm"))
     hparams = yaml.safe_load((run_dir / "hparams.yaml").read_text())
     assert {"EMA", "Throughput", "GolfProgressBar", "RunCheckpoint", "GPTQExport"} <= set(hparams["callbacks"])
-    assert hparams["evaluation"]["ttt_enabled"] in (True, False) and "gpt" in hparams
+    assert hparams["evaluation"]["ttt"]["enabled"] in (True, False) and "gpt" in hparams
 
 
 @pytest.mark.slow

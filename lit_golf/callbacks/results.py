@@ -114,7 +114,7 @@ class RecordResults(Callback):
         if eval_config is not None:
             results.evaluation = asdict(eval_config)
         dm = trainer.datamodule
-        results.val_tokens_limited = getattr(dm, "max_val_tokens", None) is not None or \
+        results.val_tokens_limited = getattr(dm, "max_val_docs", None) is not None or \
             results.evaluation.get("max_docs") is not None
         if trainer.is_global_zero:
             update_results(self.run_dir, results)

@@ -34,6 +34,7 @@ from lit_golf.data.tokenizer import (
     load_tokenizer,
     token_byte_table,
 )
+from lit_golf.eval.documents import truncate_to_documents
 
 log = logging.getLogger("lit_golf")
 
@@ -60,15 +61,6 @@ def grad_accum_steps_for(train_batch_tokens: int, world_size: int, tokens_per_mi
         f"train_batch_tokens={train_batch_tokens} is not a multiple of world_size * tokens_per_microbatch = "
         f"{world_size} * {tokens_per_microbatch} = {per_step}: use " + " or ".join(fixes)
     )
-
-
-def truncate_at_document(tokens: np.ndarray, max_tokens: int | None) -> np.ndarray:
-    """The longest prefix of at most `max_tokens` that ends where a document ends (or exactly
-    `max_tokens` when the first document alone is longer)."""
-    if max_tokens is None or tokens.size <= max_tokens:
-        return tokens
-    boundaries = np.flatnonzero(tokens[1 : max_tokens + 1] == BOS_ID) + 1
-    return tokens[: int(boundaries[-1])] if boundaries.size else tokens[:max_tokens]
 
 
 def rank_window_range(num_windows: int, rank: int, world_size: int) -> tuple[int, int]:
@@ -129,14 +121,15 @@ class GolfDataModule(LightningDataModule):
         train_seq_len: longest attention segment; longer documents are cut into pieces of this length.
         train_batch_tokens: tokens per optimizer step over all ranks.
         tokens_per_microbatch: tokens of one forward/backward on one rank.
-        eval_seq_len: validation window length.
-        val_batch_seqs: validation windows per batch.
+        eval_seq_len: validation window length (the CLI links it to `model.evaluation.plain.seq_len`).
+        val_batch_seqs: validation windows per batch (the CLI links it to `model.evaluation.plain.batch_seqs`).
         cu_bucket: `cu_seqlens` is padded to a multiple of this (fewer recompilations).
         cu_min_len: and to at least this length, so that ordinary packs share one compiled shape
             (the compile warm-up covers it; a pack with more segments gets the next bucket).
         seed: shard order of each training epoch.
-        max_val_tokens: keep only the first documents of validation, at most this many tokens
-            (quick runs and smoke tests; the score is then not comparable to a full evaluation).
+        max_val_docs: keep only the first this many documents of validation (quick runs and smoke tests;
+            the score is then not comparable to a full evaluation). The CLI links it to
+            `model.evaluation.max_docs`, so in-training validation and `test` see the same documents.
         calibration_seed: default seed of `calibration_batches` (GPTQ Hessians).
     """
 
@@ -148,11 +141,11 @@ class GolfDataModule(LightningDataModule):
         train_batch_tokens: int = 786432,
         tokens_per_microbatch: int = 98304,
         eval_seq_len: int = 2048,
-        val_batch_seqs: int = 16,
+        val_batch_seqs: int = 32,
         cu_bucket: int = 64,
         cu_min_len: int = 256,
         seed: int = 1337,
-        max_val_tokens: int | None = None,
+        max_val_docs: int | None = None,
         calibration_seed: int = 0,
     ):
         super().__init__()
@@ -161,23 +154,18 @@ class GolfDataModule(LightningDataModule):
             tokens_per_microbatch=tokens_per_microbatch, eval_seq_len=eval_seq_len,
             val_batch_seqs=val_batch_seqs, cu_bucket=cu_bucket,
         )
-        if max_val_tokens is not None:
-            positive["max_val_tokens"] = max_val_tokens
+        if max_val_docs is not None:
+            positive["max_val_docs"] = max_val_docs
         for name, value in positive.items():
             if value <= 0:
                 raise ValueError(f"GolfDataModule: {name}={value} must be positive")
-        if max_val_tokens is not None and max_val_tokens < 2:
-            raise ValueError(
-                f"GolfDataModule: max_val_tokens={max_val_tokens} is too small: validation needs at least 2 tokens "
-                "(one prediction); raise --data.max_val_tokens or drop it (null = all validation tokens)"
-            )
         self.save_hyperparameters()
         self.data_dir, self.vocab_size = data_dir, vocab_size
         self.train_seq_len, self.train_batch_tokens = train_seq_len, train_batch_tokens
         self.tokens_per_microbatch, self.eval_seq_len = tokens_per_microbatch, eval_seq_len
         self.val_batch_seqs, self.cu_bucket, self.seed = val_batch_seqs, cu_bucket, seed
         self.cu_min_len = cu_min_len
-        self.max_val_tokens, self.calibration_seed = max_val_tokens, calibration_seed
+        self.max_val_docs, self.calibration_seed = max_val_docs, calibration_seed
         self._distributed: tuple[int, int] | None = None
         # Resume state: the global stream position (tokens) the train loader starts at, and the training
         # steps consumed since (counted where Lightning hands a batch to the step, after its prefetch).
@@ -295,22 +283,17 @@ class GolfDataModule(LightningDataModule):
     # -- data for evaluation and export -------------------------------------------------------
 
     def val_tokens(self) -> torch.Tensor:
-        """All validation tokens (int64), cut to `max_val_tokens` at a document boundary."""
+        """All validation tokens (int64), or those of the first `max_val_docs` documents with all their targets
+        (the prefix `lit_golf.eval` keeps for `evaluation.max_docs`: the same documents as the final evaluation)."""
         return self._val_tokens
 
     @cached_property
     def _val_tokens(self) -> torch.Tensor:
         files = find_shards(self.data_dir, "val", self.vocab_size)
         stored = np.concatenate([read_shard(f, self.vocab_size) for f in files])
-        tokens = truncate_at_document(stored, self.max_val_tokens)
         if stored.size < 2:
             raise ShardError(f"validation shards in {files[0].parent} hold {stored.size} tokens: need at least 2")
-        if tokens.size < 2:
-            raise ValueError(
-                f"max_val_tokens={self.max_val_tokens} keeps {tokens.size} of the {stored.size} validation tokens "
-                f"in {files[0].parent} (cut at a document end): raise --data.max_val_tokens or drop it"
-            )
-        return torch.from_numpy(tokens.astype(np.int64))
+        return truncate_to_documents(torch.from_numpy(stored.astype(np.int64)), BOS_ID, self.max_val_docs)
 
     def val_token_bytes(self) -> torch.Tensor | None:
         """The CaseOps byte sidecar of `val_tokens()` (int32, one original-text byte count per token), or None

@@ -3,9 +3,9 @@
 The documents are taken in the order they were scored (for the record's prefix: longest first, so not
 contiguous in the stream) and laid end to end as one run of (input, target) pairs; each document keeps
 exactly its own targets, so no pair crosses a document. The run is cut into chunks of
-`global_sgd_chunk_tokens` targets, one SGD step per chunk (momentum, cosine-decayed learning rate,
+`global_sgd.chunk_tokens` targets, one SGD step per chunk (momentum, cosine-decayed learning rate,
 global gradient-norm clip); as in the record, the last chunk of a phase is not trained on. A chunk is
-cut into attention units (at every document start, and every `eval_seq_len` tokens, the longest
+cut into attention units (at every document start, and every `plain.seq_len` tokens, the longest
 context the model was trained with); ranks take contiguous whole units, pack them into rows masked by
 `cu_seqlens`, and sum their gradients, so the step does not depend on the number of ranks.
 """
@@ -94,14 +94,14 @@ def global_sgd(
     """
     rank, world = rank_and_world()
     run = DocumentRun(val, docs)
-    chunk = cfg.global_sgd_chunk_tokens
-    micro = cfg.global_sgd_batch_seqs * cfg.eval_seq_len
+    chunk = cfg.global_sgd.chunk_tokens
+    micro = cfg.global_sgd.batch_seqs * cfg.plain.seq_len
     chunk_starts = list(range(0, run.num_targets, chunk))[:-1]  # the record never trains on the last chunk
-    total_steps = len(chunk_starts) * cfg.global_sgd_epochs
+    total_steps = len(chunk_starts) * cfg.global_sgd.epochs
     if total_steps == 0:
         return 0
     params = list(model.parameters())
-    optimizer = torch.optim.SGD(params, lr=cfg.global_sgd_lr, momentum=cfg.global_sgd_momentum)
+    optimizer = torch.optim.SGD(params, lr=cfg.global_sgd.lr, momentum=cfg.global_sgd.momentum)
     grad_flags = [p.requires_grad for p in params]
     for p in params:
         p.requires_grad_(True)
@@ -109,9 +109,9 @@ def global_sgd(
         for step in range(total_steps):
             lo = chunk_starts[step % len(chunk_starts)]
             for group in optimizer.param_groups:
-                group["lr"] = cosine_lr(cfg.global_sgd_lr, step, total_steps)
+                group["lr"] = cosine_lr(cfg.global_sgd.lr, step, total_steps)
             optimizer.zero_grad(set_to_none=True)
-            for bounds in rank_micro_batches(run.units(lo, lo + chunk, cfg.eval_seq_len), rank, world, micro):
+            for bounds in rank_micro_batches(run.units(lo, lo + chunk, cfg.plain.seq_len), rank, world, micro):
                 a, b = lo + bounds[0], lo + bounds[-1]
                 cu_seqlens, longest = packed_cu_seqlens(bounds)
                 with torch.enable_grad(), autocast(val.device):
@@ -124,8 +124,8 @@ def global_sgd(
                     for span in run.stream_spans(a, b):
                         on_read(*span)
             all_reduce_grads(params)
-            if cfg.global_sgd_grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, cfg.global_sgd_grad_clip)
+            if cfg.global_sgd.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, cfg.global_sgd.grad_clip)
             optimizer.step()
     finally:
         optimizer.zero_grad(set_to_none=True)

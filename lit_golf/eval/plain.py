@@ -2,9 +2,9 @@
 
 Both cut the token stream into windows and score a tail of each; inside a window a token attends
 only to earlier tokens of its own document (`document_masked_nll`), as in training and as upstream
-evaluates: plain windows are disjoint `eval_seq_len` blocks scored whole (the last one may be shorter);
+evaluates: plain windows are disjoint `plain.seq_len` blocks scored whole (the last one may be shorter);
 sliding windows end `stride` tokens apart and score only their last `stride` targets (the first
-window scores all of its), so every target but the first few sees `eval_seq_len - stride` tokens of
+window scores all of its), so every target but the first few sees `plain.seq_len - stride` tokens of
 context. Windows are split between ranks in contiguous runs; the metric sums across ranks.
 """
 
@@ -113,10 +113,10 @@ def score_windows(
 
 
 def eval_plain(model: nn.Module, val: ValSet, cfg: EvalConfig, progress: bool = False) -> BitsPerByte:
-    windows = plain_windows(val.num_targets, cfg.eval_seq_len)
-    return score_windows(model, val, windows, cfg.eval_batch_seqs, BOS_ID, label="plain" if progress else None)
+    windows = plain_windows(val.num_targets, cfg.plain.seq_len)
+    return score_windows(model, val, windows, cfg.plain.batch_seqs, BOS_ID, label="plain" if progress else None)
 
 
 def eval_sliding(model: nn.Module, val: ValSet, cfg: EvalConfig, progress: bool = False) -> BitsPerByte:
-    windows = sliding_windows(val.num_targets, cfg.eval_seq_len, cfg.sliding_stride)
-    return score_windows(model, val, windows, cfg.eval_batch_seqs, BOS_ID, label="sliding" if progress else None)
+    windows = sliding_windows(val.num_targets, cfg.plain.seq_len, cfg.sliding.stride)
+    return score_windows(model, val, windows, cfg.plain.batch_seqs, BOS_ID, label="sliding" if progress else None)

@@ -50,11 +50,11 @@ def evaluate(
         with stopwatch.section("plain"):
             results.update(_scores("val", eval_plain(model, val, cfg, progress)))
         _log_section("plain", results["val_bpb"], stopwatch.seconds["plain"])
-        if cfg.sliding_enabled:
+        if cfg.sliding.enabled:
             with stopwatch.section("sliding"):
                 results.update(_scores("sliding", eval_sliding(model, val, cfg, progress)))
             _log_section("sliding", results["sliding_bpb"], stopwatch.seconds["sliding"])
-        if cfg.ttt_enabled:
+        if cfg.ttt.enabled:
             ttt_model = copy.deepcopy(model)
             phase_bpb: dict[str, float] = {}
             with stopwatch.section("ttt"):

@@ -3,18 +3,18 @@
 Legality is the whole design: a token is scored before any update that has seen it, in one
 left-to-right pass, with the model's normalized softmax.
 
-* Per document: a fresh adapter (one row of a `BatchedLoRA`; with `ttt_warm_start_a` only its `B` is
+* Per document: a fresh adapter (one row of a `BatchedLoRA`; with `ttt.warm_start_a` only its `B` is
   fresh, its `A` carries over from the row's previous document of the phase). The document's targets are cut into
-  chunks of `ttt_chunk_size`; chunk k is scored with up to `ttt_context_len` tokens of the same
-  document ending at the chunk (never another document's), then the adapter takes `ttt_grad_steps`
+  chunks of `ttt.chunk_size`; chunk k is scored with up to `ttt.context_len` tokens of the same
+  document ending at the chunk (never another document's), then the adapter takes `ttt.grad_steps`
   AdamW steps on that chunk's loss alone. The last chunk is not trained on: nothing is left to score.
-* Batches: `ttt_batch_docs` documents of similar length advance chunk by chunk together, one padded
+* Batches: `ttt.batch_docs` documents of similar length advance chunk by chunk together, one padded
   row each, longest first; once a document has ended its row no longer runs, and padding positions
-  are masked out of scores and losses. Row widths are rounded up to `ttt_window_bucket`, and the rows
-  go through the model in slices of at most `ttt_tokens_per_pass` positions (gradients accumulate;
+  are masked out of scores and losses. Row widths are rounded up to `ttt.window_bucket`, and the rows
+  go through the model in slices of at most `ttt.tokens_per_pass` positions (gradients accumulate;
   one optimizer step).
-* Phases: the first `phased_prefix_docs` documents of the processing order (the record's: longest
-  first; or stream order) are scored in `phased_num_phases` stages; after each, every rank runs global
+* Phases: the first `global_sgd.prefix_docs` documents of the processing order (the record's: longest
+  first; or stream order) are scored in `global_sgd.num_phases` stages; after each, every rank runs global
   SGD of the base weights on all prefix documents scored so far, in scored order (`global_sgd`); the
   remaining documents are then scored with the adapted base.
 * Speed: the head and loss run only at each row's chunk positions (`score_columns`), all rows go
@@ -76,7 +76,7 @@ class Stage:
 
 def processing_order(docs: list[Document], cfg: EvalConfig) -> list[Document]:
     """The order the prefix is taken from: the record's (longest first; ties by stream position) or the stream's."""
-    if cfg.phased_prefix_order == "stream":
+    if cfg.global_sgd.prefix_order == "stream":
         return docs
     return sorted(docs, key=lambda d: (-d.num_targets, d.index))
 
@@ -87,11 +87,11 @@ def build_stages(docs: list[Document], cfg: EvalConfig) -> list[Stage]:
     Every rank computes the same stages from the same documents, so the prefix never depends on
     timing or on the number of ranks.
     """
-    if not cfg.phased_enabled or cfg.phased_prefix_docs == 0:
+    if not cfg.global_sgd.enabled or cfg.global_sgd.prefix_docs == 0:
         return [Stage("all", docs, None)]
     ordered = processing_order(docs, cfg)
     stages, done = [], 0
-    for phase, boundary in enumerate(phase_boundaries(len(docs), cfg.phased_prefix_docs, cfg.phased_num_phases), 1):
+    for phase, boundary in enumerate(phase_boundaries(len(docs), cfg.global_sgd.prefix_docs, cfg.global_sgd.num_phases), 1):
         if boundary > done:
             later = boundary < len(docs)
             stages.append(Stage(f"phase{phase}", ordered[done:boundary], ordered[:boundary] if later else None))
@@ -106,17 +106,17 @@ class DocumentBatchScorer:
 
     def __init__(self, model: nn.Module, val: ValSet, cfg: EvalConfig, metric: BitsPerByte, trace: TTTTrace | None):
         self.model, self.val, self.cfg, self.metric, self.trace = model, val, cfg, metric, trace
-        self.rows = cfg.ttt_batch_docs
-        self.lora = BatchedLoRA(model, self.rows, cfg.ttt_lora_rank, cfg.ttt_lora_targets, cfg.ttt_lora_alpha)
+        self.rows = cfg.ttt.batch_docs
+        self.lora = BatchedLoRA(model, self.rows, cfg.ttt.lora_rank, cfg.ttt.lora_targets, cfg.ttt.lora_alpha)
         self.draw_a = True  # the next batch draws the adapters' A (always, unless A is warm-started)
         self.optimizer = torch.optim.AdamW(
-            self.lora.parameters(), lr=cfg.ttt_lr, betas=(cfg.ttt_beta1, cfg.ttt_beta2), eps=cfg.ttt_eps,
-            weight_decay=cfg.ttt_weight_decay, fused=val.device.type == "cuda",
+            self.lora.parameters(), lr=cfg.ttt.lr, betas=(cfg.ttt.beta1, cfg.ttt.beta2), eps=cfg.ttt.eps,
+            weight_decay=cfg.ttt.weight_decay, fused=val.device.type == "cuda",
         )
         self.generator = torch.Generator(device=val.device)
-        self.compiled = cfg.ttt_compile and val.device.type == "cuda"
+        self.compiled = cfg.ttt.compile and val.device.type == "cuda"
         self.compiled_chunk_nll = torch.compile(self._chunk_nll) if self.compiled else None
-        self.chunk_columns = torch.arange(cfg.ttt_chunk_size, device=val.device)
+        self.chunk_columns = torch.arange(cfg.ttt.chunk_size, device=val.device)
 
     def _chunk_nll(self, inputs: torch.Tensor, targets: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
         """NLL `[rows, chunk]` of `targets` at window `columns` of `inputs`, with the adapters of the active rows."""
@@ -138,35 +138,35 @@ class DocumentBatchScorer:
         cfg, device = self.cfg, self.val.device
         vocab = self.model.config.vocab_size
         columns = self.chunk_columns[None, :].expand(self.rows, -1).contiguous()
-        for width in sorted({window_width(0, cfg.ttt_chunk_size, cfg.ttt_context_len, cfg.ttt_window_bucket),
-                             cfg.ttt_context_len}):
+        for width in sorted({window_width(0, cfg.ttt.chunk_size, cfg.ttt.context_len, cfg.ttt.window_bucket),
+                             cfg.ttt.context_len}):
             inputs = torch.randint(2, vocab, (self.rows, width), device=device)
             nll = self.chunk_nll(inputs, inputs.gather(1, columns), columns)
             nll.sum().backward()
         self.optimizer.zero_grad(set_to_none=True)
 
     def score(self, docs: list[Document]) -> None:
-        """Score `docs` (at most `ttt_batch_docs`, longest first) into the metric, chunk by chunk."""
+        """Score `docs` (at most `ttt.batch_docs`, longest first) into the metric, chunk by chunk."""
         cfg, device = self.cfg, self.val.device
         lengths = [d.num_targets for d in docs] + [0] * (self.rows - len(docs))
         doc_start = torch.tensor([d.start for d in docs] + [0] * (self.rows - len(docs)), device=device)
         targets = torch.tensor(lengths, device=device)
         self._reset(docs[0].index)
-        chunks = num_chunks(max(lengths), cfg.ttt_chunk_size)
+        chunks = num_chunks(max(lengths), cfg.ttt.chunk_size)
         for ci in range(chunks):
-            chunk_lo = ci * cfg.ttt_chunk_size
-            chunk_hi = targets.clamp(max=chunk_lo + cfg.ttt_chunk_size)
-            win_start = (chunk_hi - cfg.ttt_context_len).clamp(min=0)
+            chunk_lo = ci * cfg.ttt.chunk_size
+            chunk_hi = targets.clamp(max=chunk_lo + cfg.ttt.chunk_size)
+            win_start = (chunk_hi - cfg.ttt.context_len).clamp(min=0)
             length = torch.where(targets > chunk_lo, chunk_hi - win_start, 0)
             # window column of each row's chunk positions; past the row's end they are padding, not scored
             columns = (chunk_lo - win_start)[:, None] + self.chunk_columns[None, :]
             scored = columns < length[:, None]
-            width = window_width(ci, cfg.ttt_chunk_size, cfg.ttt_context_len, cfg.ttt_window_bucket)
+            width = window_width(ci, cfg.ttt.chunk_size, cfg.ttt.context_len, cfg.ttt.window_bucket)
             columns = columns.clamp(max=width - 1)
             groups = self._row_groups(lengths, chunk_lo, width)
             train = ci + 1 < chunks
-            has_next = targets > chunk_lo + cfg.ttt_chunk_size
-            for step in range(cfg.ttt_grad_steps if train else 1):
+            has_next = targets > chunk_lo + cfg.ttt.chunk_size
+            for step in range(cfg.ttt.grad_steps if train else 1):
                 self.optimizer.zero_grad(set_to_none=True)
                 for rows in groups:
                     batch = self.val.gather(doc_start[rows] + win_start[rows], length[rows], width)
@@ -188,10 +188,10 @@ class DocumentBatchScorer:
 
     def _row_groups(self, lengths: list[int], chunk_lo: int, width: int) -> list[slice]:
         """The rows whose documents reach this chunk (a prefix: rows are sorted longest first), in slices of
-        at most `ttt_tokens_per_pass // width` rows (a power of two) to bound activation memory."""
+        at most `ttt.tokens_per_pass // width` rows (a power of two) to bound activation memory."""
         # at least 2 rows: a compiled graph treats a dimension of size 1 as a constant and would recompile
         running = max(sum(length > chunk_lo for length in lengths), min(2, self.rows))
-        fit = max(1, self.cfg.ttt_tokens_per_pass // width)
+        fit = max(1, self.cfg.ttt.tokens_per_pass // width)
         size = 1 << (fit.bit_length() - 1)
         return [slice(g, min(g + size, running)) for g in range(0, running, size)]
 
@@ -209,7 +209,7 @@ class DocumentBatchScorer:
         """Fresh adapters (A seeded by the batch's first document: without warm start the result ignores rank
         and order; with it, A is drawn at a phase's first batch and carried over after) and optimizer."""
         self.generator.manual_seed(seed)
-        self.lora.reset(self.generator, keep_a=self.cfg.ttt_warm_start_a and not self.draw_a)
+        self.lora.reset(self.generator, keep_a=self.cfg.ttt.warm_start_a and not self.draw_a)
         self.draw_a = False
         for state in self.optimizer.state.values():
             for value in state.values():
@@ -219,7 +219,7 @@ class DocumentBatchScorer:
     def _record_chunk(self, docs: list[Document], ci: int, nll: torch.Tensor, scored: torch.Tensor) -> None:
         sums = (nll.detach().double() * scored).sum(1).tolist()
         for doc, total in zip(docs, sums[: len(docs)], strict=True):  # padding rows have no document
-            if doc.num_targets > ci * self.cfg.ttt_chunk_size:
+            if doc.num_targets > ci * self.cfg.ttt.chunk_size:
                 self.trace.chunk_nll[(doc.index, ci)] = total
 
 
@@ -244,7 +244,7 @@ def run_phased_ttt(
     stages = build_stages(docs, cfg)
     plans = [
         plan_batches(
-            stage.docs, cfg.ttt_batch_docs, rank, world, cfg.ttt_chunk_size, cfg.ttt_context_len, cfg.ttt_window_bucket
+            stage.docs, cfg.ttt.batch_docs, rank, world, cfg.ttt.chunk_size, cfg.ttt.context_len, cfg.ttt.window_bucket
         )
         for stage in stages
     ]

@@ -114,7 +114,7 @@ def check_score_first(runs: Runs) -> Verdict:
         if r.get("evaluated") != "artifact":
             return Verdict(False, rule, f"seed {r.get('seed')}: the final score was not taken on the quantized "
                            f"artifact (evaluated: {r.get('evaluated')}), so no legal final bpb")
-    if not all(r.get("evaluation", {}).get("ttt_enabled") for r in runs.results):
+    if not all(r.get("evaluation", {}).get("ttt", {}).get("enabled") for r in runs.results):
         return Verdict(True, rule, "no TTT: plain evaluation of the artifact")
     return Verdict(True, rule, "lit_golf phased TTT on the artifact: each chunk scored before the adapter trains on "
                    "it; global SGD only on scored documents (settings)")
