@@ -49,11 +49,14 @@ log = logging.getLogger("lit_golf")
 
 
 def _commit() -> str:
+    """HEAD's short hash; in a snapshot without .git (the GPU lease), the hash its COMMIT file names."""
+    root = Path(__file__).resolve().parents[1]
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=Path(__file__).resolve().parent).stdout.strip()
+                              cwd=root).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+        stamp = root / "COMMIT"
+        return stamp.read_text().split()[1][:7] if stamp.is_file() else "unknown"
 
 
 def _val_bpb(gpt, datamodule, eval_cfg: EvalConfig, flat: dict[str, torch.Tensor] | None = None) -> float:

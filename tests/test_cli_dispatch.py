@@ -149,7 +149,7 @@ def test_every_shipped_config_parses(name, capsys):
 
     record = ["--config", "record"]  # overlays are layered on the config they were written for
     bases = {"overrides/fixed_steps_cpu": ["--config", "tiny_cpu"], "overrides/fixed_steps_1gpu": record,
-             "frontier": record, "overrides/export_frontier": record}
+             "frontier": record}
     with pytest.raises(SystemExit) as done:
         main(["fit", *bases.get(name, []), "--config", name, "--print_config"])
     assert done.value.code in (0, None)

@@ -364,9 +364,14 @@ def test_frontier_yaml_on_the_record_changes_exactly_the_frontier_fields(capsys)
         "model.evaluation.ttt.warm_start_a": True, "model.evaluation.ttt.beta2": 0.99,
         "model.evaluation.global_sgd.prefix_docs": 2500,
     }
-    clips = [key for key in frontier if key.endswith(("config.mlp_clip_sigmas", "config.embed_clip_sigmas"))]
-    assert len(clips) == 2  # the export's settings, wherever the config keeps them
-    expected |= {key: 11.5 if key.endswith("mlp_clip_sigmas") else 14.0 for key in clips}
+    export = {  # the frontier's export (issue 18), wherever the config keeps the export's settings
+        "mlp_clip_sigmas": 11.5, "embed_clip_sigmas": 14.0, "schemes.attn": "lqer_asym", "schemes.mlp": "lqer_asym",
+        "schemes.embed": "lqer_asym", "schemes.gates": "int8_row", "per_group.enabled": True,
+    }
+    for suffix, value in export.items():
+        keys = [key for key in frontier if key.endswith(f"config.{suffix}")]
+        assert len(keys) == 1, suffix
+        expected[keys[0]] = value
     changed = {key: value for key, value in frontier.items() if record.get(key) != value}
     assert changed == expected
     assert frontier["model.evaluation.ttt.weight_decay"] == 0.5 and frontier["model.gpt.gate_window"] == 12

@@ -105,6 +105,21 @@ def test_submit_writes_the_records_folder_from_the_runs(tmp_path, runs, capsys):
     capsys.readouterr()
 
 
+def test_requirements_name_the_zpaq_package_when_the_config_compresses_per_group(tmp_path):
+    """A frontier export (per-group ZPAQ) cannot load without `zpaq`: the submission must install it."""
+    record = Path(resolve_config("record")).read_text()
+    per_group = record + "\n".join(["", "gptq:", "  config:", "    per_group:", "      enabled: true", ""])
+    outs = {}
+    for name, text in (("brotli", record), ("zpaq", per_group)):
+        runs = [fake_run(tmp_path / f"{name}{s}", s, 1.06, text) for s in (1, 2, 3)]
+        outs[name] = tmp_path / f"sub_{name}"
+        assert main(["submit", *map(str, runs), "--out", str(outs[name])]) == 0
+    names = {k: {line.split(">")[0].split("<")[0] for line in (o / "requirements.txt").read_text().split()}
+             for k, o in outs.items()}
+    assert "zpaq" in names["zpaq"] and "zpaq" not in names["brotli"]
+    assert names["zpaq"] - {"zpaq"} == names["brotli"]
+
+
 def test_submit_refuses_repeated_seeds_and_incomplete_runs(tmp_path, runs, capsys):
     assert main(["submit", str(runs[0]), str(runs[0]), "--out", str(tmp_path / "a")]) == 2
     assert "repeat a seed" in capsys.readouterr().err

@@ -41,13 +41,25 @@ def _run(run_dir: Path) -> dict:
     return results
 
 
-def requirements() -> list[str]:
-    """lit_golf's install requirements (what train_gpt.py imports), without optional extras."""
+def config_extras(config_text: str) -> set[str]:
+    """The optional extras a resolved config needs at run time: per-group ZPAQ export needs `zpaq`."""
+    flat = _flatten(yaml.safe_load(config_text) or {})
+    return {"zpaq"} if flat.get("gptq.config.per_group.enabled") else set()
+
+
+def requirements(extras: set[str] = frozenset()) -> list[str]:
+    """lit_golf's install requirements (what train_gpt.py imports), plus those of the named extras."""
     try:
         required = importlib.metadata.requires("lit_golf") or []
     except importlib.metadata.PackageNotFoundError:
         raise FileNotFoundError("lit_golf is not installed (pip install -e .): its requirements cannot be listed") from None
-    return [r for r in required if "extra ==" not in r]
+    wanted = []
+    for requirement in required:
+        name, _, marker = requirement.partition(";")
+        extra = marker.split("extra ==")[-1].strip().strip("'\"") if "extra ==" in marker else None
+        if extra is None or extra in extras:
+            wanted.append(name.strip())
+    return list(dict.fromkeys(wanted))
 
 
 def _flatten(tree, prefix: str = "") -> dict:
@@ -161,7 +173,8 @@ def submit(run_dirs: list[Path], args: argparse.Namespace) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(run_dirs[0] / SCRIPT_NAME, out / SCRIPT_NAME)
     shutil.copyfile(run_dirs[0] / CONFIG_NAME, out / CONFIG_NAME)
-    (out / "requirements.txt").write_text("\n".join(requirements()) + "\n")
+    extras = config_extras((out / CONFIG_NAME).read_text())
+    (out / "requirements.txt").write_text("\n".join(requirements(extras)) + "\n")
     for run_dir, results in zip(run_dirs, runs, strict=True):
         shutil.copyfile(run_dir / "results.json", out / f"results_seed{results['seed']}.json")
         if (run_dir / TRAIN_LOG_NAME).is_file():
