@@ -1,12 +1,15 @@
 """Paired comparison of lit_golf run folders: `metrics.json` and plots for a `records/` folder.
 
 Each run folder is what `lit-golf run` leaves (`results.json`, TensorBoard events, `train.log`); runs
-are named `<variant>_s<seed>` by the folder that holds them (e.g. `logs/gpu/frontier_s42/...`). For every
+are named `<variant>_s<seed>` by the folder that holds them (e.g. `logs/gpu/frontier_s42/...`). A run that
+stopped before its export (no `results.json`) still gives its training numbers from its events. For every
 seed that both the base and the other variant ran, the difference other − base of each number is the
 paired difference (same seed, same data order, same initial shared weights); its mean over seeds is
 reported with the per-seed values.
+TTT seconds are split into compile and scoring; `--ttt-positions VARIANT=N` (the positions TTT runs
+through the model on that variant's validation set, `bench/count_ttt_work.py`) adds positions/s of scoring.
 Usage: python bench/paired_runs.py --runs DIR [DIR ...] --base record --other frontier --out records/<folder>
-       [--commit SHA] [--machine TEXT]
+       [--commit SHA] [--machine TEXT] [--ttt-positions record=15497536 ...]
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ import re
 import statistics
 from pathlib import Path
 
-NUMBERS = ("steps", "train_seconds", "val_bpb_pre_quant", "val_bpb_post_quant", "quant_gap_bpb", "artifact_bytes",
-           "model_bytes", "code_bytes", "val_bpb", "ttt_bpb", "ttt_seconds", "eval_seconds", "train_tokens_per_s",
-           "ttt_tokens_per_s", "ttt_positions_per_s", "checkpoint_write_s", "calibration_seconds")
+NUMBERS = ("steps", "train_seconds", "val_bpb_raw", "train_loss_final", "val_bpb_pre_quant", "val_bpb_post_quant",
+           "quant_gap_bpb", "artifact_bytes", "model_bytes", "code_bytes", "val_bpb", "ttt_bpb", "ttt_seconds",
+           "ttt_compile_seconds", "ttt_score_seconds", "eval_seconds", "train_tokens_per_s",
+           "ttt_scored_tokens_per_s", "ttt_positions_per_s", "checkpoint_write_s", "calibration_seconds")
 NAME = re.compile(r"(?P<variant>.+)_s(?P<seed>\d+)$")
 
 
@@ -36,40 +40,46 @@ def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     return tags
 
 
-def run_numbers(run_dir: Path) -> dict:
-    """The run's headline numbers from results.json, its events and its log."""
-    results = json.loads(next(run_dir.rglob("results.json")).read_text())
+def run_numbers(run_dir: Path, ttt_positions: int | None = None) -> dict:
+    """The run's headline numbers from results.json (when the run got that far) and its events."""
+    results_file = next(run_dir.rglob("results.json"), None)
+    results = json.loads(results_file.read_text()) if results_file else {}
     numbers = {k: results.get(k) for k in NUMBERS if k in results}
     pre, post = results.get("val_bpb_pre_quant"), results.get("val_bpb_post_quant")
     if pre is not None and post is not None:
         numbers["quant_gap_bpb"] = post - pre
     events = scalars(run_dir)
+    for key, tag in (("val_bpb_raw", "val/bpb"), ("train_loss_final", "train/loss")):
+        if events.get(tag):
+            numbers[key] = max(events[tag])[1]  # the last step's value
     speeds = [v for step, v in events.get("train/tokens_per_s", []) if step > 5]  # past the first, compile-era steps
     if speeds:
         numbers["train_tokens_per_s"] = statistics.fmean(speeds)
     writes = [v for _, v in events.get("checkpoint/write_s", [])]
     if writes:
         numbers["checkpoint_write_s"] = max(writes)
-    for key, tag in (("ttt_seconds", "test/time_ttt_s"), ("ttt_tokens_per_s", "test/ttt_tokens_per_second")):
+    for key, tag in (("ttt_seconds", "test/time_ttt_s"), ("ttt_compile_seconds", "test/time_ttt_compile_s")):
         if events.get(tag):
             numbers[key] = events[tag][-1][1]
-    log = next(run_dir.rglob("train.log"), None)
-    if log is not None:
-        positions = re.findall(r"ttt_positions_per_second=([\d.e+]+)", log.read_text())
-        if positions:
-            numbers["ttt_positions_per_s"] = float(positions[-1])
+    if "ttt_seconds" in numbers:
+        numbers["ttt_score_seconds"] = numbers["ttt_seconds"] - numbers.get("ttt_compile_seconds", 0.0)
+        if events.get("test/ttt_tokens"):
+            numbers["ttt_scored_tokens_per_s"] = events["test/ttt_tokens"][-1][1] / numbers["ttt_score_seconds"]
+        if ttt_positions:
+            numbers["ttt_positions_per_s"] = ttt_positions / numbers["ttt_score_seconds"]
     numbers["train_loss"] = events.get("train/loss", [])
     return numbers
 
 
-def collect(run_roots: list[Path]) -> dict[str, dict[int, dict]]:
-    """variant -> seed -> numbers, for every `<variant>_s<seed>` folder under the given roots."""
+def collect(run_roots: list[Path], ttt_positions: dict[str, int] | None = None) -> dict[str, dict[int, dict]]:
+    """variant -> seed -> numbers, for every `<variant>_s<seed>` folder under the given roots that has events."""
     runs: dict[str, dict[int, dict]] = {}
     for root in run_roots:
         for folder in sorted(p for p in [root, *root.iterdir()] if p.is_dir()):
             match = NAME.match(folder.name)
-            if match and any(folder.rglob("results.json")):
-                runs.setdefault(match["variant"], {})[int(match["seed"])] = run_numbers(folder)
+            if match and any(folder.rglob("events.out.tfevents.*")):
+                positions = (ttt_positions or {}).get(match["variant"])
+                runs.setdefault(match["variant"], {})[int(match["seed"])] = run_numbers(folder, positions)
     return runs
 
 
@@ -114,10 +124,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--commit", default=None)
     parser.add_argument("--machine", default=None)
+    parser.add_argument("--ttt-positions", nargs="*", default=[], metavar="VARIANT=N",
+                        help="positions TTT runs on each variant's validation set (bench/count_ttt_work.py)")
     args = parser.parse_args(argv)
-    runs = collect(args.runs)
+    positions = {name: int(count) for name, count in (item.split("=", 1) for item in args.ttt_positions)}
+    runs = {v: seeds for v, seeds in collect(args.runs, positions).items() if v in {args.base, *args.other}}
     if args.base not in runs:
-        raise SystemExit(f"no {args.base}_s<seed> run with a results.json under {[str(r) for r in args.runs]}")
+        raise SystemExit(f"no {args.base}_s<seed> run with TensorBoard events under {[str(r) for r in args.runs]}")
     args.out.mkdir(parents=True, exist_ok=True)
     metrics = {
         "commit": args.commit, "machine": args.machine,
