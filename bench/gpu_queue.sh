@@ -49,7 +49,7 @@ runner() {
 
 case ${1:-} in
   start)
-    mkdir -p "$lease"/{logs,done,runs,code} "$out"
+    mkdir -p "$lease"/{logs,done,runs,code} "$out" && touch "$lease/status"
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
     tar -xf .gpu/code.tar -C "$lease/code"
     for snapshot in .gpu/code_*.tar; do  # other commits (e.g. a before/after smoke): $lease/code_<name>

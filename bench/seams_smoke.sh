@@ -3,7 +3,9 @@
 # (eager: both sides compile nothing, so the comparison costs no compile), the artifact the fit exports,
 # then `test --artifact` (plain + phased TTT) on the first 200 validation documents. Same command line
 # for any commit since b926105; EXTRA holds the flags only newer code has.
-# Usage: bash bench/seams_smoke.sh CODE_DIR RUN_DIR   (env: DATA = an unpacked enwiki2015 data dir, EXTRA)
+# Usage: bash bench/seams_smoke.sh CODE_DIR RUN_DIR   (env: DATA = an unpacked enwiki2015 data dir, EXTRA,
+# EXTRA_TEST; eager TTT on current code: EXTRA_TEST="--model.evaluation.ttt.compile false", before fab90a0
+# "--model.evaluation.ttt_compile false", b926105 has no TTT compile)
 set -uo pipefail
 code=$1; run_dir=$2; small=/tmp/data200
 if [ ! -e "$small/READY" ]; then  # the same train shards, validation cut to its first 200 documents
