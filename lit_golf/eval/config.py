@@ -132,7 +132,7 @@ class GlobalSGDConfig:
         _raise_if(problems)
 
 
-# Where each flat field of the layout before issue 15 lives now (from_dict names it in its error).
+# Where each flat field of the layout before the nesting (fab90a0) lives now (from_dict names it in its error).
 LEGACY_FIELDS = {
     "eval_seq_len": "plain.seq_len",
     "eval_batch_seqs": "plain.batch_seqs",
@@ -175,11 +175,11 @@ class EvalConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> EvalConfig:
-        """The inverse of `to_dict`. A flat field of the layout before issue 15 (`ttt_lora_rank`, say, from an
+        """The inverse of `to_dict`. A flat field of the layout before the nesting (`ttt_lora_rank`, say, from an
         old results.json) is refused, in one line naming its new dotted place, rather than mapped: the file
         was written by another lit_golf version, and its settings are read from it only on purpose."""
         moved = [f"{key} -> evaluation.{LEGACY_FIELDS[key]}" for key in values if key in LEGACY_FIELDS]
         if moved:
-            raise ValueError(f"flat EvalConfig fields of an older lit_golf (nested by concern since issue 15): "
+            raise ValueError(f"flat EvalConfig fields of an older lit_golf (the settings are nested by concern now): "
                              f"{', '.join(moved)}")
         return config_from_dict(cls, values)
