@@ -57,7 +57,9 @@ def requirements(extras: set[str] = frozenset()) -> list[str]:
     for requirement in required:
         name, _, marker = requirement.partition(";")
         extra = marker.split("extra ==")[-1].strip().strip("'\"") if "extra ==" in marker else None
-        if extra is None or extra in extras:
+        if extra is None:
+            wanted.append(requirement)  # with any environment marker it has
+        elif extra in extras:
             wanted.append(name.strip())
     return list(dict.fromkeys(wanted))
 
