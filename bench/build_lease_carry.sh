@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Build what a device lease carries (bench/gpu_queue.sh), all in git-ignored folders of the repo root:
+#   .whl/                cp312 wheels the GPU box lacks (brotli, jsonargparse + its two, python-minifier, zpaq)
+#   .gpu/data/           the six enwiki2015 SP-8192 train shards (xz) + val cut to its first 1,000 documents + tokenizer
+#   .gpu/caseops/data/   the same documents as CaseOps (shard i = plain shard i's documents) + val + byte sidecar
+#   .gpu/code.tar        a snapshot of HEAD (git archive + COMMIT); .gpu/code_before.tar of $BEFORE if set
+# The CaseOps pack needs ~6 minutes of a 2-core box (tokenizer + 71,000 documents); SKIP_CASEOPS=1 skips it.
+# Usage (repo root, ../shared beside it): [BEFORE=b926105] [SKIP_CASEOPS=1] bash bench/build_lease_carry.sh
+set -euo pipefail
+shared=${SHARED:-$(cd .. && pwd)/shared}; enwiki=$shared/corpora/enwiki2015; py=${PYTHON:-.venv/bin/python}
+val_docs=1000
+
+cut_val() {  # cut_val SRC DST: the shard's first $val_docs documents, header count updated
+  "$py" - "$1" "$2" "$val_docs" <<'PY'
+import sys, numpy as np
+src, dst, docs = sys.argv[1], sys.argv[2], int(sys.argv[3])
+header = np.fromfile(src, dtype="<i4", count=256).copy()
+values = np.fromfile(src, dtype="<u2", offset=1024)
+tokens = np.fromfile(src.replace("_bytes_", "_"), dtype="<u2", offset=1024)  # the sidecar is cut where its shard is
+end = int(np.flatnonzero(tokens == 1)[docs]); header[2] = end
+with open(dst, "wb") as f:
+    f.write(header.tobytes()); f.write(values[:end].tobytes())
+PY
+}
+
+mkdir -p .whl .gpu/data
+python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+  --platform manylinux_2_34_x86_64 --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+  --platform manylinux2014_x86_64 -d .whl brotli jsonargparse docstring-parser typeshed-client python-minifier zpaq==0.3.7
+
+cp "$enwiki"/sp8192/fineweb_train_*.bin.xz .gpu/data/
+cp "$shared/tokenizers/fineweb_8192_bpe.model" .gpu/data/
+xz -dc "$enwiki/sp8192/fineweb_val_000000.bin.xz" > /tmp/lease_val.bin
+cut_val /tmp/lease_val.bin /tmp/lease_val_cut.bin && xz -9 -c /tmp/lease_val_cut.bin > .gpu/data/fineweb_val_000000.bin.xz
+
+if [ -z "${SKIP_CASEOPS:-}" ]; then
+  full=/tmp/lease_caseops; aligned=/tmp/lease_caseops_aligned; pack=.gpu/caseops/data
+  "$py" -m lit_golf.cli prepare-data --input "$enwiki/docs_first15000.jsonl.xz" --input "$enwiki/docs_rest.jsonl.xz" \
+    --out "$full" --caseops --train-tokenizer --vocab-size 8192 --tokenizer-train-docs 40000 --num-val-docs 5000 \
+    --shard-tokens 10000000 --max-docs 71000 --workers 2 --quiet --overwrite
+  "$py" bench/caseops_aligned_shards.py --caseops-dir "$full" --shards 6 --out "$aligned"
+  mkdir -p "$pack"; src=$full/datasets/fineweb10B_sp8192
+  cp "$full/tokenizers/fineweb_8192_bpe.model" "$src/manifest.json" "$pack/"
+  for name in fineweb_val_000000 fineweb_val_bytes_000000; do
+    cut_val "$src/$name.bin" "/tmp/lease_$name.bin" && xz -9 -c "/tmp/lease_$name.bin" > "$pack/$name.bin.xz"
+  done
+  for shard in "$aligned"/fineweb_train_*.bin; do xz -9 -T2 -c "$shard" > "$pack/$(basename "$shard").xz"; done
+fi
+
+snapshot() {  # snapshot REV TAR: git archive of REV with a COMMIT file naming it
+  git archive "$1" > "$2"
+  mkdir -p /tmp/lease_stamp && echo "commit $(git rev-parse "$1") $(git log -1 --format=%s "$1" | cut -c1-80)" > /tmp/lease_stamp/COMMIT
+  tar -rf "$2" -C /tmp/lease_stamp COMMIT
+}
+snapshot HEAD .gpu/code.tar
+[ -n "${BEFORE:-}" ] && snapshot "$BEFORE" .gpu/code_before.tar
+du -sh .whl .gpu/* .gpu/caseops/data 2>/dev/null
