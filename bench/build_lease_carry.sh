@@ -3,9 +3,12 @@
 #   .whl/                cp312 wheels the GPU box lacks (brotli, jsonargparse + its two, python-minifier, zpaq)
 #   .gpu/data/           the six enwiki2015 SP-8192 train shards (xz) + val cut to its first 1,000 documents + tokenizer
 #   .gpu/caseops/data/   the same documents as CaseOps (shard i = plain shard i's documents) + val + byte sidecar
+#   .gpu/enwiki_plain/data/  ENWIKI_PLAIN=1: the same documents, an SP-8192 trained like the CaseOps one but on
+#                        the untransformed text (the control that separates the case transform from the
+#                        in-domain vocabulary)
 #   .gpu/code.tar        a snapshot of HEAD (git archive + COMMIT); .gpu/code_before.tar of $BEFORE if set
-# The CaseOps pack needs ~6 minutes of a 2-core box (tokenizer + 71,000 documents); SKIP_CASEOPS=1 skips it.
-# Usage (repo root, ../shared beside it): [BEFORE=b926105] [SKIP_CASEOPS=1] bash bench/build_lease_carry.sh
+# Each enwiki pack needs ~6 minutes of a 2-core box (tokenizer + 71,000 documents); SKIP_CASEOPS=1 skips CaseOps.
+# Usage (repo root, ../shared beside it): [BEFORE=b926105] [SKIP_CASEOPS=1] [ENWIKI_PLAIN=1] bash bench/build_lease_carry.sh
 set -euo pipefail
 shared=${SHARED:-$(cd .. && pwd)/shared}; enwiki=$shared/corpora/enwiki2015; py=${PYTHON:-.venv/bin/python}
 val_docs=1000
@@ -33,19 +36,23 @@ cp "$shared/tokenizers/fineweb_8192_bpe.model" .gpu/data/
 xz -dc "$enwiki/sp8192/fineweb_val_000000.bin.xz" > /tmp/lease_val.bin
 cut_val /tmp/lease_val.bin /tmp/lease_val_cut.bin && xz -9 -c /tmp/lease_val_cut.bin > .gpu/data/fineweb_val_000000.bin.xz
 
-if [ -z "${SKIP_CASEOPS:-}" ]; then
-  full=/tmp/lease_caseops; aligned=/tmp/lease_caseops_aligned; pack=.gpu/caseops/data
+enwiki_pack() {  # enwiki_pack NAME [--caseops]: re-tokenize with a tokenizer trained on 40,000 train documents
+  local full=/tmp/lease_$1 aligned=/tmp/lease_$1_aligned pack=.gpu/$1/data src name shard
   "$py" -m lit_golf.cli prepare-data --input "$enwiki/docs_first15000.jsonl.xz" --input "$enwiki/docs_rest.jsonl.xz" \
-    --out "$full" --caseops --train-tokenizer --vocab-size 8192 --tokenizer-train-docs 40000 --num-val-docs 5000 \
-    --shard-tokens 10000000 --max-docs 71000 --workers 2 --quiet --overwrite
-  "$py" bench/caseops_aligned_shards.py --caseops-dir "$full" --shards 6 --out "$aligned"
+    --out "$full" --train-tokenizer --vocab-size 8192 --tokenizer-train-docs 40000 --num-val-docs 5000 \
+    --shard-tokens 10000000 --max-docs 71000 --workers 2 --quiet --overwrite "${@:2}"
+  "$py" bench/caseops_aligned_shards.py --caseops-dir "$full" --shards 6 --out "$aligned"  # shard i = plain shard i's docs
   mkdir -p "$pack"; src=$full/datasets/fineweb10B_sp8192
   cp "$full/tokenizers/fineweb_8192_bpe.model" "$src/manifest.json" "$pack/"
   for name in fineweb_val_000000 fineweb_val_bytes_000000; do
+    [ -e "$src/$name.bin" ] || continue
     cut_val "$src/$name.bin" "/tmp/lease_$name.bin" && xz -9 -c "/tmp/lease_$name.bin" > "$pack/$name.bin.xz"
   done
   for shard in "$aligned"/fineweb_train_*.bin; do xz -9 -T2 -c "$shard" > "$pack/$(basename "$shard").xz"; done
-fi
+}
+[ -z "${SKIP_CASEOPS:-}" ] && enwiki_pack caseops --caseops
+# The CaseOps control: the same documents and tokenizer recipe without the case transform (~6 minutes).
+[ -n "${ENWIKI_PLAIN:-}" ] && enwiki_pack enwiki_plain
 
 snapshot() {  # snapshot REV TAR: git archive of REV with a COMMIT file naming it
   git archive "$1" > "$2"

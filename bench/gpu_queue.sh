@@ -11,7 +11,8 @@
 #
 # Queue lines: `name|command` runs in order (timeout $JOB_TIMEOUT); `name&|command` starts in the
 # background and the runner goes on. Commands run in $LEASE/code with $DATA (plain SP-8192 enwiki2015),
-# $CASEOPS (CaseOps pack, waited for), $RUNS ($RUNS/<name> is the job's run folder) set.
+# $RUNS ($RUNS/<name> is the job's run folder) set; a pack carried as .gpu/NAME/data by a later call is
+# unpacked to /tmp/data_NAME ($CASEOPS for .gpu/caseops), with a READY file a job can wait for.
 #   bash bench/gpu_queue.sh start QUEUE_FILE   # carry .gpu/code.tar (git archive + COMMIT), .gpu/data, .whl
 #   bash bench/gpu_queue.sh add 'name|command'  # append a job (a later call)
 #   bash bench/gpu_queue.sh collect [SECONDS]   # SECONDS: this call's time left (default 570)
@@ -73,7 +74,9 @@ case ${1:-} in
       dir=$lease/$(basename "$snapshot" .tar); [ -d "$dir" ] && continue
       mkdir -p "$dir"; tar -xf "$snapshot" -C "$dir"
     done
-    unpack_data "$repo/.gpu/caseops" "$CASEOPS"  # a CaseOps pack carried by this call (~20 s)
+    for pack in "$repo"/.gpu/*/data; do  # each other pack this call carried (~20 s): .gpu/NAME -> /tmp/data_NAME
+      [ -d "$pack" ] && unpack_data "$(dirname "$pack")" "/tmp/data_$(basename "$(dirname "$pack")")"
+    done
     # Done: every queued job has a status line (and nothing is still being unpacked for a job).
     until [ "$(wc -l < "$lease/status" 2>/dev/null || echo 0)" -ge "$(grep -c . "$lease/queue")" ] \
         || [ $(( SECONDS - begun )) -ge "$budget" ]; do sleep 5; done
