@@ -13,17 +13,11 @@ set -euo pipefail
 shared=${SHARED:-$(cd .. && pwd)/shared}; enwiki=$shared/corpora/enwiki2015; py=${PYTHON:-.venv/bin/python}
 val_docs=1000
 
-cut_val() {  # cut_val SRC DST: the shard's first $val_docs documents, header count updated
-  "$py" - "$1" "$2" "$val_docs" <<'PY'
-import sys, numpy as np
-src, dst, docs = sys.argv[1], sys.argv[2], int(sys.argv[3])
-header = np.fromfile(src, dtype="<i4", count=256).copy()
-values = np.fromfile(src, dtype="<u2", offset=1024)
-tokens = np.fromfile(src.replace("_bytes_", "_"), dtype="<u2", offset=1024)  # the sidecar is cut where its shard is
-end = int(np.flatnonzero(tokens == 1)[docs]); header[2] = end
-with open(dst, "wb") as f:
-    f.write(header.tobytes()); f.write(values[:end].tobytes())
-PY
+pack_val() {  # pack_val SHARD PACK: its first $val_docs documents (and byte sidecar) as xz into PACK
+  local cut; cut=$(mktemp -d)
+  "$py" bench/cut_val.py "$1" "$cut/fineweb_val_000000.bin" "$val_docs"
+  for file in "$cut"/*.bin; do xz -9 -c "$file" > "$2/$(basename "$file").xz"; done
+  rm -rf "$cut"
 }
 
 mkdir -p .whl .gpu/data
@@ -33,21 +27,18 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -
 
 cp "$enwiki"/sp8192/fineweb_train_*.bin.xz .gpu/data/
 cp "$shared/tokenizers/fineweb_8192_bpe.model" .gpu/data/
-xz -dc "$enwiki/sp8192/fineweb_val_000000.bin.xz" > /tmp/lease_val.bin
-cut_val /tmp/lease_val.bin /tmp/lease_val_cut.bin && xz -9 -c /tmp/lease_val_cut.bin > .gpu/data/fineweb_val_000000.bin.xz
+mkdir -p /tmp/lease_val && xz -dc "$enwiki/sp8192/fineweb_val_000000.bin.xz" > /tmp/lease_val/fineweb_val_000000.bin
+pack_val /tmp/lease_val/fineweb_val_000000.bin .gpu/data
 
 enwiki_pack() {  # enwiki_pack NAME [--caseops]: re-tokenize with a tokenizer trained on 40,000 train documents
-  local full=/tmp/lease_$1 aligned=/tmp/lease_$1_aligned pack=.gpu/$1/data src name shard
+  local full=/tmp/lease_$1 aligned=/tmp/lease_$1_aligned pack=.gpu/$1/data src shard
   "$py" -m lit_golf.cli prepare-data --input "$enwiki/docs_first15000.jsonl.xz" --input "$enwiki/docs_rest.jsonl.xz" \
     --out "$full" --train-tokenizer --vocab-size 8192 --tokenizer-train-docs 40000 --num-val-docs 5000 \
     --shard-tokens 10000000 --max-docs 71000 --workers 2 --quiet --overwrite "${@:2}"
   "$py" bench/caseops_aligned_shards.py --caseops-dir "$full" --shards 6 --out "$aligned"  # shard i = plain shard i's docs
   mkdir -p "$pack"; src=$full/datasets/fineweb10B_sp8192
   cp "$full/tokenizers/fineweb_8192_bpe.model" "$src/manifest.json" "$pack/"
-  for name in fineweb_val_000000 fineweb_val_bytes_000000; do
-    [ -e "$src/$name.bin" ] || continue
-    cut_val "$src/$name.bin" "/tmp/lease_$name.bin" && xz -9 -c "/tmp/lease_$name.bin" > "$pack/$name.bin.xz"
-  done
+  pack_val "$src/fineweb_val_000000.bin" "$pack"
   for shard in "$aligned"/fineweb_train_*.bin; do xz -9 -T2 -c "$shard" > "$pack/$(basename "$shard").xz"; done
 }
 [ -z "${SKIP_CASEOPS:-}" ] && enwiki_pack caseops --caseops

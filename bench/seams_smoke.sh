@@ -12,14 +12,8 @@ if [ ! -e "$small/READY" ]; then  # the same train shards, validation cut to its
   mkdir -p "$small/datasets/fineweb10B_sp8192" "$small/tokenizers"
   ln -sf "$DATA"/datasets/fineweb10B_sp8192/fineweb_train_*.bin "$small/datasets/fineweb10B_sp8192/"
   cp "$DATA"/tokenizers/* "$small/tokenizers/"
-  python3 - "$DATA/datasets/fineweb10B_sp8192/fineweb_val_000000.bin" "$small/datasets/fineweb10B_sp8192/fineweb_val_000000.bin" <<'PY'
-import sys, numpy as np
-header = np.fromfile(sys.argv[1], dtype="<i4", count=256).copy()
-tokens = np.fromfile(sys.argv[1], dtype="<u2", offset=1024)
-end = int(np.flatnonzero(tokens == 1)[200]); header[2] = end
-with open(sys.argv[2], "wb") as f:
-    f.write(header.tobytes()); f.write(tokens[:end].tobytes())
-PY
+  python3 "$(dirname "$0")/cut_val.py" "$DATA/datasets/fineweb10B_sp8192/fineweb_val_000000.bin" \
+    "$small/datasets/fineweb10B_sp8192/fineweb_val_000000.bin" 200
   touch "$small/READY"
 fi
 cd "$code" && export PYTHONPATH=/tmp/site:$code

@@ -10,24 +10,11 @@ cp "$here/data/fineweb_8192_bpe.model" "$out/tokenizers/"
 for f in "$here"/data/fineweb_train_*.bin.xz; do
   xz -dc -T4 "$f" > "$out/datasets/fineweb10B_sp8192/$(basename "${f%.xz}")" &
 done
-xz -dc -T4 "$here/data/fineweb_val_000000.bin.xz" > /tmp/full_val.bin
-rm -f /tmp/full_val_bytes.bin
+full=$(mktemp -d)
+xz -dc -T4 "$here/data/fineweb_val_000000.bin.xz" > "$full/fineweb_val_000000.bin"
 # A CaseOps dataset carries its byte sidecar: it is cut at the same document as the shard.
-[ -e "$here/data/fineweb_val_bytes_000000.bin.xz" ] && xz -dc "$here/data/fineweb_val_bytes_000000.bin.xz" > /tmp/full_val_bytes.bin
+[ -e "$here/data/fineweb_val_bytes_000000.bin.xz" ] && xz -dc "$here/data/fineweb_val_bytes_000000.bin.xz" > "$full/fineweb_val_bytes_000000.bin"
 wait
-python3 - "$val_docs" "$out/datasets/fineweb10B_sp8192" <<'PY'
-import os, sys, numpy as np
-n_docs, dst = int(sys.argv[1]), sys.argv[2]
-tok = np.fromfile("/tmp/full_val.bin", dtype="<u2", offset=1024)
-bos = np.flatnonzero(tok == 1)
-end = int(bos[n_docs]) if n_docs < len(bos) else len(tok)
-header = np.zeros(256, dtype="<i4"); header[:3] = (20240520, 1, end)
-pairs = [("/tmp/full_val.bin", "fineweb_val_000000.bin"), ("/tmp/full_val_bytes.bin", "fineweb_val_bytes_000000.bin")]
-for src, name in pairs:
-    if os.path.exists(src):
-        values = np.fromfile(src, dtype="<u2", offset=1024)[:end]
-        with open(f"{dst}/{name}", "wb") as f:
-            f.write(header.tobytes()); f.write(values.astype("<u2").tobytes())
-print(f"val: first {min(n_docs, len(bos))} docs, {end} tokens -> {dst}")
-PY
+python3 "$(dirname "$0")/cut_val.py" "$full/fineweb_val_000000.bin" "$out/datasets/fineweb10B_sp8192/fineweb_val_000000.bin" "$val_docs"
+rm -rf "$full"
 ls -la "$out/datasets/fineweb10B_sp8192"

@@ -171,7 +171,8 @@ class GolfCLI(LightningCLI):
             check_data_for_vocab(vocab, data_dir, source)
 
 
-# Flags of the layout before the evaluation settings were nested (an old config.yaml, a submission's embedded config), named in a parse error.
+# Flags of the layout before the evaluation settings were nested (an old config.yaml, a submission's embedded
+# config), named in a parse error.
 MOVED_FLAGS = {
     **{f"model.evaluation.{old}": f"model.evaluation.{new}" for old, new in LEGACY_FIELDS.items()},
     "data.max_val_tokens": "model.evaluation.max_docs, a document count",
