@@ -17,13 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
 import sentencepiece as spm
 import torch
+from provenance import commit  # bench/ (the script's folder)
 
 from lit_golf.data.caseops import SidecarCounter, encode_document, inverse, transform
 from lit_golf.data.prepare import iter_documents
@@ -107,7 +107,7 @@ def main() -> None:
             print(f"{total['docs']} docs, {time.perf_counter() - started:.0f}s", flush=True)
     docs = total["docs"]
     result = {
-        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip(),
+        "commit": commit() or "",
         "tokenizer_caseops": args.tokenizer,
         "tokenizer_plain": args.plain_tokenizer,
         "docs": docs,

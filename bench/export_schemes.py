@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import subprocess
 import sys
 import time
 from dataclasses import asdict, replace
@@ -27,6 +26,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from provenance import commit  # noqa: E402  (bench/)
 
 from lit_golf.eval.config import EvalConfig  # noqa: E402
 from lit_golf.eval.runner import plain_bpb  # noqa: E402
@@ -46,17 +48,6 @@ from lit_golf.export.serialize import StoredTensor, pack, read_artifact, unpack 
 from lit_golf.model import rebank_state_dict, unbank_state_dict  # noqa: E402
 
 log = logging.getLogger("lit_golf")
-
-
-def _commit() -> str:
-    """HEAD's short hash; in a snapshot without .git (the GPU lease), the hash its COMMIT file names."""
-    root = Path(__file__).resolve().parents[1]
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=root).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        stamp = root / "COMMIT"
-        return stamp.read_text().split()[1][:7] if stamp.is_file() else "unknown"
 
 
 def _val_bpb(gpt, datamodule, eval_cfg: EvalConfig, flat: dict[str, torch.Tensor] | None = None) -> float:
@@ -159,7 +150,7 @@ def measure(gpt, datamodule, out_dir: str | Path, val_docs: int | None = 2000, c
         "schemes": results,
         "export_config": asdict(cfg),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "commit": _commit(),
+        "commit": (commit() or "unknown"),
     }
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -182,7 +173,7 @@ def repack(artifact_path: str | Path, out_dir: str | Path, zpaq_level: int = 5) 
                "pergroup_bytes": variants[best]["bytes"], "pergroup_variant": best,
                "saved_bytes": variants["brotli"]["bytes"] - variants[best]["bytes"],
                "serialize_s": variants[best]["serialize_s"], "decompress_s": variants[best]["decompress_s"],
-               "zpaq_level": zpaq_level, "variants": variants, "commit": _commit()}
+               "zpaq_level": zpaq_level, "variants": variants, "commit": (commit() or "unknown")}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "export_repack.json").write_text(json.dumps(summary, indent=2) + "\n")

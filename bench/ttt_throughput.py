@@ -17,8 +17,6 @@ LAUNCH = time.time()  # before the heavy imports: they are part of an evaluation
 import argparse  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
-import os  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -28,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from count_ttt_work import positions  # noqa: E402
+from provenance import commit  # noqa: E402
 
 from lit_golf import artifact  # noqa: E402
 from lit_golf.data.datamodule import GolfDataModule  # noqa: E402
@@ -82,13 +81,10 @@ def main() -> None:
     run_positions = positions(cfg, tokens)
     compile_s = stopwatch.seconds.get("ttt_compile", 0.0)
     ttt_s = stopwatch.seconds["ttt"] - compile_s
-    commit = os.environ.get("LIT_GOLF_COMMIT") or subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    ).stdout.strip()
     result = {
         "label": args.label,
         "gpu": torch.cuda.get_device_name(device),
-        "commit": commit or None,
+        "commit": commit(),
         "artifact": args.artifact,
         "attention_backend": model.attention_backend_name,
         "compiled": cfg.ttt.compile,
