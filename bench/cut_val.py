@@ -25,6 +25,9 @@ def main() -> None:
     parser.add_argument("dst", type=Path)
     parser.add_argument("docs", type=int)
     args = parser.parse_args()
+    for path in (args.src, args.dst):  # the sidecar is found (and written) by the shard's name
+        if sidecar_path(path) == path:
+            parser.error(f"{path}: not a validation shard name (fineweb_val_NNNNNN.bin)")
     tokens = read_shard(args.src)
     starts = np.flatnonzero(tokens == BOS_ID)
     end = int(starts[args.docs]) if args.docs < starts.size else tokens.size
