@@ -25,13 +25,13 @@ from lit_golf.callbacks import NAMED_CALLBACKS
 from lit_golf.callbacks.export import publish_table
 from lit_golf.config_files import config_names
 from lit_golf.data.datamodule import GolfDataModule
+from lit_golf.data.vocab import check_data_for_vocab
 from lit_golf.eval.config import LEGACY_FIELDS
 from lit_golf.export.budget import ArtifactTooLarge
 from lit_golf.export.code_size import set_run_config
 from lit_golf.export.pipeline import (
     ExportReport,
     check_checkpoint,
-    check_data_for_vocab,
     export_from_checkpoint,
 )
 from lit_golf.module import GolfLightningModule

@@ -23,11 +23,12 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lit_golf import artifact
 from lit_golf.config import GPTConfig
 from lit_golf.data.shards import BOS_ID
+from lit_golf.data.vocab import check_vocab
 from lit_golf.eval.config import EvalConfig
 from lit_golf.eval.metric import BitsPerByte
 from lit_golf.eval.plain import document_masked_nll
 from lit_golf.eval.runner import evaluate
-from lit_golf.export.pipeline import check_vocab, checkpoint_weights
+from lit_golf.export.pipeline import checkpoint_weights
 from lit_golf.model import GPT
 from lit_golf.optim import OptimConfig, build_golf_optimizer, muon_momentum
 from lit_golf.progress import TrainingProgress
