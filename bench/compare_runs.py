@@ -1,7 +1,7 @@
 """Side-by-side numbers and plots of lit_golf and upstream training logs (one GPU, fixed steps).
 
-Reads the time-stamped logs that `bench/gpu_run.sh` (lit_golf) and the upstream harness write
-(`[  12.3s] ` prefixes = seconds since launch), and writes `metrics.json` plus two PNGs into the
+Reads the time-stamped logs that `bench/gpu_run.sh` (lit_golf; removed after `18d0d48`) and the upstream harness
+wrote (`[  12.3s] ` prefixes = seconds since launch), and writes `metrics.json` plus two PNGs into the
 record folder: train loss against tokens and against wall time since launch, all systems on one
 plot. Log names say the system and seed: `<system>_fit_seedN.log` (e.g. `lit_golf_fa4_fit_seed42.log`)
 or `upstream_seedN.log`; a `<system>_test_seedN.log` adds that run's post-quantization, sliding and

@@ -11,7 +11,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def commit() -> str | None:
     """$LIT_GOLF_COMMIT, else this checkout's short HEAD, else the hash a snapshot's COMMIT file names
-    (`bench/gpu_queue.sh` snapshots carry one), else None."""
+    (`lease/gpu_queue.sh` snapshots carry one), else None."""
     if os.environ.get("LIT_GOLF_COMMIT"):
         return os.environ["LIT_GOLF_COMMIT"]
     try:

@@ -12,7 +12,7 @@ if [ ! -e "$small/READY" ]; then  # the same train shards, validation cut to its
   mkdir -p "$small/datasets/fineweb10B_sp8192" "$small/tokenizers"
   ln -sf "$DATA"/datasets/fineweb10B_sp8192/fineweb_train_*.bin "$small/datasets/fineweb10B_sp8192/"
   cp "$DATA"/tokenizers/* "$small/tokenizers/"
-  python3 "$(dirname "$0")/cut_val.py" "$DATA/datasets/fineweb10B_sp8192/fineweb_val_000000.bin" \
+  python3 "$(dirname "$0")/../lease/cut_val.py" "$DATA/datasets/fineweb10B_sp8192/fineweb_val_000000.bin" \
     "$small/datasets/fineweb10B_sp8192/fineweb_val_000000.bin" 200
   touch "$small/READY"
 fi

@@ -3,7 +3,7 @@
 The one cut every data pack and smoke run uses (the GPU box's 1,000- or 200-document validation sets):
 the shard ends just before the (N+1)-th BOS, the sidecar at the same token.
 
-    python bench/cut_val.py SRC/fineweb_val_000000.bin DST/fineweb_val_000000.bin N
+    python lease/cut_val.py SRC/fineweb_val_000000.bin DST/fineweb_val_000000.bin N
 """
 
 from __future__ import annotations

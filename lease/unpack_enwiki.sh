@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Unpack the carried enwiki2015 SP-8192 shards into an upstream-layout data dir on the GPU box.
-# Usage: bash bench/unpack_enwiki.sh DATA_DIR [VAL_DOCS]   (xz shards + tokenizer in $ENWIKI_XZ_DIR/data, default .gpu/data)
+# Usage: bash lease/unpack_enwiki.sh DATA_DIR [VAL_DOCS]   (xz shards + tokenizer in $ENWIKI_XZ_DIR/data, default .gpu/data)
 set -euo pipefail
 shopt -s nullglob  # an eval-only box carries no train shards
 here=${ENWIKI_XZ_DIR:-$(cd "$(dirname "$0")/.." && pwd)/.gpu}

@@ -13,9 +13,9 @@
 # background and the runner goes on. Commands run in $LEASE/code with $DATA (plain SP-8192 enwiki2015),
 # $RUNS ($RUNS/<name> is the job's run folder) set; a pack carried as .gpu/NAME/data by a later call is
 # unpacked to /tmp/data_NAME ($CASEOPS for .gpu/caseops), with a READY file a job can wait for.
-#   bash bench/gpu_queue.sh start QUEUE_FILE   # carry .gpu/code.tar (git archive + COMMIT), .gpu/data, .whl
-#   bash bench/gpu_queue.sh add 'name|command'  # append a job (a later call)
-#   bash bench/gpu_queue.sh collect [SECONDS]   # SECONDS: this call's time left (default 570)
+#   bash lease/gpu_queue.sh start QUEUE_FILE   # carry .gpu/code.tar (git archive + COMMIT), .gpu/data, .whl
+#   bash lease/gpu_queue.sh add 'name|command'  # append a job (a later call)
+#   bash lease/gpu_queue.sh collect [SECONDS]   # SECONDS: this call's time left (default 570)
 set -uo pipefail
 lease=${LEASE:-/tmp/lease}; out=${OUT:-/tmp/out}
 export LEASE=$lease DATA=/tmp/data CASEOPS=/tmp/data_caseops RUNS=$lease/runs PYTHONUNBUFFERED=1
@@ -24,7 +24,7 @@ repo=$PWD
 
 unpack_data() {  # unpack_data XZ_PARENT DEST: the carried xz shards into an upstream-layout data dir
   [ -e "$2/READY" ] || [ ! -d "$1/data" ] && return 0
-  ENWIKI_XZ_DIR=$1 bash "$repo/bench/unpack_enwiki.sh" "$2" "${VAL_DOCS:-1000}" > "$lease/unpack_$(basename "$2").txt" 2>&1 \
+  ENWIKI_XZ_DIR=$1 bash "$repo/lease/unpack_enwiki.sh" "$2" "${VAL_DOCS:-1000}" > "$lease/unpack_$(basename "$2").txt" 2>&1 \
     && { [ -e "$1/data/manifest.json" ] && cp "$1/data/manifest.json" "$2/datasets/fineweb10B_sp8192/"; touch "$2/READY"; }
 }
 
@@ -90,5 +90,5 @@ case ${1:-} in
       for log in "$lease"/logs/*.log; do echo "== tail $log"; tail -c 1500 "$log"; echo; done; } > "$out/lease.txt" 2>&1
     tail -c 6000 "$out/lease.txt"
     ;;
-  *) echo "usage: bash bench/gpu_queue.sh start QUEUE | add 'name|cmd' | collect [SECONDS]" >&2; exit 2 ;;
+  *) echo "usage: bash lease/gpu_queue.sh start QUEUE | add 'name|cmd' | collect [SECONDS]" >&2; exit 2 ;;
 esac

@@ -4,7 +4,7 @@
 # the tar.xz travels split in two git-ignored folders over two calls to a warm box (.fa4a/ first,
 # then .fa4b/ with the other part and the small wheels: flash_attn_4, nvidia_cutlass_dsl(+libs_base),
 # apache_tvm_ffi, torch_c_dlpack_ext, quack_kernels, einops, cuda_bindings, protobuf).
-# Usage: bash bench/install_fa4.sh SITE_DIR   (prints the PYTHONPATH to use)
+# Usage: bash lease/install_fa4.sh SITE_DIR   (prints the PYTHONPATH to use)
 set -euo pipefail
 site=$1
 # pip --target skips folders that already exist, so the wheels go first and the tar merges into them.

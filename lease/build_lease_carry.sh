@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build what a device lease carries (bench/gpu_queue.sh), all in git-ignored folders of the repo root:
+# Build what a device lease carries (lease/gpu_queue.sh), all in git-ignored folders of the repo root:
 #   .whl/                cp312 wheels the GPU box lacks (brotli, jsonargparse + its two, python-minifier, zpaq)
 #   .gpu/data/           the six enwiki2015 SP-8192 train shards (xz) + val cut to its first 1,000 documents + tokenizer
 #   .gpu/caseops/data/   the same documents as CaseOps (shard i = plain shard i's documents) + val + byte sidecar
@@ -8,14 +8,14 @@
 #                        in-domain vocabulary)
 #   .gpu/code.tar        a snapshot of HEAD (git archive + COMMIT); .gpu/code_before.tar of $BEFORE if set
 # Each enwiki pack needs ~6 minutes of a 2-core box (tokenizer + 71,000 documents); SKIP_CASEOPS=1 skips CaseOps.
-# Usage (repo root, ../shared beside it): [BEFORE=b926105] [SKIP_CASEOPS=1] [ENWIKI_PLAIN=1] bash bench/build_lease_carry.sh
+# Usage (repo root, ../shared beside it): [BEFORE=b926105] [SKIP_CASEOPS=1] [ENWIKI_PLAIN=1] bash lease/build_lease_carry.sh
 set -euo pipefail
 shared=${SHARED:-$(cd .. && pwd)/shared}; enwiki=$shared/corpora/enwiki2015; py=${PYTHON:-.venv/bin/python}
 val_docs=1000
 
 pack_val() {  # pack_val SHARD PACK: its first $val_docs documents (and byte sidecar) as xz into PACK
   local cut; cut=$(mktemp -d)
-  "$py" bench/cut_val.py "$1" "$cut/fineweb_val_000000.bin" "$val_docs"
+  "$py" lease/cut_val.py "$1" "$cut/fineweb_val_000000.bin" "$val_docs"
   for file in "$cut"/*.bin; do xz -9 -c "$file" > "$2/$(basename "$file").xz"; done
   rm -rf "$cut"
 }
@@ -35,7 +35,7 @@ enwiki_pack() {  # enwiki_pack NAME [--caseops]: re-tokenize with a tokenizer tr
   "$py" -m lit_golf.cli prepare-data --input "$enwiki/docs_first15000.jsonl.xz" --input "$enwiki/docs_rest.jsonl.xz" \
     --out "$full" --train-tokenizer --vocab-size 8192 --tokenizer-train-docs 40000 --num-val-docs 5000 \
     --shard-tokens 10000000 --max-docs 71000 --workers 2 --quiet --overwrite "${@:2}"
-  "$py" bench/caseops_aligned_shards.py --caseops-dir "$full" --shards 6 --out "$aligned"  # shard i = plain shard i's docs
+  "$py" lease/caseops_aligned_shards.py --caseops-dir "$full" --shards 6 --out "$aligned"  # shard i = plain shard i's docs
   mkdir -p "$pack"; src=$full/datasets/fineweb10B_sp8192
   cp "$full/tokenizers/fineweb_8192_bpe.model" "$src/manifest.json" "$pack/"
   pack_val "$src/fineweb_val_000000.bin" "$pack"

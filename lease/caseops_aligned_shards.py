@@ -6,7 +6,7 @@ the same documents at the same point of the stream when CaseOps shard i holds ex
 plain shard i. Plain shards are cut at exactly 10M tokens, inside a document; the CaseOps cut of that
 document falls at the same fraction of its tokens.
 
-    .venv/bin/python bench/caseops_aligned_shards.py --caseops-dir /work/data_caseops --shards 5 --out DIR
+    .venv/bin/python lease/caseops_aligned_shards.py --caseops-dir /work/data_caseops --shards 5 --out DIR
 """
 
 from __future__ import annotations
