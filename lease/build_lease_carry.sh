@@ -12,6 +12,7 @@
 set -euo pipefail
 shared=${SHARED:-$(cd .. && pwd)/shared}; enwiki=$shared/corpora/enwiki2015; py=${PYTHON:-.venv/bin/python}
 val_docs=1000
+work=$(mktemp -d); trap 'rm -rf "$work"' EXIT  # this build's own scratch: two builds never share it
 
 pack_val() {  # pack_val SHARD PACK: its first $val_docs documents (and byte sidecar) as xz into PACK
   local cut; cut=$(mktemp -d)
@@ -27,11 +28,11 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -
 
 cp "$enwiki"/sp8192/fineweb_train_*.bin.xz .gpu/data/
 cp "$shared/tokenizers/fineweb_8192_bpe.model" .gpu/data/
-mkdir -p /tmp/lease_val && xz -dc "$enwiki/sp8192/fineweb_val_000000.bin.xz" > /tmp/lease_val/fineweb_val_000000.bin
-pack_val /tmp/lease_val/fineweb_val_000000.bin .gpu/data
+xz -dc "$enwiki/sp8192/fineweb_val_000000.bin.xz" > "$work/fineweb_val_000000.bin"
+pack_val "$work/fineweb_val_000000.bin" .gpu/data
 
 enwiki_pack() {  # enwiki_pack NAME [--caseops]: re-tokenize with a tokenizer trained on 40,000 train documents
-  local full=/tmp/lease_$1 aligned=/tmp/lease_$1_aligned pack=.gpu/$1/data src shard
+  local full=$work/$1 aligned=$work/$1_aligned pack=.gpu/$1/data src shard
   "$py" -m lit_golf.cli prepare-data --input "$enwiki/docs_first15000.jsonl.xz" --input "$enwiki/docs_rest.jsonl.xz" \
     --out "$full" --train-tokenizer --vocab-size 8192 --tokenizer-train-docs 40000 --num-val-docs 5000 \
     --shard-tokens 10000000 --max-docs 71000 --workers 2 --quiet --overwrite "${@:2}"
@@ -41,15 +42,15 @@ enwiki_pack() {  # enwiki_pack NAME [--caseops]: re-tokenize with a tokenizer tr
   pack_val "$src/fineweb_val_000000.bin" "$pack"
   for shard in "$aligned"/fineweb_train_*.bin; do xz -9 -T2 -c "$shard" > "$pack/$(basename "$shard").xz"; done
 }
-[ -z "${SKIP_CASEOPS:-}" ] && enwiki_pack caseops --caseops
+if [ -z "${SKIP_CASEOPS:-}" ]; then enwiki_pack caseops --caseops; fi
 # The CaseOps control: the same documents and tokenizer recipe without the case transform (~6 minutes).
-[ -n "${ENWIKI_PLAIN:-}" ] && enwiki_pack enwiki_plain
+if [ -n "${ENWIKI_PLAIN:-}" ]; then enwiki_pack enwiki_plain; fi
 
 snapshot() {  # snapshot REV TAR: git archive of REV with a COMMIT file naming it
   git archive "$1" > "$2"
-  mkdir -p /tmp/lease_stamp && echo "commit $(git rev-parse "$1") $(git log -1 --format=%s "$1" | cut -c1-80)" > /tmp/lease_stamp/COMMIT
-  tar -rf "$2" -C /tmp/lease_stamp COMMIT
+  echo "commit $(git rev-parse "$1") $(git log -1 --format=%s "$1" | cut -c1-80)" > "$work/COMMIT"
+  tar -rf "$2" -C "$work" COMMIT
 }
 snapshot HEAD .gpu/code.tar
-[ -n "${BEFORE:-}" ] && snapshot "$BEFORE" .gpu/code_before.tar
-du -sh .whl .gpu/* .gpu/caseops/data 2>/dev/null
+if [ -n "${BEFORE:-}" ]; then snapshot "$BEFORE" .gpu/code_before.tar; fi
+du -sh .whl .gpu/*  # each pack (.gpu/NAME) and snapshot that a lease carries
