@@ -18,18 +18,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from lit_golf.data.documents import find_documents, truncate_to_documents  # noqa: E402
 from lit_golf.data.shards import (
     BOS_ID,
     read_shard,  # noqa: E402
 )
 from lit_golf.eval.config import EvalConfig, GlobalSGDConfig, TTTConfig  # noqa: E402
-from lit_golf.eval.documents import (  # noqa: E402
-    find_documents,
-    num_chunks,
-    plan_batches,
-    truncate_to_documents,
-    window_width,
-)
+from lit_golf.eval.plan import num_chunks, plan_batches, window_width  # noqa: E402
 from lit_golf.eval.ttt import DocumentBatchScorer, build_stages  # noqa: E402
 
 

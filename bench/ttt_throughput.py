@@ -30,9 +30,9 @@ from provenance import commit  # noqa: E402
 
 from lit_golf import artifact  # noqa: E402
 from lit_golf.data.datamodule import GolfDataModule  # noqa: E402
+from lit_golf.data.documents import find_documents, truncate_to_documents  # noqa: E402
 from lit_golf.data.shards import BOS_ID  # noqa: E402
 from lit_golf.eval.config import EvalConfig, GlobalSGDConfig, TTTConfig  # noqa: E402
-from lit_golf.eval.documents import find_documents, truncate_to_documents  # noqa: E402
 from lit_golf.eval.runtime import Stopwatch  # noqa: E402
 from lit_golf.eval.ttt import run_phased_ttt  # noqa: E402
 from lit_golf.eval.valset import ValSet  # noqa: E402

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from lit_golf.data.datamodule import GolfDataModule, ValWindows, grad_accum_steps_for
+from lit_golf.data.documents import find_documents, truncate_to_documents
 from lit_golf.data.packing import TrainStream, build_cu_seqlens, epoch_shard_order, segment_starts
 from lit_golf.data.shards import (
     BOS_ID,
@@ -23,7 +24,6 @@ from lit_golf.data.shards import (
     write_shard,
 )
 from lit_golf.data.tokenizer import TokenizerError
-from lit_golf.eval.documents import find_documents, truncate_to_documents
 
 VOCAB = 300
 

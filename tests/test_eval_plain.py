@@ -9,14 +9,10 @@ import pytest
 import torch
 from test_eval_support import BOS, small_eval_config, synthetic_luts, synthetic_val, tiny_model
 
+from lit_golf.data.documents import find_documents, truncate_to_documents
 from lit_golf.data.tokenizer import target_bytes
-from lit_golf.eval.documents import (
-    find_documents,
-    phase_boundaries,
-    plan_batches,
-    truncate_to_documents,
-)
 from lit_golf.eval.plain import document_masked_nll, eval_plain, eval_sliding, plain_windows, sliding_windows
+from lit_golf.eval.plan import phase_boundaries, plan_batches
 from lit_golf.eval.valset import ValidationDataError, ValSet
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

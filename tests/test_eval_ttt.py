@@ -17,9 +17,9 @@ from test_eval_support import (
     tiny_model,
 )
 
+from lit_golf.data.documents import find_documents
 from lit_golf.data.tokenizer import target_bytes
 from lit_golf.eval.config import LEGACY_FIELDS, EvalConfig, TTTConfig
-from lit_golf.eval.documents import find_documents
 from lit_golf.eval.global_sgd import global_sgd
 from lit_golf.eval.plain import eval_plain
 from lit_golf.eval.runner import evaluate

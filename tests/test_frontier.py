@@ -11,9 +11,9 @@ from test_eval_support import BOS, TINY_GPT, VOCAB, small_eval_config, synthetic
 
 from lit_golf import artifact
 from lit_golf.config import GPTConfig
+from lit_golf.data.documents import find_documents
 from lit_golf.data.shards import BOS_ID
 from lit_golf.eval.config import TTTConfig
-from lit_golf.eval.documents import find_documents
 from lit_golf.eval.lora import BatchedLoRA
 from lit_golf.eval.metric import BitsPerByte
 from lit_golf.eval.runner import evaluate

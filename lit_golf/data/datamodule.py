@@ -12,6 +12,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, IterableDataset
 
+from lit_golf.data.documents import truncate_to_documents
 from lit_golf.data.packing import TrainSteps, TrainStream
 from lit_golf.data.shards import (
     BOS_ID,
@@ -34,7 +35,6 @@ from lit_golf.data.tokenizer import (
     load_tokenizer,
     token_byte_table,
 )
-from lit_golf.eval.documents import truncate_to_documents
 
 log = logging.getLogger("lit_golf")
 

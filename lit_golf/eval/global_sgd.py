@@ -20,9 +20,10 @@ from itertools import accumulate, pairwise
 import torch
 import torch.nn as nn
 
+from lit_golf.data.documents import Document
 from lit_golf.distributed import rank_and_world
 from lit_golf.eval.config import EvalConfig
-from lit_golf.eval.documents import Document, packed_cu_seqlens
+from lit_golf.eval.plan import packed_cu_seqlens
 from lit_golf.eval.runtime import all_reduce_grads, autocast
 from lit_golf.eval.valset import ValSet
 

@@ -16,11 +16,12 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from lit_golf.data.documents import document_starts
 from lit_golf.data.shards import BOS_ID
 from lit_golf.distributed import rank_and_world
 from lit_golf.eval.config import EvalConfig
-from lit_golf.eval.documents import document_starts, packed_cu_seqlens
 from lit_golf.eval.metric import BitsPerByte
+from lit_golf.eval.plan import packed_cu_seqlens
 from lit_golf.eval.runtime import autocast, eval_mode
 from lit_golf.eval.valset import ValSet
 

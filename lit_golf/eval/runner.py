@@ -8,11 +8,11 @@ import logging
 import torch
 import torch.nn as nn
 
+from lit_golf.data.documents import find_documents, truncate_to_documents
 from lit_golf.data.shards import BOS_ID
 from lit_golf.data.tokenizer import ByteLUTs
 from lit_golf.distributed import rank_and_world
 from lit_golf.eval.config import EvalConfig
-from lit_golf.eval.documents import find_documents, truncate_to_documents
 from lit_golf.eval.metric import BitsPerByte
 from lit_golf.eval.plain import eval_plain, eval_sliding
 from lit_golf.eval.runtime import Stopwatch, model_device

@@ -32,20 +32,14 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from lit_golf.data.documents import Document, find_documents
 from lit_golf.data.shards import BOS_ID
 from lit_golf.distributed import rank_and_world
 from lit_golf.eval.config import EvalConfig
-from lit_golf.eval.documents import (
-    Document,
-    find_documents,
-    num_chunks,
-    phase_boundaries,
-    plan_batches,
-    window_width,
-)
 from lit_golf.eval.global_sgd import global_sgd
 from lit_golf.eval.lora import BatchedLoRA
 from lit_golf.eval.metric import BitsPerByte
+from lit_golf.eval.plan import num_chunks, phase_boundaries, plan_batches, window_width
 from lit_golf.eval.runtime import Stopwatch, autocast, eval_mode
 from lit_golf.eval.valset import ValSet
 
