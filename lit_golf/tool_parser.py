@@ -9,12 +9,24 @@ loads without torch or Lightning, so every tool's `--help` still answers at once
 
 from __future__ import annotations
 
-from jsonargparse import ActionConfigFile, ArgumentParser
+from argparse import Action
+
+from jsonargparse import ActionConfigFile, ArgumentParser, DefaultHelpFormatter
+
+
+class ToolHelpFormatter(DefaultHelpFormatter):
+    """jsonargparse's help (it appends type and default), except for a help text that states its default itself:
+    that one is printed as written, so `--help` never says `(default: data) (default: data)`."""
+
+    def _get_help_string(self, action: Action) -> str:
+        if "(default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def tool_parser(prog: str, description: str, config_file: bool = True) -> ArgumentParser:
     """`config_file=False` for a tool whose own `--config` names the training config it launches (demo, sweep)."""
-    parser = ArgumentParser(prog=prog, description=description, exit_on_error=False)
+    parser = ArgumentParser(prog=prog, description=description, exit_on_error=False, formatter_class=ToolHelpFormatter)
     if config_file:
         parser.add_argument("--config", action=ActionConfigFile, help="YAML file with any of the options below")
     return parser

@@ -143,7 +143,7 @@ def find_shards(data_dir: str | Path, split: str, vocab_size: int) -> list[Path]
     if not files:
         raise ShardError(
             f"no files match {pattern}: run `lit-golf download --variant sp{vocab_size}` or "
-            "`lit-golf prepare-data`, or pass the right --data_dir / --vocab_size"
+            "`lit-golf prepare-data`, or pass the right --data.data_dir / --model.gpt.vocab_size"
         )
     return files
 
@@ -215,6 +215,6 @@ def read_shard(path: str | Path, vocab_size: int | None = None) -> np.ndarray:
         if top >= vocab_size:
             raise ShardError(
                 f"shard {path} contains token id {top} >= vocab_size={vocab_size}: it was made with a larger "
-                "tokenizer; pass the matching --vocab_size or re-prepare the data"
+                "tokenizer; pass the matching --model.gpt.vocab_size or re-prepare the data"
             )
     return data

@@ -28,7 +28,7 @@ def load_tokenizer(path: str | Path, vocab_size: int | None = None) -> spm.Sente
     if not path.is_file():
         raise TokenizerError(
             f"tokenizer {path} does not exist: run `lit-golf download` or `lit-golf prepare-data`, "
-            "or pass the right --data_dir / tokenizer path"
+            "or pass the right --data.data_dir"
         )
     try:
         sp = spm.SentencePieceProcessor(model_file=str(path))
@@ -40,7 +40,7 @@ def load_tokenizer(path: str | Path, vocab_size: int | None = None) -> spm.Sente
     if vocab_size is not None and actual != vocab_size:
         raise TokenizerError(
             f"tokenizer {path} has vocab {actual} but the config says vocab_size={vocab_size}: "
-            "pass the matching --vocab_size or tokenizer"
+            "pass the matching --model.gpt.vocab_size or tokenizer"
         )
     return sp
 
