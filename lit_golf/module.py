@@ -32,7 +32,7 @@ from lit_golf.export.pipeline import checkpoint_weights
 from lit_golf.model import GPT
 from lit_golf.optim import OptimConfig, build_golf_optimizer, muon_momentum
 from lit_golf.progress import TrainingProgress
-from lit_golf.schedule import TrainingConfig, lr_multiplier
+from lit_golf.schedule import TrainingConfig, lr_multiplier, recipe_step_scale, scaled_steps
 
 log = logging.getLogger("lit_golf")
 
@@ -115,6 +115,7 @@ class GolfLightningModule(L.LightningModule):
         self.progress = TrainingProgress()  # shared with the callbacks (lit_golf/progress.py)
         self.test_results: dict = {}
         self._loss_check_every = 1  # steps between finite-loss checks; set at train start
+        self._momentum_warmup_steps = self.optim_config.muon_momentum_warmup_steps  # rescaled at fit start
         self._last_val_bpb: float | None = None
         self.val_bpb = BitsPerByte()  # a submodule: follows the model's device, reduces across ranks
 
@@ -138,6 +139,7 @@ class GolfLightningModule(L.LightningModule):
 
         dm = self.trainer.datamodule
         self.progress.tokens_per_step = dm.train_batch_tokens
+        self._rescale_to_run_length()
         self._log_run_settings()
         n_params = sum(p.numel() for p in self.gpt.parameters())
         log.info(
@@ -145,6 +147,18 @@ class GolfLightningModule(L.LightningModule):
             f"{n_params:,}", self.gpt.attention_backend_name, f"{dm.train_batch_tokens:,}",
             dm.grad_accum_steps, dm.tokens_per_microbatch, self.trainer.world_size,
         )
+
+    def _rescale_to_run_length(self) -> None:
+        """Fit the step-counted knobs to this run's length (the wall-clock budget publishes itself first)."""
+        recipe = self.training_config.recipe_world_size
+        scale = recipe_step_scale(self.trainer.world_size, recipe, self.progress.time_budget is not None)
+        self.progress.step_scale = scale
+        self._momentum_warmup_steps = scaled_steps(self.optim_config.muon_momentum_warmup_steps, scale)
+        if scale != 1.0:
+            log.info("run length: the recipe's step-counted knobs are tuned for %d GPUs, this wall-clock run has %d: "
+                     "step scale %.4g, Muon momentum warm-up %d -> %d steps (EMA decay: see the ema line)",
+                     recipe, self.trainer.world_size, scale, self.optim_config.muon_momentum_warmup_steps,
+                     self._momentum_warmup_steps)
 
     def _log_run_settings(self) -> None:
         """Evaluation config and every callback's settings into the loggers' hparams (not the checkpoint's)."""
@@ -155,7 +169,9 @@ class GolfLightningModule(L.LightningModule):
     def _run_settings(self) -> dict:
         settings = {type(cb).__name__: callback_settings(cb) for cb in self.trainer.callbacks}
         # Through JSON: plain lists and numbers, so hparams.yaml stays loadable with yaml.safe_load.
-        return json.loads(json.dumps({"evaluation": asdict(self.eval_config), "callbacks": settings}, default=str))
+        run_length = {"step_scale": self.progress.step_scale, "muon_momentum_warmup_steps": self._momentum_warmup_steps}
+        return json.loads(json.dumps({"evaluation": asdict(self.eval_config), "callbacks": settings,
+                                      "run_length": run_length}, default=str))
 
     def on_train_start(self) -> None:
         # The loss is read where a time budget syncs the device anyway: no extra host sync per step.
@@ -184,7 +200,7 @@ class GolfLightningModule(L.LightningModule):
     # ---------------------------------------------------------------- training
     def _apply_schedules(self, optimizer, fraction: float) -> None:
         scale = lr_multiplier(fraction, self.training_config.warmdown_frac, self.training_config.min_lr)
-        momentum = muon_momentum(self.global_step, self.optim_config)
+        momentum = muon_momentum(self.global_step, self.optim_config, self._momentum_warmup_steps)
         self.progress.lr_multiplier, self.progress.muon_momentum = scale, momentum
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * scale

@@ -118,6 +118,8 @@ class TrainingProgress:
             when the optimizer does not compute it).
         lr_multiplier, muon_momentum: the schedules' values at the last step.
         weight_average: registered by an averaging callback; the export loads it before quantizing.
+        step_scale: steps of this run per step of the run the recipe was tuned on (set at fit start,
+            `lit_golf.schedule.recipe_step_scale`); step-counted knobs such as the EMA decay follow it.
     """
 
     def __init__(self, clock: Clock = time.perf_counter, synchronize: bool = True) -> None:
@@ -129,6 +131,7 @@ class TrainingProgress:
         self.lr_multiplier = 1.0
         self.muon_momentum = 0.0
         self.weight_average: WeightAverage | None = None
+        self.step_scale = 1.0
 
     def fraction(self, step: int, max_steps: int | None) -> float:
         """Training fraction for schedules: the time budget's when one is set, else steps done / max steps."""

@@ -1,15 +1,24 @@
 """`EMA`: exponential moving average of the model's weights, swapped in when training ends.
 
-The record evaluates and exports the EMA of the weights, not the last iterate. The shadow is fp32
+The record evaluates and exports the EMA of the weights, not the last iterate. Its decay is tuned for
+the record's run length; a wall-clock run of another length (fewer GPUs) averages over the same share
+of its steps (`lit_golf.schedule.scaled_decay`), so one GPU does not export a still-initial average.
+The shadow is fp32
 (the model may hold bf16 tensors, whose rounding would swallow updates of weight 1 - decay), lives on
 the model's device and is updated with a few fused foreach kernels after every optimizer step.
 """
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from lightning.pytorch.callbacks import Callback
 from torch import nn
+
+from lit_golf.schedule import scaled_decay
+
+log = logging.getLogger("lit_golf")
 
 
 def float_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -34,13 +43,15 @@ class EMA(Callback):
     (e.g. the export callback).
 
     Args:
-        decay: weight of the old average at each step.
+        decay: weight of the old average at each step of a run of the recipe's length; the decay in use
+            (`decay_in_use`) is rescaled to this run's length (`pl_module.progress.step_scale`).
     """
 
     def __init__(self, decay: float = 0.9965) -> None:
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"EMA: decay={decay} must lie in [0, 1)")
         self.decay = decay
+        self.decay_in_use = decay
         self.shadow: dict[str, torch.Tensor] = {}
         self._live: dict[str, torch.Tensor] = {}
         self._groups: list[tuple[list[torch.Tensor], list[torch.Tensor]]] = []
@@ -48,6 +59,12 @@ class EMA(Callback):
 
     def on_fit_start(self, trainer, pl_module) -> None:
         pl_module.progress.weight_average = self  # the export loads the average, whatever the callback order
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.decay_in_use = scaled_decay(self.decay, pl_module.progress.step_scale)
+        if self.decay_in_use != self.decay:
+            log.info("ema: decay %.4f for the recipe's run length, %.4f for this run (step scale %.4g)",
+                     self.decay, self.decay_in_use, pl_module.progress.step_scale)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if not self._live:
@@ -69,13 +86,13 @@ class EMA(Callback):
 
     @torch.no_grad()
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        weight = 1.0 - self.decay
+        decay = self.decay_in_use
         for shadow, live in self._groups:
             if live[0].dtype == torch.float32:
-                torch._foreach_lerp_(shadow, live, weight)
+                torch._foreach_lerp_(shadow, live, 1.0 - decay)
             else:  # lerp needs matching dtypes; mul+add promotes the bf16 operand on the fly
-                torch._foreach_mul_(shadow, self.decay)
-                torch._foreach_add_(shadow, live, alpha=weight)
+                torch._foreach_mul_(shadow, decay)
+                torch._foreach_add_(shadow, live, alpha=1.0 - decay)
 
     def _groups_by_dtype(self) -> list[tuple[list[torch.Tensor], list[torch.Tensor]]]:
         groups: dict[torch.dtype, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}

@@ -75,13 +75,15 @@ class OptimConfig:
         register_schedule(name, schedule.coefficients, safety_factor=schedule.safety_factor)
 
 
-def muon_momentum(step: int, cfg: OptimConfig) -> float:
+def muon_momentum(step: int, cfg: OptimConfig, warmup_steps: int | None = None) -> float:
     """Muon momentum at optimizer step `step`: linear from the warm-up start to the final value.
 
-    Low momentum early lets the first, noisy updates forget quickly; the ramp ends at
-    ``muon_momentum_warmup_steps`` and stays at ``muon_momentum`` afterwards.
+    Low momentum early lets the first, noisy updates forget quickly; the ramp ends at `warmup_steps`
+    (default ``muon_momentum_warmup_steps``; a run of another length passes its rescaled count) and
+    stays at ``muon_momentum`` afterwards.
     """
-    if cfg.muon_momentum_warmup_steps <= 0:
+    warmup_steps = cfg.muon_momentum_warmup_steps if warmup_steps is None else warmup_steps
+    if warmup_steps <= 0:
         return cfg.muon_momentum
-    frac = min(step / cfg.muon_momentum_warmup_steps, 1.0)
+    frac = min(step / warmup_steps, 1.0)
     return (1.0 - frac) * cfg.muon_momentum_warmup_start + frac * cfg.muon_momentum

@@ -1,0 +1,90 @@
+"""Step-counted knobs follow the run's length: the 8-GPU record's values stay as written, one GPU rescales."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import yaml
+from test_callbacks import TinyGolfModule, fit
+from test_eval_support import TINY_GPT
+
+from lit_golf.callbacks.ema import EMA, float_state
+from lit_golf.config import GPTConfig
+from lit_golf.module import GolfLightningModule
+from lit_golf.optim import OptimConfig, muon_momentum
+from lit_golf.progress import TimeBudget
+from lit_golf.schedule import TrainingConfig, recipe_step_scale, scaled_decay, scaled_steps
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def test_record_config_names_its_recipe_world_size_and_fixed_steps_turn_the_wall_clock_off():
+    record = yaml.safe_load((CONFIGS / "record.yaml").read_text())
+    assert record["model"]["training"]["recipe_world_size"] == 8
+    assert record["wallclock"]["budget_seconds"] == 600.0
+    fixed = yaml.safe_load((CONFIGS / "overrides" / "fixed_steps_1gpu.yaml").read_text())
+    assert fixed["wallclock"]["budget_seconds"] is None  # a fixed-step run is never rescaled
+
+
+def test_eight_gpus_resolve_the_record_values_unchanged():
+    scale = recipe_step_scale(8, 8, wall_clock=True)
+    assert scale == 1.0
+    assert scaled_decay(0.9965, scale) == 0.9965
+    assert scaled_steps(1500, scale) == 1500
+
+
+def test_one_gpu_wall_clock_rescales_and_fixed_steps_do_not():
+    scale = recipe_step_scale(1, 8, wall_clock=True)
+    assert scale == 0.125
+    assert scaled_decay(0.9965, scale) == pytest.approx(0.9965**8)
+    assert scaled_steps(1500, scale) == 188
+    assert recipe_step_scale(1, 8, wall_clock=False) == 1.0
+    assert recipe_step_scale(1, None, wall_clock=True) == 1.0
+    assert recipe_step_scale(16, 8, wall_clock=True) == 2.0  # more GPUs, more steps: longer horizons
+    # The averaging horizon keeps its share of the run: ~286 of ~4,550 steps on 8 GPUs, ~36 of ~570 on one.
+    assert 1 / (1 - scaled_decay(0.9965, scale)) == pytest.approx(1 / (1 - 0.9965) / 8, rel=0.03)
+    with pytest.raises(ValueError, match="recipe_world_size=0"):
+        TrainingConfig(recipe_world_size=0)
+
+
+def test_momentum_warmup_completes_within_a_rescaled_run():
+    cfg = OptimConfig()
+    assert muon_momentum(188, cfg, warmup_steps=188) == pytest.approx(cfg.muon_momentum)
+    assert muon_momentum(188, cfg) < cfg.muon_momentum  # the recipe's own ramp is still under way
+    assert muon_momentum(94, cfg, warmup_steps=188) == pytest.approx(0.945, abs=1e-3)
+
+
+@pytest.mark.parametrize(("recipe", "budget", "scale", "warmup"),
+                         [(8, True, 0.125, 188), (8, False, 1.0, 1500), (None, True, 1.0, 1500)])
+def test_module_rescales_only_a_wall_clock_run_with_a_recipe(recipe, budget, scale, warmup):
+    module = GolfLightningModule(gpt=GPTConfig(**TINY_GPT), training=TrainingConfig(recipe_world_size=recipe, compile=False))
+    module._trainer = SimpleNamespace(world_size=1, callbacks=[])
+    module.progress.time_budget = TimeBudget(600.0, 4.0, 10) if budget else None
+    module._rescale_to_run_length()
+    assert module.progress.step_scale == scale
+    assert module._momentum_warmup_steps == warmup
+    assert module._run_settings()["run_length"] == {"step_scale": scale, "muon_momentum_warmup_steps": warmup}
+
+
+def ema_lag(step_scale: float, steps: int) -> float:
+    """Distance of the exported average from the last raw weights, relative to how far training moved them."""
+    ema = EMA(decay=0.9965)
+    module = TinyGolfModule()
+    module.progress.step_scale = step_scale
+    initial = {k: v.detach().float().clone() for k, v in float_state(module.gpt).items()}
+    fit(module, [ema], max_steps=steps)
+    raw = module.trajectory[-1]
+    lag = sum(float((ema.shadow[k] - raw[k].float()).norm() ** 2) for k in raw) ** 0.5
+    moved = sum(float((raw[k].float() - initial[k]).norm() ** 2) for k in raw) ** 0.5
+    return lag / moved
+
+
+def test_one_gpu_average_stays_close_to_the_raw_weights_it_averages():
+    steps = 300  # about half of what one GPU trains in 600 s: the rescaled EMA must have forgotten the start
+    rescaled, as_written = ema_lag(0.125, steps), ema_lag(1.0, steps)
+    assert rescaled < 0.1
+    assert as_written > 0.3  # the record's decay would still export a mix with the initial weights
+    assert torch.isfinite(torch.tensor([rescaled, as_written])).all()
