@@ -15,7 +15,7 @@ from lit_golf.cli import main
 from lit_golf.config_files import resolve_config
 from lit_golf.export.code_size import PACKAGE_DIR, code_files, latin1_literal, submission_script
 from lit_golf.submission.stats import gains_in_nats, improvement_p_value, t_upper_tail
-from tests.test_check import legal_results
+from tests.test_check import legal_results, scored, write_run
 
 
 def t_tail_by_integration(t: float, dof: int, steps: int = 20000) -> float:
@@ -56,13 +56,7 @@ def test_gains_are_converted_to_nats_per_token_with_each_seeds_own_ratio():
 
 
 def fake_run(folder: Path, seed: int, bpb: float, config_text: str) -> Path:
-    folder.mkdir(parents=True)
-    results = {**legal_results(seed, folder), "final_bpb": bpb, "final_loss": bpb * 2.6}
-    (folder / "results.json").write_text(json.dumps(results))
-    (folder / "config.yaml").write_text(config_text)
-    (folder / "train.log").write_text(f"seed {seed} log\n")
-    (folder / "train_gpt.py").write_bytes(b"print('script')\n")
-    return folder
+    return write_run(folder, scored(legal_results(seed, folder), bpb), config_text)
 
 
 @pytest.fixture
@@ -94,8 +88,9 @@ def test_submit_writes_the_records_folder_from_the_runs(tmp_path, runs, capsys):
     gains = gains_in_nats(1.0810, bpbs, [b * 2.6 for b in bpbs])
     assert record["p_value"] == pytest.approx(improvement_p_value(gains)) and record["p_value"] < 0.01
     assert record["compliance"] == dict.fromkeys(
-        ("artifact_under_16mb", "train_under_600s", "gptq_within_budget", "eval_under_600s", "score_first_ttt",
-         "no_val_data_in_training", "three_seeds"), True)
+        ("artifact_under_16mb", "train_under_600s", "gptq_within_budget", "eval_under_600s", "full_val_set",
+         "score_matches_log", "score_first_ttt", "no_val_data_in_training", "three_seeds", "submission_matches_seeds"),
+        True)
 
     readme = (out / "README.md").read_text()
     assert "| `model.optim.matrix_lr` | 0.026 | 0.03 |" in readme
@@ -167,3 +162,23 @@ def test_the_script_carries_every_module_and_the_config():
     assert payload["config"] == "seed_everything: 7\n"
     assert set(payload["files"]) == {p.relative_to(PACKAGE_DIR.parent).as_posix() for p in code_files()}
     assert "lit_golf/lightning_cli.py" in payload["files"] and "lit_golf/model.py" in payload["files"]
+
+
+def test_each_seed_counts_its_own_script_and_seeds_may_differ_in_seed_and_paths(tmp_path, capsys):
+    """A run's train_gpt.py embeds its config, seed and paths included, so two seeds' scripts differ in size:
+    each seed's `artifact_bytes` is its artifact + its own script; seeds and paths do not make configs differ."""
+    runs = []
+    for seed, code_bytes in ((1, 80_000), (2, 80_060)):
+        config = (f"seed_everything: {seed}\ndata:\n  seed: {seed}\n  data_dir: /data{seed}\n  vocab_size: 8192\n"
+                  f"trainer:\n  max_steps: 4500\n  logger:\n    init_args:\n      save_dir: logs{seed}\n")
+        runs.append(write_run(tmp_path / f"run{seed}", {**legal_results(seed, tmp_path), "code_bytes": code_bytes},
+                              config))
+    out = tmp_path / "sub"
+    assert main(["submit", *map(str, runs), "--out", str(out)]) == 0
+    record = json.loads((out / "submission.json").read_text())
+    assert {s: r["artifact_bytes"] for s, r in record["seed_results"].items()} == {"1": 15_980_000, "2": 15_980_060}
+    assert (out / "train_gpt.py").stat().st_size == 80_000  # the first run's script ships
+    assert "| 15,980,060 |" in (out / "README.md").read_text()
+    capsys.readouterr()
+    assert main(["check", str(out)]) == 1  # two seeds, nothing else
+    assert capsys.readouterr().out.count("✗") == 1

@@ -1,20 +1,28 @@
 """`lit-golf check RUN_DIR|SUBMISSION_DIR`: the challenge's rules, one line each (✓/✗), exit 1 on any ✗.
 
-Measured (what the runs recorded): bytes (artifact file + `train_gpt.py`), training seconds, the
-calibration pass's seconds, evaluation seconds, the files training and evaluation read. From settings:
-TTT scored the quantized artifact with lit_golf's score-first TTT, the calibration split, the seed
-count and the significance (from submission.json, which `submit` computed from the seeds' scores).
+`check` verifies what it signs instead of trusting the numbers a file states. Measured on disk: the bytes
+of `artifact/artifact.ptz` and `train_gpt.py` (a missing file, or a recorded size that differs from the
+file, fails). Cross-checked: each final score against the `evaluation:` line its test logged in
+`train.log`, and a submission's `submission.json` against the numbers recomputed from its seeds' results
+(the p-value included). From what the runs recorded: training seconds, the calibration pass's seconds,
+evaluation seconds, the files training and evaluation read, and whether the whole validation set was
+scored. From settings: TTT scored the quantized artifact with lit_golf's score-first TTT, the
+calibration split, the seed count.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
+import types
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from lit_golf.results import RESULTS_NAME, read_results
-from lit_golf.submission.stats import SIGNIFICANCE, THRESHOLD_NATS
+from lit_golf.results import RESULTS_NAME, TRAIN_LOG_NAME, RunResults, read_results
+from lit_golf.submission.stats import SIGNIFICANCE, THRESHOLD_NATS, seed_summary
 from lit_golf.tool_parser import tool_parser
 
 LIMIT_BYTES = 16_000_000
@@ -22,16 +30,39 @@ LIMIT_SECONDS = 600.0
 MIN_SEEDS = 3
 SUBMISSION_JSON = "submission.json"
 SCRIPT_NAME = "train_gpt.py"
+ARTIFACT_PATH = Path("artifact") / "artifact.ptz"  # where the fit's export writes it in the run folder
+# The evaluation's one summary line (`lit_golf.eval.runner.evaluate`): `evaluation: key=value ...`, each `%.6g`.
+EVALUATION_LINE = re.compile(r"\bevaluation: ((?:\w+=\S+ ?)+)$", re.MULTILINE)
+LOGGED_PRECISION = 1e-5  # relative: six significant digits round by at most 5e-6
+
+
+@dataclass
+class Seed:
+    """One seed as `check` reads it: its results, the log beside them, and (in a run folder) the files whose
+    sizes the results state. A submission folder ships neither the artifact nor each seed's own script."""
+
+    results_path: Path
+    results: dict
+    log_path: Path
+    artifact_path: Path | None = None
+    script_path: Path | None = None
+
+    @property
+    def name(self) -> str:
+        return f"seed {self.results.get('seed')}"
 
 
 @dataclass
 class Runs:
-    """What `check` reads: each seed's results, the shipped script's size, and submission.json (if any)."""
+    """What `check` reads: a run folder (one seed) or a submission folder (its seeds and submission.json)."""
 
     folder: Path
-    results: list[dict]
-    script_bytes: int | None
+    seeds: list[Seed]
     submission: dict | None
+
+    @property
+    def results(self) -> list[dict]:
+        return [seed.results for seed in self.seeds]
 
 
 @dataclass
@@ -45,20 +76,143 @@ class Verdict:
         return f"{mark} {self.rule}: {self.detail}"
 
 
+_KIND_WORDS = {float: "a finite number", int: "an integer", str: "a string", bool: "true or false",
+               list: "a list of file names", dict: "an object"}
+
+
+def _not_none(hint):
+    """`X` of an `X | None` hint, else the hint."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return next(kind for kind in typing.get_args(hint) if kind is not type(None))
+    return hint
+
+
+_FIELD_KINDS = {name: _not_none(hint) for name, hint in typing.get_type_hints(RunResults).items()}
+
+
+def _kind_ok(value, kind) -> bool:
+    base = typing.get_origin(kind) or kind
+    if base in (int, float) and isinstance(value, bool):
+        return False
+    if base is float:
+        return isinstance(value, (int, float)) and math.isfinite(value)
+    if base is list:
+        return isinstance(value, list) and all(isinstance(item, str) for item in value)
+    return isinstance(value, base)
+
+
+def read_run_results(path: Path) -> dict:
+    """`read_results`, and every recorded field of the type `RunResults` gives it: a hand-edited or broken
+    value (`"final_bpb": "1.06"`, NaN) is one line naming the file and the field, never a traceback later."""
+    try:
+        results = read_results(path)
+    except TypeError:  # read_results takes the top level for an object; a bare number or null is not one
+        raise ValueError(f"{path}: not a JSON object of a run's results; restore it from the run") from None
+    for key, value in results.items():
+        kind = _FIELD_KINDS[key]
+        if value is not None and not _kind_ok(value, kind):
+            word = _KIND_WORDS[typing.get_origin(kind) or kind]
+            raise ValueError(f"{path}: {key} is {json.dumps(value)}, not {word}; restore the file the run wrote "
+                             "(or rerun the stage that writes it)")
+    return results
+
+
+def _read_submission(path: Path) -> dict:
+    """submission.json: an object whose `baseline_bpb` (the only input `check` takes from it) is a number or null."""
+    try:
+        submission = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}); rerun `lit-golf submit`") from None
+    if not isinstance(submission, dict):
+        raise ValueError(f"{path}: not a JSON object; rerun `lit-golf submit`")
+    baseline = submission.get("baseline_bpb")
+    if baseline is not None and not (_kind_ok(baseline, float) and baseline > 0):
+        raise ValueError(f"{path}: baseline_bpb is {json.dumps(baseline)}, not a positive number; rerun `lit-golf submit`")
+    return submission
+
+
+def run_seed(run_dir: Path) -> Seed:
+    """A run folder's seed: `results.json`, `train.log`, the artifact and `train_gpt.py` it measured."""
+    return Seed(run_dir / RESULTS_NAME, read_run_results(run_dir / RESULTS_NAME), run_dir / TRAIN_LOG_NAME,
+                run_dir / ARTIFACT_PATH, run_dir / SCRIPT_NAME)
+
+
+def submission_runs(folder: Path, submission: dict) -> Runs:
+    """A submission folder's seeds (`results_seed<N>.json` + `train_seed<N>.log`) with its `submission`."""
+    paths = sorted(folder.glob("results_seed*.json"))
+    if not paths:
+        raise FileNotFoundError(f"{folder}: submission.json but no results_seed*.json; rerun `lit-golf submit`")
+    seeds = [Seed(p, read_run_results(p), folder / f"train_{p.stem.removeprefix('results_')}.log") for p in paths]
+    return Runs(folder, seeds, submission)
+
+
 def load_runs(folder: str | Path) -> Runs:
     """A run folder (`results.json`) or a submission folder (`submission.json` + `results_seed*.json`)."""
     folder = Path(folder)
-    script = folder / SCRIPT_NAME
-    script_bytes = script.stat().st_size if script.is_file() else None
     if (folder / SUBMISSION_JSON).is_file():
-        submission = json.loads((folder / SUBMISSION_JSON).read_text())
-        results = [read_results(p) for p in sorted(folder.glob("results_seed*.json"))]
-        if not results:
-            raise FileNotFoundError(f"{folder}: submission.json but no results_seed*.json; rerun `lit-golf submit`")
-        return Runs(folder, results, script_bytes, submission)
+        return submission_runs(folder, _read_submission(folder / SUBMISSION_JSON))
     if (folder / RESULTS_NAME).is_file():
-        return Runs(folder, [read_results(folder)], script_bytes, None)
+        return Runs(folder, [run_seed(folder)], None)
     raise FileNotFoundError(f"{folder}: neither {RESULTS_NAME} (a run folder) nor {SUBMISSION_JSON} (a submission folder)")
+
+
+def _size(path: Path) -> int | None:
+    return path.stat().st_size if path.is_file() else None
+
+
+def bytes_problem(seed: Seed) -> str | None:
+    """Why the sizes `seed` records are not those of its files on disk (a run folder's artifact and script), or None."""
+    for key, path in (("model_bytes", seed.artifact_path), ("code_bytes", seed.script_path)):
+        recorded = seed.results.get(key)
+        if path is None:
+            continue
+        if recorded is None:
+            return f"{seed.results_path}: no {key} recorded (fit with the GPTQExport callback)"
+        size = _size(path)
+        if size is None:
+            return f"{path} is missing: the bytes {seed.results_path.name} states cannot be measured"
+        if size != recorded:
+            return f"{seed.results_path}: {key} {recorded:,} but {path} has {size:,} B; the file changed after the run"
+    return None
+
+
+def logged_scores(log_path: Path) -> dict[str, float] | None:
+    """The numbers of the last `evaluation:` line in a run's log (None: no such line); missing log: FileNotFoundError."""
+    if not log_path.is_file():
+        raise FileNotFoundError(f"{log_path} is missing: the score cannot be checked against what the run logged")
+    lines = EVALUATION_LINE.findall(log_path.read_text(encoding="utf-8", errors="replace"))
+    if not lines:
+        return None
+    scores = {}
+    for pair in lines[-1].split():
+        key, _, value = pair.partition("=")
+        try:
+            scores[key] = float(value)
+        except ValueError:
+            continue
+    return scores
+
+
+def score_problem(seed: Seed) -> str | None:
+    """Why `seed`'s final score is not the one its test logged (the last `evaluation:` line), or None.
+
+    The final score is TTT's when TTT ran, else plain (as `RecordResults` picks it)."""
+    final_bpb, final_loss = seed.results.get("final_bpb"), seed.results.get("final_loss")
+    if final_bpb is None or final_loss is None:
+        return f"{seed.results_path}: no final_bpb/final_loss; test the artifact (`lit-golf run`, or fit then test)"
+    try:
+        logged = logged_scores(seed.log_path)
+    except FileNotFoundError as exc:
+        return str(exc)
+    if logged is None:
+        return f"{seed.log_path}: no `evaluation:` line; the score in {seed.results_path.name} was not logged by a test"
+    source = "ttt" if "ttt_bpb" in logged else "val"
+    for name, stated in (("bpb", final_bpb), ("loss", final_loss)):
+        value = logged.get(f"{source}_{name}")
+        if value is None or not math.isclose(stated, value, rel_tol=LOGGED_PRECISION):
+            return (f"{seed.results_path}: final_{name} {stated} but {seed.log_path} logged {source}_{name}={value}; "
+                    "the results were edited or belong to another run")
+    return None
 
 
 def _numbers(runs: Runs, key: str) -> list[float] | None:
@@ -71,14 +225,26 @@ def _seeds(runs: Runs) -> str:
 
 
 def check_bytes(runs: Runs) -> Verdict:
+    """Each seed's artifact + its own `train_gpt.py`, as measured. A submission ships one script (the first
+    seed's): it must be there and be the size one of the seeds counted."""
     rule = f"artifact + code <= {LIMIT_BYTES:,} B"
-    models = _numbers(runs, "model_bytes")
-    codes = [runs.script_bytes] * len(runs.results) if runs.script_bytes is not None else _numbers(runs, "code_bytes")
+    for seed in runs.seeds:
+        problem = bytes_problem(seed)
+        if problem:
+            return Verdict(False, rule, problem)
+    models, codes = _numbers(runs, "model_bytes"), _numbers(runs, "code_bytes")
     if models is None or codes is None:
         return Verdict(False, rule, "artifact or code bytes not recorded (fit with the GPTQExport callback)")
+    if runs.submission is not None:
+        shipped = _size(runs.folder / SCRIPT_NAME)
+        if shipped is None:
+            return Verdict(False, rule, f"{runs.folder / SCRIPT_NAME} is missing: the code that counts is not there")
+        if shipped not in codes:
+            return Verdict(False, rule, f"{runs.folder / SCRIPT_NAME} has {shipped:,} B, but the seeds counted "
+                           f"{', '.join(f'{c:,}' for c in codes)} B: it is not the script the runs shipped")
     worst = max(m + c for m, c in zip(models, codes, strict=True))
-    return Verdict(worst <= LIMIT_BYTES, rule, f"largest {worst:,} B (code {max(codes):,} B, train_gpt.py), "
-                   f"margin {LIMIT_BYTES - worst:+,}")
+    return Verdict(worst <= LIMIT_BYTES, rule, f"largest {worst:,} B (code {max(codes):,} B, train_gpt.py; "
+                   f"measured), margin {LIMIT_BYTES - worst:+,}")
 
 
 def check_training_time(runs: Runs) -> Verdict:
@@ -108,6 +274,31 @@ def check_eval_time(runs: Runs) -> Verdict:
                    f"longest {max(seconds):.1f} s (artifact read + decompression + compile + eval; measured)")
 
 
+def check_whole_validation_set(runs: Runs) -> Verdict:
+    """A record is scored on every validation document; a score of the first N (`model.evaluation.max_docs`,
+    `data.max_val_docs`) is a partial score, however good."""
+    rule = "scored on the whole validation set"
+    for r in runs.results:
+        limited = r.get("val_tokens_limited")
+        if limited is None:
+            return Verdict(False, rule, f"seed {r.get('seed')}: not recorded (test the artifact with this lit_golf)")
+        if limited:
+            cut = r.get("evaluation", {}).get("max_docs")
+            return Verdict(False, rule, f"seed {r.get('seed')}: partial, the first {cut or 'N'} validation documents "
+                           "only (model.evaluation.max_docs / data.max_val_docs); a record scores all of them")
+    return Verdict(True, rule, "every validation document scored")
+
+
+def check_logged_score(runs: Runs) -> Verdict:
+    rule = "final bpb is the one the evaluation logged"
+    for seed in runs.seeds:
+        problem = score_problem(seed)
+        if problem:
+            return Verdict(False, rule, problem)
+    logs = ", ".join(seed.log_path.name for seed in runs.seeds)
+    return Verdict(True, rule, f"final bpb and loss match the `evaluation:` line of {logs}")
+
+
 def check_score_first(runs: Runs) -> Verdict:
     rule = "TTT score-first"
     for r in runs.results:
@@ -134,19 +325,63 @@ def check_no_validation_in_training(runs: Runs) -> Verdict:
     return Verdict(True, rule, "train and val shards are disjoint files; calibration reads train shards")
 
 
+def _complete(runs: Runs) -> str | None:
+    """Why the seeds' results cannot be summed up into submission.json's numbers, or None."""
+    for seed in runs.seeds:
+        missing = [k for k in ("seed", "final_bpb", "final_loss", "model_bytes", "code_bytes") if seed.results.get(k) is None]
+        if missing:
+            return f"{seed.results_path}: no {missing[0]}"
+    return None
+
+
 def check_significance(runs: Runs) -> Verdict:
+    """The seed count and the p-value, recomputed from the seeds' scores (not read from submission.json)."""
     rule = f"seeds >= {MIN_SEEDS}, p < {SIGNIFICANCE} for {THRESHOLD_NATS} nats"
     if runs.submission is None:
         return Verdict(None, rule, "one run; seeds and significance are checked on a submission folder")
-    seeds = runs.submission.get("seeds", [])
-    if len(seeds) < MIN_SEEDS or len(runs.results) < MIN_SEEDS:
-        return Verdict(False, rule, f"{len(seeds)} seed(s) ({_seeds(runs)})")
-    p_value = runs.submission.get("p_value")
-    if runs.submission.get("baseline_bpb") is None:
-        return Verdict(True, rule, f"{len(seeds)} seeds; no baseline given, no significance test")
-    if p_value is None or p_value >= SIGNIFICANCE:
-        return Verdict(False, rule, f"{len(seeds)} seeds, p = {p_value} vs baseline {runs.submission['baseline_bpb']}")
-    return Verdict(True, rule, f"{len(seeds)} seeds, p = {p_value:.2g} vs baseline {runs.submission['baseline_bpb']}")
+    if len(runs.seeds) < MIN_SEEDS:
+        return Verdict(False, rule, f"{len(runs.seeds)} seed(s) ({_seeds(runs)})")
+    baseline = runs.submission.get("baseline_bpb")
+    if baseline is None:
+        return Verdict(True, rule, f"{len(runs.seeds)} seeds; no baseline given, no significance test")
+    problem = _complete(runs)
+    if problem:
+        return Verdict(False, rule, problem)
+    p_value = seed_summary(runs.results, baseline)["p_value"]
+    return Verdict(p_value < SIGNIFICANCE, rule, f"{len(runs.seeds)} seeds, p = {p_value:.2g} vs baseline {baseline} "
+                   "(recomputed from the seeds' scores)")
+
+
+def _same(stated, computed) -> bool:
+    if isinstance(stated, dict) and isinstance(computed, dict):
+        return stated.keys() == computed.keys() and all(_same(stated[k], computed[k]) for k in computed)
+    if isinstance(stated, float) and isinstance(computed, float):
+        return math.isclose(stated, computed, rel_tol=1e-9, abs_tol=1e-12)
+    return stated == computed and type(stated) is type(computed)
+
+
+def check_submission_record(runs: Runs) -> Verdict:
+    """submission.json states what its seeds' files give: their seeds, scores, bytes, clocks, mean and p-value;
+    each `results_seed<N>.json` holds seed N (a stale or hand-edited file fails here)."""
+    rule = "submission.json is what the seeds' results give"
+    if runs.submission is None:
+        return Verdict(None, rule, "one run; checked on a submission folder")
+    for seed in runs.seeds:
+        if seed.results_path.stem != f"results_seed{seed.results.get('seed')}":
+            return Verdict(False, rule, f"{seed.results_path} holds seed {seed.results.get('seed')}")
+    problem = _complete(runs)
+    if problem:
+        return Verdict(False, rule, problem)
+    computed = seed_summary(runs.results, runs.submission.get("baseline_bpb"))
+    if sorted(runs.submission.get("seeds") or []) != sorted(computed["seeds"]):
+        return Verdict(False, rule, f"{runs.folder / SUBMISSION_JSON}: seeds {runs.submission.get('seeds')} but the "
+                       f"folder holds results of seeds {computed['seeds']}")
+    for key, value in computed.items():
+        stated = runs.submission.get(key)
+        if key != "seeds" and not _same(stated, value):
+            return Verdict(False, rule, f"{runs.folder / SUBMISSION_JSON}: {key} is {json.dumps(stated)}, the seeds' "
+                           f"results give {json.dumps(value)}; rerun `lit-golf submit`")
+    return Verdict(True, rule, f"seeds, scores, bytes and p-value recomputed from {len(runs.seeds)} results_seed*.json")
 
 
 # Every rule, in report order, with its flag in submission.json's `compliance` (upstream's names where it has one).
@@ -155,9 +390,12 @@ RULES: dict[Callable[[Runs], Verdict], str] = {
     check_training_time: "train_under_600s",
     check_calibration: "gptq_within_budget",
     check_eval_time: "eval_under_600s",
+    check_whole_validation_set: "full_val_set",
+    check_logged_score: "score_matches_log",
     check_score_first: "score_first_ttt",
     check_no_validation_in_training: "no_val_data_in_training",
     check_significance: "three_seeds",
+    check_submission_record: "submission_matches_seeds",
 }
 
 

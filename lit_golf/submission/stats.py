@@ -1,4 +1,8 @@
-"""The significance test the challenge asks of a record: a 0.005-nat improvement at p < 0.01 over the seeds.
+"""The numbers a submission states about its seeds: mean and spread of the scores, each seed's bytes and
+clocks, and the significance test the challenge asks of a record (a 0.005-nat improvement at p < 0.01).
+
+`submit` writes `seed_summary` into submission.json and `check` recomputes it from the seeds' results, so
+one function states them both ways.
 
 The rule is stated in nats (upstream records quote the gain as val_loss, nats per token), while runs
 are ranked in bits per byte; a seed's gain in bpb is converted with its own loss/bpb ratio
@@ -53,3 +57,28 @@ def improvement_p_value(gains: list[float], threshold: float = THRESHOLD_NATS) -
         return 0.0 if mean > threshold else 1.0
     t = (mean - threshold) / (spread / math.sqrt(len(gains)))
     return t_upper_tail(t, len(gains) - 1)
+
+
+def seed_summary(seeds: list[dict], baseline_bpb: float | None) -> dict:
+    """submission.json's fields that follow from the seeds' results (each with seed, final_bpb, final_loss,
+    model_bytes and code_bytes): a seed's bytes are its artifact plus the `train_gpt.py` its own run counted."""
+    bpbs = [r["final_bpb"] for r in seeds]
+    summary = {
+        "val_bpb": round(statistics.fmean(bpbs), 8),
+        "val_bpb_std": round(statistics.stdev(bpbs), 8) if len(bpbs) > 1 else 0.0,
+        "seeds": [r["seed"] for r in seeds],
+        "seed_results": {
+            str(r["seed"]): {
+                "val_bpb": r["final_bpb"], "val_loss": r["final_loss"],
+                "artifact_bytes": r["model_bytes"] + r["code_bytes"],
+                "train_time_s": r.get("train_seconds"), "eval_time_s": r.get("eval_seconds"),
+            } for r in seeds
+        },
+        "baseline_bpb": baseline_bpb,
+        "p_value": None,
+    }
+    if baseline_bpb is not None:
+        gains = gains_in_nats(baseline_bpb, bpbs, [r["final_loss"] for r in seeds])
+        summary["improvement_nats"] = round(statistics.fmean(gains), 6)
+        summary["p_value"] = improvement_p_value(gains)
+    return summary

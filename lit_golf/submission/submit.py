@@ -4,6 +4,12 @@ Writes `train_gpt.py` (the runs' counted script: the package and resolved config
 `requirements.txt`, `config.yaml`, each seed's `train_seed<N>.log` and `results_seed<N>.json`,
 `submission.json` (upstream's fields, and the p-value of the gain over `--baseline-bpb`) and a
 generated `README.md`.
+
+It signs only what it verified: each run's artifact and script are the sizes its results state, its final
+score is the one its test logged, and every run was launched with one config. Any run that fails is
+refused in one line before anything is written; the folder is built beside `--out` and renamed into place
+at the end, so a failure never leaves a half-written `--out`, and an existing submission is replaced only
+with `--overwrite`.
 """
 
 from __future__ import annotations
@@ -12,33 +18,87 @@ import argparse
 import datetime
 import importlib.metadata
 import json
+import math
+import os
 import shutil
-import statistics
+import tempfile
 from pathlib import Path
 
 import yaml
 
 from lit_golf.config_files import resolve_config
-from lit_golf.results import CONFIG_NAME, TRAIN_LOG_NAME, read_results
-from lit_golf.submission.check import LIMIT_BYTES, SCRIPT_NAME, SUBMISSION_JSON, Runs, check, compliance
-from lit_golf.submission.stats import SIGNIFICANCE, THRESHOLD_NATS, gains_in_nats, improvement_p_value
+from lit_golf.results import CONFIG_NAME, RESULTS_NAME, TRAIN_LOG_NAME
+from lit_golf.submission.check import (
+    LIMIT_BYTES,
+    SCRIPT_NAME,
+    SUBMISSION_JSON,
+    Seed,
+    bytes_problem,
+    check,
+    compliance,
+    run_seed,
+    score_problem,
+    submission_runs,
+)
+from lit_golf.submission.stats import SIGNIFICANCE, THRESHOLD_NATS, seed_summary
 from lit_golf.tool_parser import tool_parser
 
 TRACK = "10min_16mb"
-# Where this machine keeps data and logs: not settings of the submission (DATA_DIR replaces the first).
-MACHINE_PATHS = ("data.data_dir", "trainer.logger.init_args.save_dir")
+# Settings a submission's seeds may differ in: the seeds (training's `seed_everything`, the shard order's
+# `data.seed`; SEED replaces the first when the script runs), and where each run kept its data, logs,
+# checkpoints and artifact (this machine's paths; DATA_DIR replaces the first). Every other key (the
+# calibration seeds too: they choose the export's batches) must be the same in every run.
+SEED_KEYS = ("seed_everything", "data.seed")
+MACHINE_PATHS = ("data.data_dir", "trainer.logger", "trainer.default_root_dir", "checkpoint.dirpath", "ckpt_path",
+                 "gptq.config.out_dir", "model.artifact")
+RESULTS_NEEDED = ("seed", "final_bpb", "final_loss", "model_bytes", "code_bytes")
 
 
-def _run(run_dir: Path) -> dict:
-    results = read_results(run_dir)
-    for key in ("seed", "final_bpb", "final_loss", "model_bytes"):
-        if results.get(key) is None:
-            raise ValueError(f"{run_dir}/results.json: no {key}; submit needs runs of `lit-golf run` "
+def per_run_key(key: str) -> bool:
+    """A config key that is not a setting of the submission (a seed or a path of this machine)."""
+    return key in SEED_KEYS or any(key == path or key.startswith(path + ".") for path in MACHINE_PATHS)
+
+
+def verified_run(run_dir: Path) -> Seed:
+    """`run_dir`'s seed, refused in one line unless its files say what its results state."""
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"{run_dir}: not a run folder (pass the folder that holds {RESULTS_NAME})")
+    seed = run_seed(run_dir)
+    for key in RESULTS_NEEDED:
+        if seed.results.get(key) is None:
+            raise ValueError(f"{seed.results_path}: no {key}; submit needs runs of `lit-golf run` "
                              "(fit with GPTQExport, then the test of the artifact)")
-    for name in (SCRIPT_NAME, CONFIG_NAME):
+    for name in (SCRIPT_NAME, CONFIG_NAME, TRAIN_LOG_NAME):
         if not (run_dir / name).is_file():
             raise FileNotFoundError(f"{run_dir}/{name} is missing; it is written by `lit-golf run`")
-    return results
+    problem = bytes_problem(seed) or score_problem(seed)
+    if problem:
+        raise ValueError(problem)
+    return seed
+
+
+def read_config(run_dir: Path) -> dict:
+    """A run's `config.yaml` as flat dotted keys; a broken file is one line."""
+    path = run_dir / CONFIG_NAME
+    try:
+        tree = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML ({str(exc).splitlines()[0]}); restore the run's config") from None
+    if not isinstance(tree, dict):
+        raise ValueError(f"{path}: not a config (a YAML mapping); restore the run's config")
+    return _flatten(tree)
+
+
+def check_one_config(run_dirs: list[Path]) -> None:
+    """Refuse runs launched with different settings (seeds and machine paths aside: `per_run_key`)."""
+    first = read_config(run_dirs[0])
+    for run_dir in run_dirs[1:]:
+        other = read_config(run_dir)
+        keys = sorted(k for k in first.keys() | other.keys() if first.get(k) != other.get(k) and not per_run_key(k))
+        if keys:
+            more = f" and {len(keys) - 5} more" if len(keys) > 5 else ""
+            raise ValueError(f"{run_dirs[0]} and {run_dir} were launched with different settings: "
+                             f"{', '.join(keys[:5])}{more}; a submission's seeds share one config")
 
 
 def config_extras(config_text: str) -> set[str]:
@@ -78,38 +138,21 @@ def config_differences(config_text: str) -> list[tuple[str, object, object]]:
     record = _flatten(yaml.safe_load(Path(resolve_config("record")).read_text()))
     run = _flatten(yaml.safe_load(config_text))
     return [(key, value, run.get(key)) for key, value in record.items()
-            if key in run and run[key] != value and not key.startswith(("trainer.callbacks", *MACHINE_PATHS))]
+            if key in run and run[key] != value and not key.startswith("trainer.callbacks") and not per_run_key(key)]
 
 
-def submission_record(runs: list[dict], args: argparse.Namespace, script_bytes: int) -> dict:
-    bpbs = [r["final_bpb"] for r in runs]
-    record = {
+def submission_record(runs: list[dict], args: argparse.Namespace) -> dict:
+    return {
         "author": args.author,
         "github_id": args.github_id,
         "name": args.name,
         "date": args.date,
         "track": TRACK,
-        "val_bpb": round(statistics.fmean(bpbs), 8),
-        "val_bpb_std": round(statistics.stdev(bpbs), 8) if len(bpbs) > 1 else 0.0,
-        "seeds": [r["seed"] for r in runs],
-        "seed_results": {
-            str(r["seed"]): {
-                "val_bpb": r["final_bpb"], "val_loss": r["final_loss"],
-                "artifact_bytes": r["model_bytes"] + script_bytes,
-                "train_time_s": r.get("train_seconds"), "eval_time_s": r.get("eval_seconds"),
-            } for r in runs
-        },
+        **seed_summary(runs, args.baseline_bpb),
         "hardware": runs[0].get("hardware"),
         "pytorch_version": runs[0].get("torch_version"),
         "technique_summary": args.technique_summary,
-        "baseline_bpb": args.baseline_bpb,
-        "p_value": None,
     }
-    if args.baseline_bpb is not None:
-        gains = gains_in_nats(args.baseline_bpb, bpbs, [r["final_loss"] for r in runs])
-        record["improvement_nats"] = round(statistics.fmean(gains), 6)
-        record["p_value"] = improvement_p_value(gains)
-    return record
 
 
 def readme(record: dict, runs: list[dict], differences: list, script_bytes: int) -> str:
@@ -140,7 +183,7 @@ def readme(record: dict, runs: list[dict], differences: list, script_bytes: int)
             f"| {r['seed']} | {cell(r.get('steps'), 'd')} | {cell(r.get('train_seconds'), '.1f')} | "
             f"{cell(r.get('val_bpb_pre_quant'), '.5f')} | {cell(r.get('val_bpb_post_quant'), '.5f')} | "
             f"{cell(r.get('ttt_bpb'), '.5f')} | {r['final_bpb']:.5f} | {r['final_loss']:.5f} | "
-            f"{r['model_bytes'] + script_bytes:,} | {cell(r.get('eval_seconds'), '.1f')} |")
+            f"{r['model_bytes'] + r['code_bytes']:,} | {cell(r.get('eval_seconds'), '.1f')} |")
     if record["baseline_bpb"] is not None:
         p_value = record["p_value"]
         lines += ["", f"Against a baseline of {record['baseline_bpb']} bpb: mean gain {record['improvement_nats']} "
@@ -149,8 +192,8 @@ def readme(record: dict, runs: list[dict], differences: list, script_bytes: int)
     lines += [
         "", "## Bytes", "",
         f"`train_gpt.py` ({script_bytes:,} B) is the counted code: the whole lit_golf package (minified, compressed) "
-        f"and the resolved config in one file. Each seed's total is `artifact.ptz` + `train_gpt.py`, limit "
-        f"{LIMIT_BYTES:,} B.",
+        f"and the resolved config in one file. Each seed's total is its `artifact.ptz` + the `train_gpt.py` its "
+        f"run counted (the embedded config differs by the seed), limit {LIMIT_BYTES:,} B.",
         "", "## Reproduce", "",
         "```bash",
         "pip install -r requirements.txt",
@@ -166,35 +209,97 @@ def readme(record: dict, runs: list[dict], differences: list, script_bytes: int)
     return "\n".join(lines)
 
 
+def check_out(out: Path, run_dirs: list[Path], overwrite: bool) -> None:
+    """`--out` may be new, an empty folder, or (with `overwrite`) an earlier submission; never a run folder
+    or a folder holding one (replacing it would delete the runs)."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; name a folder for the submission")
+    for run_dir in run_dirs:
+        if out.resolve() == run_dir.resolve() or out.resolve() in run_dir.resolve().parents:
+            raise ValueError(f"--out {out} holds the run {run_dir}; write the submission to another folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / SUBMISSION_JSON).is_file():
+            raise ValueError(f"--out {out} is a folder that is not a submission (no {SUBMISSION_JSON}); "
+                             "choose a new --out")
+        if not overwrite:
+            raise ValueError(f"--out {out} already holds a submission; pass --overwrite to replace it, or choose "
+                             "a new --out")
+
+
+def write_submission(folder: Path, run_dirs: list[Path], seeds: list[Seed], args: argparse.Namespace,
+                     requirements_text: str) -> None:
+    """Every file of the submission into `folder` (a fresh one)."""
+    shutil.copyfile(run_dirs[0] / SCRIPT_NAME, folder / SCRIPT_NAME)
+    shutil.copyfile(run_dirs[0] / CONFIG_NAME, folder / CONFIG_NAME)
+    (folder / "requirements.txt").write_text(requirements_text)
+    for run_dir, seed in zip(run_dirs, seeds, strict=True):
+        shutil.copyfile(seed.results_path, folder / f"results_seed{seed.results['seed']}.json")
+        shutil.copyfile(run_dir / TRAIN_LOG_NAME, folder / f"train_seed{seed.results['seed']}.log")
+    runs = [seed.results for seed in seeds]
+    record = submission_record(runs, args)
+    record["compliance"] = compliance(submission_runs(folder, record))
+    (folder / SUBMISSION_JSON).write_text(json.dumps(record, indent=2) + "\n")
+    differences = config_differences((folder / CONFIG_NAME).read_text())
+    (folder / "README.md").write_text(readme(record, runs, differences, (folder / SCRIPT_NAME).stat().st_size))
+
+
+def _replace_folder(built: Path, out: Path) -> None:
+    """Rename `built` to `out`; an existing `out` is moved aside first (and back on failure), removed at the end."""
+    if not out.exists():
+        os.replace(built, out)
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    os.replace(out, aside / out.name)
+    try:
+        os.replace(built, out)
+    except OSError:
+        os.replace(aside / out.name, out)
+        raise
+    shutil.rmtree(aside)
+
+
 def submit(run_dirs: list[Path], args: argparse.Namespace) -> Path:
-    runs = [_run(d) for d in run_dirs]
-    seeds = [r["seed"] for r in runs]
-    if len(set(seeds)) != len(seeds):
-        raise ValueError(f"runs {', '.join(map(str, run_dirs))} repeat a seed ({seeds}); each seed once")
+    seeds = [verified_run(d) for d in run_dirs]
+    numbers = [seed.results["seed"] for seed in seeds]
+    if len(set(numbers)) != len(numbers):
+        raise ValueError(f"runs {', '.join(map(str, run_dirs))} repeat a seed ({numbers}); each seed once")
+    check_one_config(run_dirs)
+    requirements_text = "\n".join(requirements(config_extras((run_dirs[0] / CONFIG_NAME).read_text()))) + "\n"
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(run_dirs[0] / SCRIPT_NAME, out / SCRIPT_NAME)
-    shutil.copyfile(run_dirs[0] / CONFIG_NAME, out / CONFIG_NAME)
-    extras = config_extras((out / CONFIG_NAME).read_text())
-    (out / "requirements.txt").write_text("\n".join(requirements(extras)) + "\n")
-    for run_dir, results in zip(run_dirs, runs, strict=True):
-        shutil.copyfile(run_dir / "results.json", out / f"results_seed{results['seed']}.json")
-        if (run_dir / TRAIN_LOG_NAME).is_file():
-            shutil.copyfile(run_dir / TRAIN_LOG_NAME, out / f"train_seed{results['seed']}.log")
-    script_bytes = (out / SCRIPT_NAME).stat().st_size
-    record = submission_record(runs, args, script_bytes)
-    record["compliance"] = compliance(Runs(out, runs, script_bytes, record))
-    (out / SUBMISSION_JSON).write_text(json.dumps(record, indent=2) + "\n")
-    differences = config_differences((out / CONFIG_NAME).read_text())
-    (out / "README.md").write_text(readme(record, runs, differences, script_bytes))
+    check_out(out, run_dirs, args.overwrite)
+    target = out.resolve()  # `--out .` has a name and a parent once resolved
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        built = Path(tempfile.mkdtemp(prefix=f".{target.name}.new-", dir=target.parent))
+    except OSError as exc:
+        raise ValueError(f"--out {out}: cannot create a folder there ({exc.strerror})") from None
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        built.chmod(0o777 & ~umask)  # a folder like any other, not mkdtemp's owner-only one
+        write_submission(built, run_dirs, seeds, args, requirements_text)
+        _replace_folder(built, target)
+    except OSError as exc:
+        raise ValueError(f"--out {out}: {exc.strerror or exc} ({exc.filename}); {out} is unchanged") from None
+    finally:
+        shutil.rmtree(built, ignore_errors=True)
     return out
+
+
+def _baseline_bpb(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"--baseline-bpb {text}: not a positive number (the val_bpb of the record to beat)")
+    return value
 
 
 def cli_main(argv: list[str]) -> int:
     parser = tool_parser("lit-golf submit", __doc__.splitlines()[0])
     parser.add_argument("run_dirs", nargs="+", type=Path, help="run folders of `lit-golf run` (one per seed)")
     parser.add_argument("--out", required=True, help="the submission folder to write")
-    parser.add_argument("--baseline-bpb", type=float, help="the record to beat: reports the p-value of the gain")
+    parser.add_argument("--overwrite", action="store_true", help="replace the submission already in --out")
+    parser.add_argument("--baseline-bpb", type=_baseline_bpb,
+                        help="the record to beat: reports the p-value of the gain")
     parser.add_argument("--author", default="")
     parser.add_argument("--github-id", default="")
     parser.add_argument("--name", default="lit_golf submission")
