@@ -286,26 +286,20 @@ def submit(run_dirs: list[Path], args: argparse.Namespace) -> Path:
     return out
 
 
-def _baseline_bpb(text: str) -> float:
-    value = float(text)
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"--baseline-bpb {text}: not a positive number (the val_bpb of the record to beat)")
-    return value
-
-
 def cli_main(argv: list[str]) -> int:
     parser = tool_parser("lit-golf submit", __doc__.splitlines()[0])
     parser.add_argument("run_dirs", nargs="+", type=Path, help="run folders of `lit-golf run` (one per seed)")
     parser.add_argument("--out", required=True, help="the submission folder to write")
     parser.add_argument("--overwrite", action="store_true", help="replace the submission already in --out")
-    parser.add_argument("--baseline-bpb", type=_baseline_bpb,
-                        help="the record to beat: reports the p-value of the gain")
+    parser.add_argument("--baseline-bpb", type=float, help="the record to beat: reports the p-value of the gain")
     parser.add_argument("--author", default="")
     parser.add_argument("--github-id", default="")
     parser.add_argument("--name", default="lit_golf submission")
     parser.add_argument("--technique-summary", default="")
     parser.add_argument("--date", default=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"))
     args = parser.parse_args(argv)
+    if args.baseline_bpb is not None and not (math.isfinite(args.baseline_bpb) and args.baseline_bpb > 0):
+        raise ValueError(f"--baseline-bpb {args.baseline_bpb}: not a positive number (the val_bpb of the record to beat)")
     out = submit(args.run_dirs, args)
     print(f"submission written to {out}")
     for verdict in check(out):
