@@ -76,7 +76,9 @@ def test_run_submit_and_the_submitted_script_reproduce_the_run(tiny_data, tmp_pa
         assert again[key] == results[key], key
     assert again["code_bytes"] == (clean / "train_gpt.py").stat().st_size
 
-    done = lit_golf("check", str(run_dir), cwd=tmp_path)
-    assert done.returncode == 0, done.stdout
-    assert "✗" not in done.stdout and done.stdout.count("✓") == 6
+    done = lit_golf("check", str(run_dir), cwd=tmp_path)  # every rule but the whole set: 6 documents scored
+    assert done.returncode == 1, done.stdout
+    assert [line.split(":")[0] for line in done.stdout.splitlines() if "✗" in line] == [
+        "✗ scored on the whole validation set"]
+    assert done.stdout.count("✓") == 7
     assert REPO not in clean.parents
