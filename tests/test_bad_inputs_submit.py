@@ -98,16 +98,41 @@ def test_a_hand_edited_final_bpb_fails_check_and_submit(run, tmp_path, capsys):
     assert "final_bpb 1.05 but" in one_error_line(capsys, "submit") and not (tmp_path / "sub").exists()
 
 
-@pytest.mark.parametrize("log", [None, "12:00:00 step 4500 val_loss 2.8 val_bpb 1.08\n"])
-def test_a_score_without_its_logged_evaluation_fails(run, capsys, log):
-    if log is None:
-        (run / "train.log").unlink()
-    else:
-        (run / "train.log").write_text(log)
+def test_a_run_without_its_log_fails_both_rules_the_log_backs(run, capsys):
+    (run / "train.log").unlink()
+    assert main(["check", str(run)]) == 1
+    assert failed_rules(capsys) == [
+        f"✗ artifact + code <= 16,000,000 B: {run / 'train.log'} is missing: the bytes cannot be checked against "
+        "what the export logged",
+        f"✗ final bpb is the one the evaluation logged: {run / 'train.log'} is missing: the score cannot be checked "
+        "against what the run logged"]
+
+
+@pytest.mark.parametrize("kept", ["export", "evaluation"])
+def test_a_log_without_the_line_of_a_signed_number_fails_that_rule(run, capsys, kept):
+    marker = {"export": " artifact ", "evaluation": " evaluation: "}[kept]
+    lines = (run / "train.log").read_text().splitlines(keepends=True)
+    (run / "train.log").write_text("".join(line for line in lines if marker in line))
     assert main(["check", str(run)]) == 1
     (failed,) = failed_rules(capsys)
-    assert failed.startswith(f"✗ final bpb is the one the evaluation logged: {run / 'train.log'}")
-    assert ("is missing" if log is None else "no `evaluation:` line") in failed
+    missing = {"export": "no `evaluation:` line", "evaluation": "no `artifact ...: N bytes with code` line"}[kept]
+    assert f"{run / 'train.log'}: {missing}" in failed
+
+
+def test_bytes_that_are_not_the_ones_the_export_logged_fail(tmp_path, capsys):
+    """A submission ships no artifact: its seeds' bytes are checked against their logs (here one seed's
+    results_seed file and submission.json both edited to a smaller artifact)."""
+    submission = write_submission(tmp_path / "sub", [legal_results(s, tmp_path) for s in (1, 2, 3)])
+    edit_results(submission / "results_seed2.json", model_bytes=15_000_000)
+    record = json.loads((submission / "submission.json").read_text())
+    record["seed_results"]["2"]["artifact_bytes"] = 15_080_000
+    (submission / "submission.json").write_text(json.dumps(record))
+    capsys.readouterr()
+    assert main(["check", str(submission)]) == 1
+    assert failed_rules(capsys) == [
+        f"✗ artifact + code <= 16,000,000 B: {submission / 'results_seed2.json'}: model_bytes + code_bytes = "
+        f"15,080,000 but {submission / 'train_seed2.log'} logged 15,980,000 bytes with code; the results were "
+        "edited or belong to another run"]
 
 
 # --- submission.json and the seed files beside it --------------------------------------------------------
@@ -174,8 +199,9 @@ def test_submit_never_writes_over_what_is_not_a_submission(runs, tmp_path, capsy
     assert sorted(str(p) for p in tmp_path.rglob("*")) == before
 
 
-@pytest.mark.parametrize("field, value, word", [("final_bpb", "1.06", "a finite number"),
-                                                ("final_bpb", float("nan"), "a finite number"),
+@pytest.mark.parametrize("field, value, word", [("final_bpb", "1.06", "a positive number"),
+                                                ("final_bpb", float("nan"), "a positive number"),
+                                                ("final_loss", 0, "a positive number"),
                                                 ("seed", 1.5, "an integer"),
                                                 ("train_files", "shard.bin", "a list of file names")])
 def test_a_broken_field_is_one_line_naming_file_and_field(runs, tmp_path, capsys, field, value, word):

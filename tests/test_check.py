@@ -35,13 +35,17 @@ def evaluation_line(results: dict) -> str:
 
 def write_run(folder: Path, results: dict, config: str = CONFIG) -> Path:
     """A run folder as `lit-golf run` leaves it: results.json, and the files it states (the artifact and the
-    script of the recorded sizes; the artifact sparse), train.log with the evaluation line, config.yaml."""
+    script of the recorded sizes; the artifact sparse), train.log with the export's and the evaluation's
+    lines, config.yaml."""
     (folder / "artifact").mkdir(parents=True, exist_ok=True)
     (folder / "results.json").write_text(json.dumps(results))
     (folder / "train_gpt.py").write_bytes(b"#" * results["code_bytes"])
     with open(folder / "artifact" / "artifact.ptz", "wb") as artifact:
         artifact.truncate(results["model_bytes"])
-    (folder / "train.log").write_text("12:00:00 step 4500 val_loss 2.8 val_bpb 1.08\n" + evaluation_line(results))
+    total = results["model_bytes"] + results["code_bytes"]
+    (folder / "train.log").write_text(f"12:00:00 step 4500 val_loss 2.8 val_bpb 1.08\n12:00:05 artifact "
+                                      f"{folder}/artifact/artifact.ptz: {total:,} bytes with code\n"
+                                      + evaluation_line(results))
     (folder / "config.yaml").write_text(config)
     return folder
 

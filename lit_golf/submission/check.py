@@ -12,6 +12,7 @@ calibration split, the seed count.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -31,9 +32,40 @@ MIN_SEEDS = 3
 SUBMISSION_JSON = "submission.json"
 SCRIPT_NAME = "train_gpt.py"
 ARTIFACT_PATH = Path("artifact") / "artifact.ptz"  # where the fit's export writes it in the run folder
-# The evaluation's one summary line (`lit_golf.eval.runner.evaluate`): `evaluation: key=value ...`, each `%.6g`.
+# The lines of a run's log that state what `check` signs: the evaluation's summary (`lit_golf.eval.runner.evaluate`:
+# `evaluation: key=value ...`, each `%.6g`) and the export's total (`ExportReport.summary`).
 EVALUATION_LINE = re.compile(r"\bevaluation: ((?:\w+=\S+ ?)+)$", re.MULTILINE)
+EXPORT_LINE = re.compile(r"\bartifact .+: ([\d,]+) bytes with code$", re.MULTILINE)
 LOGGED_PRECISION = 1e-5  # relative: six significant digits round by at most 5e-6
+
+
+@dataclass
+class RunLog:
+    """What a run's log states: the numbers of its last evaluation, the total bytes of its last export."""
+
+    scores: dict[str, float] | None
+    artifact_bytes: int | None
+
+
+def read_log(path: Path) -> RunLog | None:
+    """The last evaluation and export lines of a run's log; None when there is no log."""
+    if not path.is_file():
+        return None
+    text = path.read_text(encoding="utf-8", errors="replace")
+    evaluations, exports = EVALUATION_LINE.findall(text), EXPORT_LINE.findall(text)
+    scores = None
+    if evaluations:
+        pairs = (pair.partition("=") for pair in evaluations[-1].split())
+        scores = {key: float(value) for key, _, value in pairs if _is_number(value)}
+    return RunLog(scores, int(exports[-1].replace(",", "")) if exports else None)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass
@@ -47,9 +79,9 @@ class Seed:
     artifact_path: Path | None = None
     script_path: Path | None = None
 
-    @property
-    def name(self) -> str:
-        return f"seed {self.results.get('seed')}"
+    @functools.cached_property
+    def log(self) -> RunLog | None:
+        return read_log(self.log_path)
 
 
 @dataclass
@@ -109,9 +141,9 @@ def read_run_results(path: Path) -> dict:
     except TypeError:  # read_results takes the top level for an object; a bare number or null is not one
         raise ValueError(f"{path}: not a JSON object of a run's results; restore it from the run") from None
     for key, value in results.items():
-        kind = _FIELD_KINDS[key]
-        if value is not None and not _kind_ok(value, kind):
-            word = _KIND_WORDS[typing.get_origin(kind) or kind]
+        kind, score = _FIELD_KINDS[key], "bpb" in key or key.endswith("_loss")  # scores divide: never <= 0
+        if value is not None and (not _kind_ok(value, kind) or score and value <= 0):
+            word = "a positive number" if score else _KIND_WORDS[typing.get_origin(kind) or kind]
             raise ValueError(f"{path}: {key} is {json.dumps(value)}, not {word}; restore the file the run wrote "
                              "(or rerun the stage that writes it)")
     return results
@@ -161,36 +193,26 @@ def _size(path: Path) -> int | None:
 
 
 def bytes_problem(seed: Seed) -> str | None:
-    """Why the sizes `seed` records are not those of its files on disk (a run folder's artifact and script), or None."""
+    """Why the sizes `seed` records are not those of its files on disk (a run folder's artifact and script) and
+    of the total its export logged, or None."""
     for key, path in (("model_bytes", seed.artifact_path), ("code_bytes", seed.script_path)):
         recorded = seed.results.get(key)
-        if path is None:
-            continue
         if recorded is None:
             return f"{seed.results_path}: no {key} recorded (fit with the GPTQExport callback)"
-        size = _size(path)
-        if size is None:
+        size = None if path is None else _size(path)
+        if path is not None and size is None:
             return f"{path} is missing: the bytes {seed.results_path.name} states cannot be measured"
-        if size != recorded:
+        if path is not None and size != recorded:
             return f"{seed.results_path}: {key} {recorded:,} but {path} has {size:,} B; the file changed after the run"
+    total = seed.results["model_bytes"] + seed.results["code_bytes"]
+    if seed.log is None:
+        return f"{seed.log_path} is missing: the bytes cannot be checked against what the export logged"
+    if seed.log.artifact_bytes is None:
+        return f"{seed.log_path}: no `artifact ...: N bytes with code` line; the export's size was not logged"
+    if seed.log.artifact_bytes != total:
+        return (f"{seed.results_path}: model_bytes + code_bytes = {total:,} but {seed.log_path} logged "
+                f"{seed.log.artifact_bytes:,} bytes with code; the results were edited or belong to another run")
     return None
-
-
-def logged_scores(log_path: Path) -> dict[str, float] | None:
-    """The numbers of the last `evaluation:` line in a run's log (None: no such line); missing log: FileNotFoundError."""
-    if not log_path.is_file():
-        raise FileNotFoundError(f"{log_path} is missing: the score cannot be checked against what the run logged")
-    lines = EVALUATION_LINE.findall(log_path.read_text(encoding="utf-8", errors="replace"))
-    if not lines:
-        return None
-    scores = {}
-    for pair in lines[-1].split():
-        key, _, value = pair.partition("=")
-        try:
-            scores[key] = float(value)
-        except ValueError:
-            continue
-    return scores
 
 
 def score_problem(seed: Seed) -> str | None:
@@ -200,10 +222,9 @@ def score_problem(seed: Seed) -> str | None:
     final_bpb, final_loss = seed.results.get("final_bpb"), seed.results.get("final_loss")
     if final_bpb is None or final_loss is None:
         return f"{seed.results_path}: no final_bpb/final_loss; test the artifact (`lit-golf run`, or fit then test)"
-    try:
-        logged = logged_scores(seed.log_path)
-    except FileNotFoundError as exc:
-        return str(exc)
+    if seed.log is None:
+        return f"{seed.log_path} is missing: the score cannot be checked against what the run logged"
+    logged = seed.log.scores
     if logged is None:
         return f"{seed.log_path}: no `evaluation:` line; the score in {seed.results_path.name} was not logged by a test"
     source = "ttt" if "ttt_bpb" in logged else "val"
@@ -225,16 +246,14 @@ def _seeds(runs: Runs) -> str:
 
 
 def check_bytes(runs: Runs) -> Verdict:
-    """Each seed's artifact + its own `train_gpt.py`, as measured. A submission ships one script (the first
-    seed's): it must be there and be the size one of the seeds counted."""
+    """Each seed's artifact + its own `train_gpt.py`, as measured (a run folder) and as its export logged. A
+    submission ships one script (the first seed's): it must be there and be the size one of the seeds counted."""
     rule = f"artifact + code <= {LIMIT_BYTES:,} B"
     for seed in runs.seeds:
         problem = bytes_problem(seed)
         if problem:
             return Verdict(False, rule, problem)
     models, codes = _numbers(runs, "model_bytes"), _numbers(runs, "code_bytes")
-    if models is None or codes is None:
-        return Verdict(False, rule, "artifact or code bytes not recorded (fit with the GPTQExport callback)")
     if runs.submission is not None:
         shipped = _size(runs.folder / SCRIPT_NAME)
         if shipped is None:
