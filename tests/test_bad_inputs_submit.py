@@ -264,7 +264,8 @@ def test_a_failure_while_writing_leaves_the_earlier_submission_as_it_was(runs, t
 
 # --- check: broken submission files ----------------------------------------------------------------------
 
-@pytest.mark.parametrize("text, message", [("{", "not valid JSON"), ("[1, 2]", "not a JSON object"),
+@pytest.mark.parametrize("text, message", [("{", "not valid (Expecting property name"),
+                                           ("[1, 2]", "not a mapping of keys to values"),
                                            ('{"baseline_bpb": "1.08"}', 'baseline_bpb is "1.08", not a positive')])
 def test_a_broken_submission_json_is_one_line(tmp_path, capsys, text, message):
     submission = write_submission(tmp_path / "sub", [legal_results(s, tmp_path) for s in (1, 2, 3)])

@@ -149,14 +149,20 @@ def read_run_results(path: Path) -> dict:
     return results
 
 
+def read_mapping(path: Path, parse: Callable[[str], object], error: type[Exception], fix: str) -> dict:
+    """A JSON or YAML file (`parse`, which raises `error`) that must hold a mapping; else one line naming it."""
+    try:
+        data = parse(path.read_text())
+    except error as exc:
+        raise ValueError(f"{path}: not valid ({str(exc).splitlines()[0]}); {fix}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: not a mapping of keys to values; {fix}")
+    return data
+
+
 def _read_submission(path: Path) -> dict:
     """submission.json: an object whose `baseline_bpb` (the only input `check` takes from it) is a number or null."""
-    try:
-        submission = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}); rerun `lit-golf submit`") from None
-    if not isinstance(submission, dict):
-        raise ValueError(f"{path}: not a JSON object; rerun `lit-golf submit`")
+    submission = read_mapping(path, json.loads, json.JSONDecodeError, "rerun `lit-golf submit`")
     baseline = submission.get("baseline_bpb")
     if baseline is not None and not (_kind_ok(baseline, float) and baseline > 0):
         raise ValueError(f"{path}: baseline_bpb is {json.dumps(baseline)}, not a positive number; rerun `lit-golf submit`")

@@ -36,6 +36,7 @@ from lit_golf.submission.check import (
     bytes_problem,
     check,
     compliance,
+    read_mapping,
     run_seed,
     score_problem,
     submission_runs,
@@ -79,14 +80,7 @@ def verified_run(run_dir: Path) -> Seed:
 
 def read_config(run_dir: Path) -> dict:
     """A run's `config.yaml` as flat dotted keys; a broken file is one line."""
-    path = run_dir / CONFIG_NAME
-    try:
-        tree = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML ({str(exc).splitlines()[0]}); restore the run's config") from None
-    if not isinstance(tree, dict):
-        raise ValueError(f"{path}: not a config (a YAML mapping); restore the run's config")
-    return _flatten(tree)
+    return _flatten(read_mapping(run_dir / CONFIG_NAME, yaml.safe_load, yaml.YAMLError, "restore the run's config"))
 
 
 def check_one_config(run_dirs: list[Path]) -> None:
