@@ -300,17 +300,20 @@ def check_eval_time(runs: Runs) -> Verdict:
 
 
 def check_whole_validation_set(runs: Runs) -> Verdict:
-    """A record is scored on every validation document; a score of the first N (`model.evaluation.max_docs`,
-    `data.max_val_docs`) is a partial score, however good."""
+    """A record is scored on every validation document; a score of the first N documents or tokens
+    (`model.evaluation.max_docs` / `max_tokens`, `data.max_val_docs`) is a partial score, however good."""
     rule = "scored on the whole validation set"
     for r in runs.results:
         limited = r.get("val_tokens_limited")
         if limited is None:
             return Verdict(False, rule, f"seed {r.get('seed')}: not recorded (test the artifact with this lit_golf)")
         if limited:
-            cut = r.get("evaluation", {}).get("max_docs")
-            return Verdict(False, rule, f"seed {r.get('seed')}: partial, the first {cut or 'N'} validation documents "
-                           "only (model.evaluation.max_docs / data.max_val_docs); a record scores all of them")
+            evaluation = r.get("evaluation", {})
+            cuts = [f"{evaluation[key]:,} {what}" for key, what in (("max_docs", "documents"), ("max_tokens", "tokens"))
+                    if evaluation.get(key) is not None]
+            return Verdict(False, rule, f"seed {r.get('seed')}: partial, the first {' / '.join(cuts) or 'part'} of "
+                           "the validation set (model.evaluation.max_docs / max_tokens, data.max_val_docs); a record "
+                           "scores all of it")
     return Verdict(True, rule, "every validation document scored")
 
 
