@@ -262,7 +262,15 @@ def test_a_failure_while_writing_leaves_the_earlier_submission_as_it_was(runs, t
     assert not (tmp_path / "new").exists()
 
 
-# --- check: broken submission files ----------------------------------------------------------------------
+# --- check: what is not a run or a submission folder ---------------------------------------------------
+
+@pytest.mark.parametrize("case", ["missing", "a file"])
+def test_check_of_what_is_not_a_folder_is_one_line(run, capsys, case):
+    path = run / ("nothing" if case == "missing" else "results.json")
+    assert main(["check", str(path)]) == 2
+    err = one_error_line(capsys, "check")
+    assert f"{path}: no such folder" in err if case == "missing" else f"{path} is a file; pass the folder" in err
+
 
 @pytest.mark.parametrize("text, message", [("{", "not valid (Expecting property name"),
                                            ("[1, 2]", "not a mapping of keys to values"),

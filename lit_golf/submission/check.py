@@ -169,6 +169,14 @@ def _read_submission(path: Path) -> dict:
     return submission
 
 
+def require_folder(path: Path) -> None:
+    """One line when `path`, given for a run or submission folder, is missing or a file."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such folder; pass a run folder ({RESULTS_NAME}) or a submission folder")
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} is a file; pass the folder that holds it")
+
+
 def run_seed(run_dir: Path) -> Seed:
     """A run folder's seed: `results.json`, `train.log`, the artifact and `train_gpt.py` it measured."""
     return Seed(run_dir / RESULTS_NAME, read_run_results(run_dir / RESULTS_NAME), run_dir / TRAIN_LOG_NAME,
@@ -187,6 +195,7 @@ def submission_runs(folder: Path, submission: dict) -> Runs:
 def load_runs(folder: str | Path) -> Runs:
     """A run folder (`results.json`) or a submission folder (`submission.json` + `results_seed*.json`)."""
     folder = Path(folder)
+    require_folder(folder)
     if (folder / SUBMISSION_JSON).is_file():
         return submission_runs(folder, _read_submission(folder / SUBMISSION_JSON))
     if (folder / RESULTS_NAME).is_file():

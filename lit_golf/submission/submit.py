@@ -27,7 +27,7 @@ from pathlib import Path
 import yaml
 
 from lit_golf.config_files import resolve_config
-from lit_golf.results import CONFIG_NAME, RESULTS_NAME, TRAIN_LOG_NAME
+from lit_golf.results import CONFIG_NAME, TRAIN_LOG_NAME
 from lit_golf.submission.check import (
     LIMIT_BYTES,
     SCRIPT_NAME,
@@ -37,6 +37,7 @@ from lit_golf.submission.check import (
     check,
     compliance,
     read_mapping,
+    require_folder,
     run_seed,
     score_problem,
     submission_runs,
@@ -62,8 +63,7 @@ def per_run_key(key: str) -> bool:
 
 def verified_run(run_dir: Path) -> Seed:
     """`run_dir`'s seed, refused in one line unless its files say what its results state."""
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"{run_dir}: not a run folder (pass the folder that holds {RESULTS_NAME})")
+    require_folder(run_dir)
     seed = run_seed(run_dir)
     for key in RESULTS_NEEDED:
         if seed.results.get(key) is None:
