@@ -115,28 +115,69 @@ def sgd_trained_positions(sgd_docs, chunk: int) -> set[int]:
     return positions
 
 
+def assert_score_first(events_by_rank: list[list[tuple]], tokens: torch.Tensor, cfg: EvalConfig) -> None:
+    """Score first, on any number of ranks: each phase's global SGD reads only documents that some rank had
+    scored before it entered that phase's SGD (the SGD's all-reduce waits for every rank, so no weight a
+    document is scored with has seen it), all ranks together read exactly the prefix so far but its last
+    chunk (as the record does), and the rest is scored after the last SGD."""
+    docs = find_documents(tokens, BOS)
+    stages = build_stages(docs, cfg)
+    starts = [d.start for d in docs]
+    scored_before: dict[int, set[int]] = {}  # phase -> documents any rank scored before its SGD of that phase
+    owners_read: dict[int, set[int]] = {}
+    read_by_phase: dict[int, set[int]] = {}
+    scored_by_rank, rest_scored = [], set()
+    for events in events_by_rank:
+        scored, phases = set(), []
+        for event in events:
+            if event[0] == "scored":
+                scored.add(event[1])
+                continue
+            _, phase, a, b = event
+            if phase not in phases:
+                phases.append(phase)
+                scored_before.setdefault(phase, set()).update(scored)
+            owners_read.setdefault(phase, set()).update(bisect.bisect_left(starts, p) - 1 for p in range(a + 1, b))
+            read_by_phase.setdefault(phase, set()).update(range(a, b))
+        assert phases == [1, 2]  # every rank takes part in each phase's SGD, in order
+        last_sgd = max(i for i, e in enumerate(events) if e[0] == "sgd_read")
+        rest_scored |= {e[1] for e in events[last_sgd:] if e[0] == "scored"}
+        scored_by_rank.append(scored)
+    for phase, owners in owners_read.items():
+        early = owners - scored_before[phase]
+        assert not early, f"phase {phase} SGD read documents {sorted(early)} before any rank scored them"
+    for phase in (1, 2):
+        assert read_by_phase[phase] == sgd_trained_positions(stages[phase - 1].sgd_docs, cfg.global_sgd.chunk_tokens)
+    assert rest_scored == {d.index for d in stages[-1].docs}
+    assert sorted(i for scored in scored_by_rank for i in scored) == [d.index for d in docs]  # each once
+
+
 @pytest.mark.parametrize("order", ["longest_first", "stream"])
 def test_global_sgd_reads_only_documents_already_scored(val_tokens, order):
     cfg = small_eval_config(global_sgd={"prefix_order": order})
-    docs = find_documents(val_tokens, BOS)
-    starts = [d.start for d in docs]
     _, trace = run_ttt(val_tokens, cfg)
-    scored, read_by_phase = set(), {}
-    for event in trace.events:
-        if event[0] == "scored":
-            scored.add(event[1])
-            continue
-        _, phase, a, b = event
-        owners = {bisect.bisect_left(starts, p) - 1 for p in range(a + 1, b)}  # document whose target p is
-        assert owners <= scored, f"phase {phase} SGD read documents {sorted(owners - scored)} before scoring them"
-        read_by_phase.setdefault(phase, set()).update(range(a, b))
-    stages = build_stages(docs, cfg)
-    assert sorted(read_by_phase) == [1, 2]
-    for phase in (1, 2):  # every prefix document scored so far, but the last chunk (as the record does)
-        assert read_by_phase[phase] == sgd_trained_positions(stages[phase - 1].sgd_docs, cfg.global_sgd.chunk_tokens)
-    rest = {d.index for d in stages[-1].docs}
-    last_sgd = max(i for i, e in enumerate(trace.events) if e[0] == "sgd_read")
-    assert {e[1] for e in trace.events[last_sgd:] if e[0] == "scored"} == rest
+    assert_score_first([trace.events], val_tokens, cfg)
+
+
+def _score_first_traces_on_rank(tokens: torch.Tensor) -> dict[str, list[tuple]]:
+    """This rank's TTT events under each prefix order (one process launch for both)."""
+    events = {}
+    for order in ("longest_first", "stream"):
+        trace = TTTTrace()
+        cfg = small_eval_config(global_sgd={"prefix_order": order})
+        evaluate(tiny_model(), tokens, synthetic_luts(), cfg, progress=False, trace=trace)
+        events[order] = trace.events
+    return events
+
+
+@pytest.mark.slow
+def test_global_sgd_reads_only_documents_already_scored_on_two_gloo_ranks(val_tokens, tmp_path):
+    """The read trace of both ranks, both prefix orders: a rank's SGD may read a document the other rank scored."""
+    ranks = run_on_ranks(_score_first_traces_on_rank, 2, tmp_path, val_tokens, start_method="fork")
+    for order in ("longest_first", "stream"):
+        events_by_rank = [rank[order] for rank in ranks]
+        assert all(any(e[0] == "scored" for e in events) for events in events_by_rank)
+        assert_score_first(events_by_rank, val_tokens, small_eval_config(global_sgd={"prefix_order": order}))
 
 
 @pytest.mark.parametrize("context_len", [32, 128])
