@@ -16,6 +16,7 @@ import re
 import sys
 
 from lit_golf.config_files import resolve_config_args
+from lit_golf.files import FOLDER_ERRNOS
 
 USAGE = """usage: lit-golf <command> [options]
 
@@ -75,6 +76,14 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     """The tools' USER_ERRORS, plus Lightning's and the budget's once Lightning is loaded (a demo loads it)."""
     loaded = sys.modules.get("lit_golf.lightning_cli")
     return loaded.USER_ERRORS if loaded is not None else USER_ERRORS
+
+
+def _folder_error(error: BaseException) -> str | None:
+    """The line for a file the command could not write (full disk, read-only folder, no permission), else None."""
+    if not isinstance(error, OSError) or error.errno not in FOLDER_ERRNOS:
+        return None
+    where = f": {error.filename}" if error.filename else ""
+    return f"{error.strerror}{where} (free space, or choose a folder you can write to, and run the command again)"
 
 
 def run_lightning_cli(argv: list[str]):
@@ -149,9 +158,9 @@ def main(argv: list[str] | None = None) -> int:
         check_config_files(argv)
         run_lightning_cli(argv)
     except Exception as error:
-        if not isinstance(error, _user_errors()) or os.environ.get("LIT_GOLF_TRACEBACK"):
+        if os.environ.get("LIT_GOLF_TRACEBACK") or not (isinstance(error, _user_errors()) or _folder_error(error)):
             raise
-        message = one_line(str(error))
+        message = _folder_error(error) or one_line(str(error))
         if isinstance(error, argparse.ArgumentError):
             message = " ".join(line.strip() for line in message.splitlines())
             command = f"{argv[0]} " if argv[0] in LIGHTNING_COMMANDS else ""

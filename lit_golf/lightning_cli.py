@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import re
+import shutil
 import warnings
 from pathlib import Path
 
@@ -17,12 +18,12 @@ import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
-from lightning.pytorch.cli import LightningCLI
-from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import TensorBoardLogger
 
 from lit_golf import strategy  # noqa: F401  (registers the golf_ddp strategy name)
 from lit_golf.callbacks import NAMED_CALLBACKS
-from lit_golf.callbacks.export import publish_table
+from lit_golf.callbacks.checkpoint import check_resume, latest_run_checkpoint
 from lit_golf.config_files import config_names
 from lit_golf.data.datamodule import GolfDataModule
 from lit_golf.data.vocab import check_data_for_vocab
@@ -31,11 +32,14 @@ from lit_golf.export.budget import ArtifactTooLarge
 from lit_golf.export.code_size import set_run_config
 from lit_golf.export.pipeline import (
     ExportReport,
+    check_artifact_target,
     check_checkpoint,
     export_from_checkpoint,
 )
+from lit_golf.files import check_writable, write_atomic
+from lit_golf.loggers import RunCSVLogger
 from lit_golf.module import GolfLightningModule
-from lit_golf.results import read_results, summary_lines
+from lit_golf.results import RESULTS_NAME, fit_run_of, read_results, summary_lines
 
 log = logging.getLogger("lit_golf")
 
@@ -69,18 +73,19 @@ class GolfTrainer(Trainer):
         datamodule: GolfDataModule,
         ckpt_path: str | None = None,
         out_dir: str = "artifact",
+        overwrite: bool = False,
     ) -> ExportReport:
         """GPTQ-quantize `model` (weights from `ckpt_path`) and write `artifact.ptz` + `artifact.json`,
-        with the config's `gptq` settings (`--gptq.config.*`).
+        with the config's `gptq` settings (`--gptq.config.*`). Its record is `artifact.json` beside the
+        artifact (sizes, table, settings); it opens no logger folder.
 
         Args:
             ckpt_path: Lightning checkpoint whose `gpt.*` weights are exported.
             out_dir: folder for the artifact files.
+            overwrite: replace an artifact already in `out_dir` (never a run's own, which its results.json records).
         """
-        report = export_from_checkpoint(model, datamodule, ckpt_path, out_dir, self.named_callbacks["gptq"].config)
-        publish_table(self, report)
-        report.check_budget()
-        return report
+        return export_from_checkpoint(model, datamodule, ckpt_path, out_dir, self.named_callbacks["gptq"].config,
+                                      overwrite=overwrite)
 
     def run(self, model: GolfLightningModule, datamodule: GolfDataModule, ckpt_path: str | None = None) -> dict:
         """The challenge's whole launch: fit (wall clock), export (the export callback), then the test
@@ -98,16 +103,16 @@ class GolfTrainer(Trainer):
         return results
 
 
-class RunCSVLogger(CSVLogger):
-    """`metrics.csv` in the run folder of the logger it follows (TensorBoard's `version_N`), beside its events."""
+class RunConfigSaver(SaveConfigCallback):
+    """LightningCLI's `config.yaml` in the run folder, written atomically (`lit_golf.files`)."""
 
-    def __init__(self, follows: Logger) -> None:
-        super().__init__(save_dir=follows.save_dir, name=follows.name)
-        self._follows = follows
-
-    @property
-    def version(self) -> int | str:
-        return self._follows.version
+    def setup(self, trainer: Trainer, pl_module, stage: str) -> None:
+        if self.already_saved:
+            return
+        log_dir = trainer.log_dir  # a collective: every rank asks
+        if trainer.is_global_zero:
+            write_atomic(Path(log_dir) / self.config_filename, self.parser.dump(self.config, skip_none=False))
+        self.already_saved = True
 
 
 class GolfCLI(LightningCLI):
@@ -156,19 +161,29 @@ class GolfCLI(LightningCLI):
             raise argparse.ArgumentError(None, f"{error}{moved_flags_hint(str(error))}") from None
         subcommand = self.config.get("subcommand")
         if subcommand:
+            if subcommand in ("test", "validate", "export"):  # before LightningCLI reads the checkpoint's hparams
+                resolve_last_checkpoint(subcommand, self.config[subcommand])
             check_inputs(subcommand, self.config[subcommand])
 
     def before_instantiate_classes(self) -> None:
         # After `--ckpt`'s hyperparameters replaced the model's: the vocabulary checked is the one that loads.
         config = self.config[self.config.subcommand]
         if self.config.subcommand in ("test", "validate"):
-            log_into_fit_run(config)
+            log_into_fit_run(self.config.subcommand, config)
         # The submission script embeds the resolved config, as LightningCLI saves it into the run folder.
         set_run_config(self._parser(self.config.subcommand).dump(config, skip_none=False))
         vocab, data_dir = config.get("model.gpt.vocab_size"), config.get("data.data_dir")
         if isinstance(vocab, int) and vocab >= 1 and data_dir:
             source = "model.gpt.vocab_size" + (", from the checkpoint" if config.get("ckpt_path") else "")
             check_data_for_vocab(vocab, data_dir, source)
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        existed = existing_record_folders(self.trainer)
+        try:
+            super()._run_subcommand(subcommand)
+        except BaseException:
+            discard_unused_record_folder(self.trainer, existed)
+            raise
 
 
 # Flags of the layout before the evaluation settings were nested (an old config.yaml, a submission's embedded
@@ -185,21 +200,76 @@ def moved_flags_hint(message: str) -> str:
     return f" ({'; '.join(moved)})" if moved else ""
 
 
-def log_into_fit_run(config) -> None:
-    """`test --artifact RUN/artifact/artifact.ptz` logs into RUN, the fit's folder, next to its training curves
-    and results.json (instead of a new version folder that nothing links to the fit)."""
-    artifact, logger = config.get("model.artifact"), config.get("trainer.logger")
-    init = getattr(logger, "init_args", None)
-    if not artifact or init is None or not {"save_dir", "name", "version"} <= set(vars(init)):
+def log_into_fit_run(subcommand: str, config) -> None:
+    """`test`/`validate` of a fit's artifact or checkpoint (`RUN/artifact/artifact.ptz`, `RUN/checkpoints/...`)
+    record in a folder of their own inside RUN, `RUN/test_N` (`validate_N`): beside the fit's curves and
+    results, which they never rewrite (a new version folder would not say which fit it scored). With the
+    logger off, that folder is the default root directory."""
+    weights = config.get("model.artifact") or config.get("ckpt_path")
+    run = fit_run_of(weights) if weights else None
+    if run is None:
         return
-    run = next((p for p in Path(artifact).resolve().parents if (p / "hparams.yaml").is_file()), None)
-    if run is not None:
-        init.save_dir, init.name, init.version = str(run.parent.parent), run.parent.name, run.name
-        log.info("test: logging into the fit's run folder %s", run)
+    check_writable(run, f"{subcommand} records into the fit's run folder")
+    index = next(n for n in range(len(list(run.iterdir())) + 1) if not (run / f"{subcommand}_{n}").exists())
+    folder = run / f"{subcommand}_{index}"
+    init = getattr(config.get("trainer.logger"), "init_args", None)
+    if init is not None and {"save_dir", "name", "version"} <= set(vars(init)):
+        init.save_dir, init.name, init.version = str(run.parent), run.name, folder.name
+    else:
+        config["trainer.default_root_dir"] = str(folder)
+    log.info("%s: recording into %s, inside the fit's run folder", subcommand, folder)
+
+
+def resolve_last_checkpoint(subcommand: str, config) -> None:
+    """`--ckpt last` for `test`/`validate`/`export`: the newest `last.ckpt` of the configured runs, as a path (so
+    its hyperparameters build the model and its run folder is known), or one line when there is none."""
+    if config.get("ckpt_path") != "last":
+        return
+    dirpath, init = config.get("checkpoint.dirpath"), getattr(config.get("trainer.logger"), "init_args", None)
+    if dirpath:
+        where = Path(dirpath)
+        found = where / "last.ckpt" if (where / "last.ckpt").is_file() else None
+    elif getattr(init, "save_dir", None):
+        where = Path(init.save_dir) / (getattr(init, "name", None) or "")
+        found = latest_run_checkpoint(where)
+    else:
+        where = Path(config.get("trainer.default_root_dir") or ".") / "checkpoints"
+        found = where / "last.ckpt" if (where / "last.ckpt").is_file() else None
+    if found is None:
+        raise FileNotFoundError(f"--ckpt last: no last.ckpt under {where}; pass --ckpt PATH of a fit's checkpoint")
+    config["ckpt_path"] = str(found)
+    log.info("%s: --ckpt last is %s", subcommand, found)
+
+
+def existing_record_folders(trainer: Trainer) -> set[Path]:
+    """The folders a launch could record into, and their parents, that exist before it starts (no collective:
+    callable after a failure)."""
+    roots = [Path(trainer.default_root_dir).resolve()]
+    if isinstance(trainer.logger, TensorBoardLogger):
+        roots.append(Path(trainer.logger.root_dir).resolve())
+    children = {p.resolve() for root in roots if root.is_dir() for p in root.iterdir()}
+    return children | {p for root in roots for p in (root, *root.parents) if p.exists()}
+
+
+def discard_unused_record_folder(trainer: Trainer, existed: set[Path]) -> None:
+    """After a failed launch: remove the folder it created (and the empty parents it created) when it holds no
+    record (no step trained, no results), so a failed fit or test leaves no empty `version_N`/`test_N` behind."""
+    if not trainer.is_global_zero or trainer.global_step > 0:
+        return
+    logger = trainer.logger
+    folder = Path(logger.log_dir if isinstance(logger, TensorBoardLogger) else trainer.default_root_dir).resolve()
+    if not folder.is_dir() or folder in existed or (folder / RESULTS_NAME).exists():
+        return
+    shutil.rmtree(folder, ignore_errors=True)
+    for parent in folder.parents:
+        if parent in existed or any(parent.iterdir()):
+            break
+        parent.rmdir()
 
 
 def check_inputs(subcommand: str, config) -> None:
-    """Refuse, before anything is built, what would fail later or silently score the wrong weights."""
+    """Refuse, before anything is built, what would fail later, write over a record, or silently score the
+    wrong weights or train nothing."""
     ckpt = config.get("ckpt_path")
     artifact = config.get("model.artifact") if subcommand in ("test", "validate") else None
     if subcommand in ("test", "validate"):
@@ -216,6 +286,12 @@ def check_inputs(subcommand: str, config) -> None:
             )
     if ckpt:
         check_checkpoint(ckpt)
+    if subcommand in ("fit", "run"):
+        check_training(config)
+    if subcommand == "export":
+        out_dir = config.get("out_dir") or "artifact"
+        check_artifact_target(out_dir, bool(config.get("overwrite")), "--out_dir")
+        check_writable(out_dir, "--out_dir")
     accelerator = config.get("trainer.accelerator")
     if isinstance(accelerator, str) and accelerator.lower() in ("gpu", "cuda") and not torch.cuda.is_available():
         if not (accelerator.lower() == "gpu" and torch.backends.mps.is_available()):
@@ -224,6 +300,27 @@ def check_inputs(subcommand: str, config) -> None:
                 f"(torch {torch.__version__}, torch.cuda.is_available() is False); "
                 "for a CPU run use --config configs/tiny_cpu.yaml"
             )
+
+
+def check_training(config) -> None:
+    """`fit`/`run`: a length that trains something, a resume that has steps left, and folders it can write."""
+    trainer = config.get("trainer")
+    for flag in ("max_steps", "max_epochs", "limit_train_batches"):
+        if getattr(trainer, flag, None) == 0:
+            raise ValueError(
+                f"--trainer.{flag} 0 trains nothing (no step, no checkpoint, no artifact); give a positive "
+                f"{flag}, or -1 for max_steps/max_epochs to train until the wall clock (wallclock.budget_seconds) stops it"
+            )
+    ckpt = config.get("ckpt_path")
+    if ckpt and ckpt != "last":  # `last` is checked when RunCheckpoint has found it
+        check_resume(ckpt, getattr(trainer, "max_steps", -1))
+    init = getattr(getattr(trainer, "logger", None), "init_args", None)
+    if getattr(init, "save_dir", None):
+        check_writable(init.save_dir, "--trainer.logger.init_args.save_dir")
+    out_dir = config.get("gptq.config.out_dir")
+    if out_dir:
+        check_artifact_target(out_dir, False, "--gptq.config.out_dir")
+        check_writable(out_dir, "--gptq.config.out_dir")
 
 
 # Lightning warnings that do not apply here, so the log stays readable:
@@ -287,6 +384,7 @@ def run_lightning_cli(argv: list[str]) -> GolfCLI:
         trainer_class=GolfTrainer,
         args=_expand_aliases(argv),
         seed_everything_default=1337,
+        save_config_callback=RunConfigSaver,
         save_config_kwargs={"overwrite": True},
         trainer_defaults={
             "inference_mode": False,  # test-time training needs autograd inside `test`

@@ -382,8 +382,9 @@ class GolfLightningModule(L.LightningModule):
         )
         scalars = {f"test/{k}": float(v) for k, v in self.test_results.items()
                    if isinstance(v, (int, float)) and math.isfinite(float(v))}
-        if self.logger is not None and self.trainer.is_global_zero:
-            self.logger.log_metrics(scalars, step=self.global_step)
+        if self.trainer.is_global_zero:
+            for logger in self.loggers:  # TensorBoard and metrics.csv
+                logger.log_metrics(scalars, step=self.global_step)
 
 
 def callback_settings(callback) -> dict:

@@ -1,9 +1,11 @@
 """`results.json`: what a run measured, in its run folder, for `lit-golf submit` and `lit-golf check`.
 
-`fit` writes the training and export part, `test` the evaluation part, `run` both; each stage merges
-its keys into the file, so the last word on a key is the latest stage's. Numbers are measured by the
-run itself (clocks, file sizes, scores); settings the legality rules need are recorded next to them.
-Plain JSON, so a submission folder can be checked without torch.
+`fit` writes the training and export part, `test` the evaluation part, `run` both in one launch. A
+separate `lit-golf test` of a fit's own artifact records in a folder of its own inside the run
+(`<run>/test_N/`) and adds its scores to the run's file only while that has none: a later command never
+changes what an earlier one recorded. Numbers are measured by the run itself (clocks, file sizes,
+scores); settings the legality rules need are recorded next to them. Plain JSON, so a submission folder
+can be checked without torch.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from lit_golf.eval.config import EvalConfig
+from lit_golf.files import append_atomic, write_atomic
 
 RESULTS_NAME = "results.json"
 TRAIN_LOG_NAME = "train.log"
@@ -72,6 +75,9 @@ class RunResults:
     """The EvalConfig the evaluation ran with (`EvalConfig.to_dict`: one dict per group)."""
     val_tokens_limited: bool | None = None
     """True when `evaluation.max_docs` (linked to `data.max_val_docs`) cut the validation set."""
+    test_dir: str | None = None
+    """The folder, inside the run folder, of the separate `lit-golf test` whose scores these are (its own
+    results.json, metrics and config); None when the run's own launch (`lit-golf run`) scored it."""
 
     def updates(self) -> dict:
         """The measured keys (None and empty values left out), for merging into an existing file."""
@@ -79,6 +85,9 @@ class RunResults:
 
 
 KEYS = tuple(f.name for f in fields(RunResults))
+# What a test measures; every other key is the fit's (or the launch's: seed, hardware, versions, files).
+TEST_KEYS = ("evaluated", "val_bpb", "val_loss", "ttt_bpb", "ttt_loss", "final_bpb", "final_loss", "eval_seconds",
+             "evaluation", "val_tokens_limited")
 
 
 def update_results(run_dir: str | Path, results: RunResults) -> Path:
@@ -86,8 +95,37 @@ def update_results(run_dir: str | Path, results: RunResults) -> Path:
     path = Path(run_dir) / RESULTS_NAME
     merged = read_results(path) if path.is_file() else {}
     merged.update(results.updates())
-    path.write_text(json.dumps(merged, indent=2, sort_keys=True) + "\n")
-    return path
+    return write_results(path, merged)
+
+
+def write_results(path: Path, results: dict) -> Path:
+    return write_atomic(path, json.dumps(results, indent=2, sort_keys=True) + "\n")
+
+
+def fit_run_of(path: str | Path) -> Path | None:
+    """The run folder a fit's file lies in (`<run>/artifact/artifact.ptz`, `<run>/checkpoints/last.ckpt`): the
+    nearest of its two parent folders that holds the fit's `config.yaml` or `results.json`; None elsewhere."""
+    for folder in Path(path).resolve().parents[:2]:
+        if (folder / CONFIG_NAME).is_file() or (folder / RESULTS_NAME).is_file():
+            return folder
+    return None
+
+
+def add_test_scores(run_dir: Path, test_dir: Path, test_log: str) -> bool:
+    """Complete a fit's record with the scores of a test of its artifact (`test_dir`'s results.json).
+
+    Only the test's keys are added, and only while the run has no scores: a fit's seed, config and steps,
+    and an earlier test's scores, stay as recorded. The test's log lines are appended to the run's
+    `train.log`, so the run's log shows the evaluation its results state. Returns whether it added them.
+    """
+    path = run_dir / RESULTS_NAME
+    recorded = read_results(path) if path.is_file() else {}
+    if recorded.get("final_bpb") is not None:
+        return False
+    scores = {k: v for k, v in read_results(test_dir).items() if k in TEST_KEYS}
+    write_results(path, {**recorded, **scores, "test_dir": test_dir.name})
+    append_atomic(run_dir / TRAIN_LOG_NAME, test_log)
+    return True
 
 
 def read_results(path: str | Path) -> dict:

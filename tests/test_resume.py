@@ -172,10 +172,11 @@ def test_last_picks_the_newest_run_and_reuses_its_folder(tmp_path):
     root = tmp_path / "logs" / "tiny_cpu"
     for version, step in (("version_1", 7), ("version_0", 3)):  # version_0 written last: it is the newest
         (root / version / "checkpoints").mkdir(parents=True)
-        torch.save({"global_step": step}, root / version / "checkpoints" / "last.ckpt")
+        torch.save({"global_step": step, "state_dict": {"gpt.w": torch.zeros(1)}}, root / version / "checkpoints" / "last.ckpt")
         time.sleep(0.02)
     logger = TensorBoardLogger(save_dir=str(tmp_path / "logs"), name="tiny_cpu")
-    trainer = SimpleNamespace(logger=logger, state=SimpleNamespace(fn=TrainerFn.FITTING))
+    trainer = SimpleNamespace(logger=logger, state=SimpleNamespace(fn=TrainerFn.FITTING), max_steps=-1,
+                              lightning_module=None)
     latest = RunCheckpoint().continue_latest_run(trainer)
     assert latest == root / "version_0" / "checkpoints" / "last.ckpt"
     assert Path(logger.log_dir) == root / "version_0" and logger._kwargs["purge_step"] == 4

@@ -6,12 +6,18 @@ run needs to continue as if it had not stopped: weights, optimizer state, step c
 the EMA shadow, the wall-clock budget spent, the training clock, and the data stream's position. Each
 save's seconds are logged (`checkpoint/write_s`), so the cost of the cadence is visible in every run.
 
+Each checkpoint is written to a temporary file and renamed over `last.ckpt` (`lit_golf.files`), so a full
+disk or a kill mid-write leaves the previous checkpoint intact; the loggers are flushed with it, so
+`metrics.csv` holds every row up to the checkpoint a resumed run starts from.
+
 `lit-golf fit ... --ckpt_path last` finds the most recently written `last.ckpt` among the runs of the
 configured logger (`<save_dir>/<name>/*/checkpoints/last.ckpt`) and makes the logger use *that* run's
 folder instead of a new `version_N`: TensorBoard events, `config.yaml`, checkpoints and the artifact
 continue there. Events the killed run wrote after the checkpoint's step are purged (TensorBoard's
-`purge_step`), so the curves show one run. With no checkpoint yet, the fit starts a new run (Lightning
-warns), so a launcher can always pass `--ckpt_path last`.
+`purge_step`; `metrics.csv` rows likewise), so the curves show one run. With no checkpoint yet, the fit
+starts a new run (Lightning warns), so a launcher can always pass `--ckpt_path last`. A resume that
+could only damage or misread the run stops in one line before anything is written (`check_resume`):
+an unreadable checkpoint, a run that already finished, no step left to train, another architecture.
 """
 
 from __future__ import annotations
@@ -19,13 +25,15 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-import zipfile
 from pathlib import Path
 
-import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lit_golf.callbacks.wallclock import log_to_loggers
+from lit_golf.config import GPTConfig
+from lit_golf.export.pipeline import ARTIFACT_NAME, load_checkpoint
+from lit_golf.files import atomic_path
+from lit_golf.results import RESULTS_NAME, read_results
 
 log = logging.getLogger("lit_golf")
 
@@ -39,13 +47,55 @@ def latest_run_checkpoint(root_dir: str | Path) -> Path | None:
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
-def checkpoint_step(path: str | Path) -> int | None:
-    """`global_step` of a Lightning checkpoint (memory-mapped read; None when unreadable)."""
+def check_resume(ckpt_path: str | Path, max_steps: int, config: GPTConfig | None = None, run: Path | None = None) -> int:
+    """Raise one line when fitting from `ckpt_path` could only damage a record or fail later; returns its step.
+
+    `run` is the folder the fit would continue in (`--ckpt_path last`): a run that finished (its results or
+    artifact are written) is not reopened. Also refused: an unreadable (e.g. truncated) checkpoint, a step
+    at or past `max_steps` (nothing would train, nothing would be exported), and a checkpoint of another
+    architecture than `config` (its weights would not load).
+    """
+    which = f"--ckpt_path last picked {ckpt_path}, the newest run's checkpoint" if run else f"--ckpt_path {ckpt_path}"
+    fresh = "start a new run without --ckpt_path last" if run else "start a new run without --ckpt_path"
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-        return int(ckpt["global_step"])
-    except Exception:  # noqa: BLE001 - Lightning reports an unreadable checkpoint itself when it loads it
-        return None
+        ckpt = load_checkpoint(ckpt_path, weights_only=True)
+    except (ValueError, FileNotFoundError) as exc:
+        raise ValueError(f"{which}: {exc}; delete it and {fresh}, or pass --ckpt_path of another checkpoint") from None
+    step = int(ckpt.get("global_step", 0))
+    if run is not None:
+        done = _finished(run)
+        if done:
+            raise ValueError(
+                f"{which}: run {run} is finished ({done}) and resuming would rewrite its records; {fresh}, or "
+                f"train on from its weights into a new run folder with --ckpt_path {ckpt_path} and a larger "
+                "--trainer.max_steps"
+            )
+    if 0 < max_steps <= step:
+        raise ValueError(
+            f"{which}: it is at step {step} and --trainer.max_steps is {max_steps}, so nothing would train (and "
+            f"nothing be exported); raise --trainer.max_steps, or export it with `lit-golf export --ckpt {ckpt_path}`"
+        )
+    saved = (ckpt.get("hyper_parameters") or {}).get("gpt")
+    if config is not None and isinstance(saved, dict):
+        try:
+            got = GPTConfig.from_dict(saved).architecture()
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{which}: its model config does not load ({exc}); {fresh}") from None
+        want = config.architecture()
+        diff = ", ".join(f"model.gpt.{k} {got[k]} (checkpoint) vs {v} (config)" for k, v in want.items() if got[k] != v)
+        if diff:
+            where = f"the run's config, {run}/config.yaml" if run else "the config it was trained with"
+            raise ValueError(f"{which}: it holds another model ({diff}); resume with {where}, or {fresh}")
+    return step
+
+
+def _finished(run: Path) -> str | None:
+    """What says that `run`'s fit ended (its results.json steps, its artifact), or None."""
+    results = run / RESULTS_NAME
+    if results.is_file() and read_results(results).get("steps") is not None:
+        return f"{results} records {read_results(results)['steps']} steps"
+    artifact = run / "artifact" / ARTIFACT_NAME
+    return f"{artifact} is written" if artifact.is_file() else None
 
 
 class RunCheckpoint(ModelCheckpoint):
@@ -87,7 +137,12 @@ class RunCheckpoint(ModelCheckpoint):
     def _save_checkpoint(self, trainer, filepath: str) -> None:
         # Writing pulls every tensor to the host, so the device has finished by the time this returns.
         started = time.perf_counter()
-        super()._save_checkpoint(trainer, filepath)
+        if trainer.is_global_zero:  # only rank 0 writes; the others join the save's collectives
+            with atomic_path(filepath) as partial:
+                super()._save_checkpoint(trainer, str(partial))
+            self._last_checkpoint_saved = filepath
+        else:
+            super()._save_checkpoint(trainer, filepath)
         seconds = time.perf_counter() - started
         self.write_seconds.append(seconds)
         if trainer.is_global_zero:
@@ -95,14 +150,20 @@ class RunCheckpoint(ModelCheckpoint):
             log.info("checkpoint: step %d written to %s (%.1f MB) in %.2fs", trainer.global_step, filepath,
                      size / 1e6, seconds)
         log_to_loggers(trainer, {"checkpoint/write_s": seconds})
+        if trainer.is_global_zero:  # what was logged up to this checkpoint is on disk with it
+            for logger in trainer.loggers:
+                logger.save()
 
     def _find_last_checkpoints(self, trainer) -> set[str]:
-        # Lightning asks this when `ckpt_path="last"`, before anything fixed the logger's folder: point the
-        # logger at the run that holds the newest last.ckpt, so the checkpoint is looked up (and the run
-        # continues) there rather than in a fresh version folder.
-        self.continue_latest_run(trainer)
+        # Lightning asks this when `ckpt_path="last"`, before anything fixed the logger's folder: a fit points
+        # the logger at the run that holds the newest last.ckpt, so the checkpoint is looked up (and the run
+        # continues) there rather than in a fresh version folder. `test`/`validate` never log into a fit's
+        # folder (the CLI resolves their `last` to a path before anything is built).
+        fitting = getattr(trainer.state.fn, "value", None) == "fit"
+        if fitting:
+            self.continue_latest_run(trainer)
         found = super()._find_last_checkpoints(trainer)
-        if not found and getattr(trainer.state.fn, "value", None) in ("test", "validate"):
+        if not found and not fitting:
             # `fit` may start fresh without one; scoring a randomly initialised model must not happen silently
             where = self.dirpath or getattr(trainer.logger, "root_dir", None) or "the run folder"
             raise FileNotFoundError(f"--ckpt last: no last.ckpt under {where}; pass --ckpt PATH of a fit's checkpoint")
@@ -117,9 +178,10 @@ class RunCheckpoint(ModelCheckpoint):
         if latest is None:
             return None
         run = latest.parent.parent
+        # before the logger is pointed at the run, so nothing has been written when it refuses
+        step = check_resume(latest, trainer.max_steps, getattr(trainer.lightning_module, "gpt_config", None), run)
         logger._version = run.name  # TensorBoardLogger/CSVLogger: a string version is the folder name
-        step = checkpoint_step(latest)
-        if step is not None and isinstance(getattr(logger, "_kwargs", None), dict):
+        if isinstance(getattr(logger, "_kwargs", None), dict):
             logger._kwargs["purge_step"] = step + 1  # hide what the killed run logged after the checkpoint
         log.info("resuming %s (step %s) into its run folder %s", latest, step, run)
         return latest

@@ -12,12 +12,14 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from lit_golf import artifact
+from lit_golf.callbacks.wallclock import log_to_loggers
 from lit_golf.eval.config import EvalConfig
 from lit_golf.eval.runner import plain_bpb
 from lit_golf.export.budget import ArtifactTooLarge
 from lit_golf.export.config import ExportConfig
 from lit_golf.export.hessians import collect_hessians
 from lit_golf.export.pipeline import ExportReport, build_artifact, calibration_batches, tokenizer_record
+from lit_golf.files import write_atomic
 from lit_golf.progress import synchronize_device
 
 log = logging.getLogger("lit_golf")
@@ -123,17 +125,16 @@ class GPTQExport(Callback):
     def _record_quant_gap(self, trainer: L.Trainer, pre_quant: float, post_quant: float) -> None:
         self.quant_gap = {"val_bpb_pre_quant": pre_quant, "val_bpb_post_quant": post_quant,
                           "quant_gap_bpb": post_quant - pre_quant}
+        log_to_loggers(trainer, {f"export/{k}": v for k, v in self.quant_gap.items()})  # TensorBoard and metrics.csv
         if not trainer.is_global_zero:
             return
         log.info("export: plain val bpb %.5f before quantization, %.5f from the artifact (gap %+.5f)",
                  pre_quant, post_quant, self.quant_gap["quant_gap_bpb"])
-        if trainer.logger is not None:
-            trainer.logger.log_metrics({f"export/{k}": v for k, v in self.quant_gap.items()}, step=trainer.global_step)
         self._add_to_report(self.quant_gap)
 
     def _add_to_report(self, values: dict) -> None:
         table = self.artifact_path.with_suffix(".json")
-        table.write_text(json.dumps({**json.loads(table.read_text()), **values}, indent=2))
+        write_atomic(table, json.dumps({**json.loads(table.read_text()), **values}, indent=2))
 
 
 def check_finite_weights(gpt: torch.nn.Module, step: int) -> None:
@@ -159,7 +160,7 @@ def _budget_error(report: ExportReport) -> str | None:
 
 def publish_table(trainer: L.Trainer, report: ExportReport) -> None:
     """Size table to the `lit_golf` log (printed instead when no handler would show it) and TensorBoard."""
-    text = f"artifact {report.artifact_path}: {report.total_bytes:,} bytes with code\n{report.table}"
+    text = report.summary
     if log.isEnabledFor(logging.INFO) and log.hasHandlers():
         log.info(text)
     else:

@@ -2,8 +2,10 @@
 
 `fit` records steps, training seconds, the calibration pass, the artifact and code bytes and the
 quantization gap, and copies the `train_gpt.py` whose bytes were counted into the run folder; `test`
-records the scores and the evaluation's wall clock. `lit-golf submit` and `lit-golf check` read these
-files, so a submission is assembled from what the run measured, not from what a config promised.
+records the scores and the evaluation's wall clock. A test of a fit's artifact records in its own
+folder inside the run (`lightning_cli.log_into_fit_run`) and completes the run's results.json with its
+scores (`lit_golf.results.add_test_scores`). `lit-golf submit` and `lit-golf check` read these files,
+so a submission is assembled from what the run measured, not from what a config promised.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import json
 import logging
 import os
 import platform
-import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -20,11 +21,20 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers.logger import DummyLogger
 
 import lit_golf
 from lit_golf.export import code_size
+from lit_golf.files import copy_atomic
 from lit_golf.progress import synchronize_device
-from lit_golf.results import TRAIN_LOG_NAME, RunResults, update_results
+from lit_golf.results import (
+    RESULTS_NAME,
+    TRAIN_LOG_NAME,
+    RunResults,
+    add_test_scores,
+    fit_run_of,
+    update_results,
+)
 
 log = logging.getLogger("lit_golf")
 
@@ -44,6 +54,12 @@ class RecordResults(Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         # Runs before the module's own setup, so a test's clock covers reading the artifact.
+        if stage == "fit" and all(isinstance(logger, DummyLogger) for logger in trainer.loggers):
+            raise ValueError(
+                "trainer.logger is off (--trainer.logger false, or fast_dev_run): a fit records its checkpoints, "
+                "artifact, results.json and metrics in the logger's run folder and would have none; keep the "
+                "config's logger (--trainer.logger.init_args.save_dir chooses where it writes)"
+            )
         self._eval_started = time.perf_counter()
         self._train_seconds = None
         self.run_dir = Path(trainer.log_dir or trainer.default_root_dir)  # a collective: every rank asks
@@ -94,8 +110,7 @@ class RecordResults(Callback):
     def _record_bytes(self, results: RunResults, artifact: Path) -> None:
         """Model file bytes, and the counted script (written by the export beside the artifact) copied into the
         run folder: the file `submit` ships."""
-        script = self.run_dir / code_size.SCRIPT_NAME
-        shutil.copyfile(artifact.parent / code_size.SCRIPT_NAME, script)
+        script = copy_atomic(artifact.parent / code_size.SCRIPT_NAME, self.run_dir / code_size.SCRIPT_NAME)
         results.model_bytes = artifact.stat().st_size
         results.code_bytes = script.stat().st_size
         results.artifact_bytes = results.model_bytes + results.code_bytes
@@ -118,6 +133,22 @@ class RecordResults(Callback):
             results.evaluation.get("max_docs") is not None
         if trainer.is_global_zero:
             update_results(self.run_dir, results)
+            if results.evaluated == "artifact":
+                self._complete_fit_record(Path(pl_module.artifact))
+
+    def _complete_fit_record(self, artifact: Path) -> None:
+        """A test of a fit's artifact, recorded in its own folder inside that run: add its scores to the run's."""
+        run = fit_run_of(artifact)
+        if run is None or run != self.run_dir.resolve().parent:
+            return  # not a fit's artifact, or `lit-golf run` (one launch, one folder)
+        if self._log_handler is not None:
+            self._log_handler.flush()
+        test_log = (self.run_dir / TRAIN_LOG_NAME).read_text(encoding="utf-8")
+        if add_test_scores(run, self.run_dir, test_log):
+            log.info("test: scores added to %s (this test's own record: %s)", run / RESULTS_NAME, self.run_dir)
+        else:
+            log.info("test: %s keeps the scores it holds; this test's record is %s", run / RESULTS_NAME,
+                     self.run_dir / RESULTS_NAME)
 
     def _common(self, trainer: L.Trainer) -> RunResults:
         seed = os.environ.get("PL_GLOBAL_SEED")

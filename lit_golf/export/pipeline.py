@@ -34,7 +34,9 @@ from lit_golf.export.hessians import collect_hessians
 from lit_golf.export.schemes import gptq, int8_row, lqer_asym, passthrough
 from lit_golf.export.schemes.registry import scheme
 from lit_golf.export.serialize import PASSTHROUGH, StoredTensor, pack, write_artifact
+from lit_golf.files import write_atomic
 from lit_golf.model import GPT, unbank_state_dict
+from lit_golf.results import RESULTS_NAME
 
 log = logging.getLogger("lit_golf")
 
@@ -59,9 +61,37 @@ class ExportReport:
     def total_bytes(self) -> int:
         return total_bytes(self.rows)
 
+    @property
+    def summary(self) -> str:
+        """The size table under one line naming the artifact and its total (what the log and TensorBoard show)."""
+        return f"artifact {self.artifact_path}: {self.total_bytes:,} bytes with code\n{self.table}"
+
     def check_budget(self) -> None:
         """Raise `ArtifactTooLarge` (summary line + table) when model + code exceed the budget."""
         check_budget(self.rows, self.budget_bytes, self.table)
+
+
+def check_artifact_target(out_dir: str | Path, overwrite: bool, flag: str) -> None:
+    """Raise one line when writing an artifact into `out_dir` would replace one silently or falsify a record.
+
+    A run's own artifact folder (beside its results.json, which states the artifact's bytes and scores) is
+    never written over, even with `overwrite`; any other existing artifact only with `overwrite`.
+    """
+    out_dir = Path(out_dir)
+    existing = out_dir / ARTIFACT_NAME
+    if not existing.is_file():
+        return
+    results = out_dir.parent / RESULTS_NAME
+    if results.is_file():
+        raise ValueError(
+            f"{flag} {out_dir}: the artifact of run {out_dir.parent}, whose {RESULTS_NAME} records its bytes and "
+            f"scores; a run's record is not rewritten: export into another {flag}"
+        )
+    if not overwrite:
+        raise ValueError(
+            f"{flag} {out_dir} already holds {ARTIFACT_NAME} ({existing.stat().st_size:,} bytes); pass --overwrite "
+            f"true to replace it, or export into another {flag}"
+        )
 
 
 def is_gate(key: str, tensor: torch.Tensor, cfg: ExportConfig) -> bool:
@@ -159,14 +189,17 @@ def pack_stored(header: dict, stored: dict[str, StoredTensor], cfg: ExportConfig
 
 
 def build_artifact(
-    gpt: GPT, hessians: dict[str, torch.Tensor], cfg: ExportConfig, out_dir: str | Path, tokenizer: dict | None = None
+    gpt: GPT, hessians: dict[str, torch.Tensor], cfg: ExportConfig, out_dir: str | Path, tokenizer: dict | None = None,
+    overwrite: bool = False,
 ) -> ExportReport:
-    """Quantize `gpt`, write `artifact.ptz` and `artifact.json` into `out_dir`, and report the sizes.
+    """Quantize `gpt`, write `artifact.ptz`, `train_gpt.py` and `artifact.json` into `out_dir` (each atomically),
+    and report the sizes. An existing artifact there is refused unless `overwrite` (`check_artifact_target`).
 
     Does not check the budget (the caller decides when to fail: `report.check_budget()`), so an
     oversized artifact is still on disk for inspection.
     """
     out_dir = Path(out_dir)
+    check_artifact_target(out_dir, overwrite, "out_dir")
     started = time.perf_counter()
     stored, errors = quantize_model(gpt, hessians, cfg)
     log.info("export: %d tensors quantized in %.1fs (%s); packing and compressing", len(stored),
@@ -178,7 +211,7 @@ def build_artifact(
              " + per-group zpaq" if cfg.per_group.enabled else "", serialize_s)
     artifact_path = write_artifact(out_dir / ARTIFACT_NAME, blob)
     code = measure_code(cfg.compressor, cfg.brotli_quality)
-    (out_dir / SCRIPT_NAME).write_bytes(code.script)  # the counted code, beside the artifact it ships with
+    write_atomic(out_dir / SCRIPT_NAME, code.script)  # the counted code, beside the artifact it ships with
     rows = _size_rows(parts, errors, code)
     report = ExportReport(artifact_path, out_dir / REPORT_NAME, rows, code, cfg.budget_bytes,
                           size_table(rows, cfg.budget_bytes), errors, serialize_s)
@@ -197,16 +230,17 @@ def build_artifact(
         "gpt_config": gpt.config.to_dict(),
         "looping_active": bool(gpt.looping_active),
     }
-    report.json_path.write_text(json.dumps(summary, indent=2) + "\n")
+    write_atomic(report.json_path, json.dumps(summary, indent=2) + "\n")
     return report
 
 
 def export_model(
-    gpt: GPT, batches: Iterable, cfg: ExportConfig, out_dir: str | Path | None = None, tokenizer: dict | None = None
+    gpt: GPT, batches: Iterable, cfg: ExportConfig, out_dir: str | Path | None = None, tokenizer: dict | None = None,
+    overwrite: bool = False,
 ) -> ExportReport:
     """Single-process export: Hessians on `batches`, GPTQ, write files, then the budget check (raises)."""
     hessians = collect_hessians(gpt, batches)
-    report = build_artifact(gpt, hessians, cfg, out_dir or cfg.out_dir or "artifact", tokenizer)
+    report = build_artifact(gpt, hessians, cfg, out_dir or cfg.out_dir or "artifact", tokenizer, overwrite)
     report.check_budget()
     return report
 
@@ -242,7 +276,8 @@ def load_checkpoint(ckpt_path: str | Path, weights_only: bool = True) -> dict:
             warnings.simplefilter("ignore")
             ckpt = torch.load(path, map_location="cpu", weights_only=weights_only, mmap=zipfile.is_zipfile(path))
     except Exception as exc:  # torch's message may advise weights_only=False: do not pass that on
-        why = "not a file written by torch.save" if not zipfile.is_zipfile(path) else f"torch.load fails: {type(exc).__name__}"
+        why = ("not a complete file written by torch.save: truncated, e.g. by a full disk, or another kind of file"
+               if not zipfile.is_zipfile(path) else f"torch.load fails: {type(exc).__name__}")
         raise ValueError(f"{path} is not a Lightning checkpoint written by `lit-golf fit` ({why})") from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
         raise ValueError(
@@ -333,13 +368,14 @@ def gpt_from_checkpoint(
 
 def export_from_checkpoint(
     module: nn.Module | None, datamodule, ckpt_path: str | Path | None, out_dir: str | Path, cfg: ExportConfig,
-    device: torch.device | str | None = None,
+    device: torch.device | str | None = None, overwrite: bool = False,
 ) -> ExportReport:
     """`lit-golf export`: GPTQ-export the GPT stored in `ckpt_path` with `datamodule`'s calibration batches.
 
     `module` (a GolfLightningModule or None) supplies the GPTConfig when the checkpoint has none, and
     `use_ema_weights` (default True: the checkpoint's EMA average when it holds one).
-    Runs on CUDA when available. Raises `ArtifactTooLarge` after writing the files when over budget.
+    Runs on CUDA when available. Raises `ArtifactTooLarge` (with the size table) after writing the files
+    when over budget; else logs the size table.
     """
     if ckpt_path is None:
         raise ValueError("export needs a checkpoint: pass --ckpt PATH (a .ckpt written by `lit-golf fit`)")
@@ -347,6 +383,7 @@ def export_from_checkpoint(
     check_vocab(gpt.config.vocab_size, datamodule, f"checkpoint {ckpt_path}")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     gpt.to(device)
-    report = export_model(gpt, calibration_batches(datamodule, cfg), cfg, out_dir, tokenizer_record(datamodule))
-    log.info("artifact %s\n%s", report.artifact_path, report.table)
+    report = export_model(gpt, calibration_batches(datamodule, cfg), cfg, out_dir, tokenizer_record(datamodule),
+                          overwrite)
+    log.info(report.summary)
     return report

@@ -45,6 +45,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lit_golf.files import write_atomic
+
 MAGIC = b"LGOLFQ\r\n"  # the CR/LF pair catches files mangled by text-mode transfers
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
@@ -457,12 +459,7 @@ def unpack(blob: bytes, source: str = "<artifact>") -> tuple[dict, dict[str, Sto
 
 def write_artifact(path: str | Path, blob: bytes) -> Path:
     """Write atomically (temp file + rename) so a crash never leaves a half-written artifact behind."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(blob)
-    tmp.replace(path)
-    return path
+    return write_atomic(path, blob)
 
 
 def read_artifact(path: str | Path) -> tuple[dict, dict[str, StoredTensor]]:
