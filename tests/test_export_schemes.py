@@ -124,7 +124,7 @@ def test_nearest_neighbour_order_is_a_greedy_permutation():
 
 @pytest.fixture(scope="module")
 def exported_tiny():
-    gpt, batches = tiny_gpt(), token_batches(3)
+    gpt, batches = tiny_gpt(sparse_attn_gate=True), token_batches(3)
     return gpt, batches, collect_hessians(gpt, batches)
 
 
@@ -157,7 +157,9 @@ def test_lqer_gates_and_per_group_export_loads_bit_exactly_and_lowers_the_error(
     gaps = {n: float(torch.linalg.norm(gptq.dequantize(plain[n].parts) - gpt_weight(gpt, n))) for n in plain
             if plain[n].quantized}
     assert set(corrected) == set(sorted(gaps, key=gaps.get)[-3:])  # the three largest GPTQ errors
-    assert stored["skip_gates"].scheme == "int8_row" and stored["skip_gates"].group == "gate"
+    gates = {n for n, s in stored.items() if s.scheme == "int8_row"}  # QuantGate: the attention gates, as 04-23
+    assert gates == {f"blocks.{i}.attn.gate_weight" for i in range(gpt.config.num_layers)}
+    assert all(stored[n].group == "gate" for n in gates) and stored["skip_gates"].scheme == "passthrough"
     assert sum(errors.values()) < sum(plain_errors.values())
     report = export_model(gpt, batches, cfg, tmp_path)
     loaded = artifact.load(report.artifact_path)

@@ -11,11 +11,12 @@ from test_eval_support import BOS, TINY_GPT, VOCAB, small_eval_config, synthetic
 
 from lit_golf import artifact
 from lit_golf.config import GPTConfig
-from lit_golf.data.documents import find_documents
+from lit_golf.data.documents import Document, find_documents
 from lit_golf.data.shards import BOS_ID
 from lit_golf.eval.config import TTTConfig
 from lit_golf.eval.lora import BatchedLoRA
 from lit_golf.eval.metric import BitsPerByte
+from lit_golf.eval.plan import plan_batches
 from lit_golf.eval.runner import evaluate
 from lit_golf.eval.ttt import DocumentBatchScorer, TTTTrace
 from lit_golf.eval.valset import ValSet
@@ -305,35 +306,68 @@ def test_lora_alpha_scales_the_delta_by_alpha_over_rank():
     torch.testing.assert_close(scaled.delta("q", 0, x), plain.delta("q", 0, x) * 36.0)
 
 
-def test_warm_start_keeps_a_between_batches_and_redraws_it_at_a_phase_start():
+def batch_of(first: int, size: int = 4) -> list[Document]:
+    """`size` documents from index `first` (a scorer's reset reads only their count and the first index)."""
+    return [Document(first + i, 0, 1) for i in range(size)]
+
+
+def warm_and_cold_scorers() -> tuple[DocumentBatchScorer, DocumentBatchScorer]:
+    """Scorers of 4 rows on one model, with and without warm-start A."""
     model = tiny_model()
-    tokens = synthetic_val([10, 10], seed=1)
-    val = ValSet.build(tokens, synthetic_luts(), "cpu")
+    val = ValSet.build(synthetic_val([10, 10], seed=1), synthetic_luts(), "cpu")
+    return tuple(DocumentBatchScorer(model, val, small_eval_config(ttt={"lora_alpha": 144.0, "warm_start_a": warm}),
+                                     BitsPerByte(), None) for warm in (True, False))
 
-    def scorer(warm: bool) -> DocumentBatchScorer:
-        cfg = small_eval_config(ttt={"lora_alpha": 144.0, "warm_start_a": warm})
-        return DocumentBatchScorer(model, val, cfg, BitsPerByte(), None)
 
-    def a_and_b(s: DocumentBatchScorer) -> tuple[torch.Tensor, torch.Tensor]:
-        return s.lora.A["q"][0].detach().clone(), s.lora.B["q"][0].detach().clone()
+def a_and_b(scorer: DocumentBatchScorer) -> tuple[torch.Tensor, torch.Tensor]:
+    return scorer.lora.A["q"][0].detach().clone(), scorer.lora.B["q"][0].detach().clone()
 
-    warm, cold = scorer(True), scorer(False)
-    warm._reset(3)
-    cold._reset(3)
-    drawn = a_and_b(cold)[0]
-    assert torch.equal(a_and_b(warm)[0], drawn)  # the phase's first batch draws A as without warm start
+
+def train_adapters(*scorers: DocumentBatchScorer) -> None:
+    """Move A and B as training on a batch would."""
     with torch.no_grad():
-        for s in (warm, cold):  # as after training on a batch
+        for s in scorers:
             s.lora.A["q"][0].add_(1.0)
             s.lora.B["q"][0].add_(1.0)
-    warm._reset(7)
-    cold._reset(7)
+
+
+def test_warm_start_keeps_a_between_batches_and_redraws_it_at_a_phase_start():
+    warm, cold = warm_and_cold_scorers()
+    warm._reset(batch_of(3))
+    cold._reset(batch_of(3))
+    drawn = a_and_b(cold)[0]
+    assert torch.equal(a_and_b(warm)[0], drawn)  # the phase's first batch draws A as without warm start
+    train_adapters(warm, cold)
+    warm._reset(batch_of(7))
+    cold._reset(batch_of(7))
     a, b = a_and_b(warm)
     assert torch.equal(a, drawn + 1.0) and not b.any()
     assert not torch.equal(a_and_b(cold)[0], drawn + 1.0) and not a_and_b(cold)[1].any()
     warm.start_phase()
-    warm._reset(7)
+    warm._reset(batch_of(7))
     assert torch.equal(a_and_b(warm)[0], a_and_b(cold)[0])
+
+
+def test_warm_start_draws_a_short_batch_its_own_a():
+    """The 04-23 record builds a fresh adapter for a batch with fewer documents than rows: the warm A
+    does not carry into a short batch, and the batch after a short one draws too."""
+    warm, cold = warm_and_cold_scorers()
+    warm._reset(batch_of(3))
+    train_adapters(warm)
+    for scorer in (warm, cold):
+        scorer._reset(batch_of(7, size=2))
+    assert torch.equal(a_and_b(warm)[0], a_and_b(cold)[0]) and not a_and_b(warm)[1].any()
+    train_adapters(warm)
+    for scorer in (warm, cold):
+        scorer._reset(batch_of(9))
+    assert torch.equal(a_and_b(warm)[0], a_and_b(cold)[0])
+
+
+def test_a_stage_runs_its_short_batch_last_on_its_rank():
+    """At equal cost (one chunk, one window width) the full batch runs first, although its first document
+    comes later in the stream: the short batch never sits between two warm-started full batches."""
+    docs = [Document(0, 0, 5), Document(1, 6, 6), Document(2, 13, 7)]
+    assert plan_batches(docs, 2, 0, 1, 8, 64, 16) == [[docs[2], docs[1]], [docs[0]]]
 
 
 def test_phased_ttt_redraws_a_once_per_stage_with_warm_start(monkeypatch):

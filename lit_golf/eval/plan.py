@@ -47,13 +47,14 @@ def plan_batches(
     context_len: int,
     bucket: int,
 ) -> list[list[Document]]:
-    """This rank's batches of one stage, in the order it runs them (most expensive first)."""
+    """This rank's batches of one stage, in the order it runs them (most expensive first; at equal cost the
+    fuller batch first, so the one short batch of a stage runs last on its rank)."""
     ordered = sorted(docs, key=lambda d: (-d.num_targets, d.index))
     batches = [ordered[i : i + batch_docs] for i in range(0, len(ordered), batch_docs)]
     costs = [batch_cost(batch[0].num_targets, chunk_size, context_len, bucket) for batch in batches]
     load = [0] * world
     mine = []
-    for cost, batch in sorted(zip(costs, batches, strict=True), key=lambda cb: (-cb[0], cb[1][0].index)):
+    for cost, batch in sorted(zip(costs, batches, strict=True), key=lambda cb: (-cb[0], -len(cb[1]), cb[1][0].index)):
         owner = min(range(world), key=lambda r: (load[r], r))
         load[owner] += cost
         if owner == rank:

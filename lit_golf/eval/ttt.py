@@ -145,7 +145,7 @@ class DocumentBatchScorer:
         lengths = [d.num_targets for d in docs] + [0] * (self.rows - len(docs))
         doc_start = torch.tensor([d.start for d in docs] + [0] * (self.rows - len(docs)), device=device)
         targets = torch.tensor(lengths, device=device)
-        self._reset(docs[0].index)
+        self._reset(docs)
         chunks = num_chunks(max(lengths), cfg.ttt.chunk_size)
         for ci in range(chunks):
             chunk_lo = ci * cfg.ttt.chunk_size
@@ -199,12 +199,16 @@ class DocumentBatchScorer:
         """The base model may have changed: the next batch draws new adapters `A` even when they are warm-started."""
         self.draw_a = True
 
-    def _reset(self, seed: int) -> None:
+    def _reset(self, docs: list[Document]) -> None:
         """Fresh adapters (A seeded by the batch's first document: without warm start the result ignores rank
-        and order; with it, A is drawn at a phase's first batch and carried over after) and optimizer."""
-        self.generator.manual_seed(seed)
-        self.lora.reset(self.generator, keep_a=self.cfg.ttt.warm_start_a and not self.draw_a)
-        self.draw_a = False
+        and order) and optimizer. With warm start, A is drawn at a phase's first batch and carried over
+        between full batches; a short batch (fewer documents than rows) draws its own A, as the 04-23
+        record builds a fresh adapter for it, and the batch after it draws again (the plan runs a stage's
+        short batch last on its rank, so in practice that is the next phase's first batch)."""
+        short = len(docs) < self.rows
+        self.generator.manual_seed(docs[0].index)
+        self.lora.reset(self.generator, keep_a=self.cfg.ttt.warm_start_a and not self.draw_a and not short)
+        self.draw_a = short
         for state in self.optimizer.state.values():
             for value in state.values():
                 if torch.is_tensor(value):

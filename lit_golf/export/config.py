@@ -15,16 +15,17 @@ class SchemeChoice:
     """The quantization scheme of each tensor group (`lit_golf.export.schemes`).
 
     `attn`, `mlp`, `embed`: 'gptq', or 'lqer_asym' (GPTQ; the `LQERConfig.top_k` matrices of such groups
-    with the largest error also get a low-rank correction). `gates`: small float tensors whose name
+    with the largest error also get a low-rank correction). `gates`: small 2-D float tensors whose name
     matches one of `gate_patterns` (fnmatch), 'passthrough' (float16) or 'int8_row' (the frontier's
-    QuantGate).
+    QuantGate). The default patterns take the sparse attention gates only, as the 04-23 record's
+    QuantGate does (its `attn_gate_w`); the U-Net skip gates stay float16 there and here.
     """
 
     attn: str = "gptq"
     mlp: str = "gptq"
     embed: str = "gptq"
     gates: str = "passthrough"
-    gate_patterns: list[str] = field(default_factory=lambda: ["*gate*"])
+    gate_patterns: list[str] = field(default_factory=lambda: ["blocks.*.attn.gate_weight"])
 
     def __post_init__(self) -> None:
         problems = [f"schemes.{g}={getattr(self, g)!r} must be one of {MATRIX_SCHEMES}"

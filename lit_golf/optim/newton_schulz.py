@@ -42,9 +42,10 @@ class NewtonSchulzSchedule(NamedTuple):
 MUON5_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 
 # Polar Express (Amsel et al. 2025, arXiv:2505.16932): one minimax-optimal quintic per iteration for
-# 5 iterations, as computed for modded-nanogpt with a 2% safety margin, so the input is normalized by
-# 1.02 x its Frobenius norm. The 2026-04-23 record applies the same triples with a plain Frobenius
-# normalization; ``ns_coefficients`` with ``ns_safety_factor: 1.0`` in YAML reproduces that exactly.
+# 5 iterations, as computed for modded-nanogpt. "polar_express" applies them as the 2026-04-23 record
+# (openai/parameter-golf, PR #1344 -> #1787) does: input divided by its plain Frobenius norm.
+# "polar_express_safe" adds modded-nanogpt's 2% safety margin (input / (1.02 x norm)) against bf16
+# rounding pushing a singular value past 1.
 POLAR_EXPRESS_COEFFICIENTS = (
     (8.156554524902461, -22.48329292557795, 15.878769915207462),
     (4.042929935166739, -2.808917465908714, 0.5000178451051316),
@@ -56,7 +57,8 @@ POLAR_EXPRESS_SAFETY_FACTOR = 1.02
 
 NS_SCHEDULES: dict[str, NewtonSchulzSchedule] = {
     "muon5": NewtonSchulzSchedule((MUON5_COEFFICIENTS,) * 5),
-    "polar_express": NewtonSchulzSchedule(POLAR_EXPRESS_COEFFICIENTS, POLAR_EXPRESS_SAFETY_FACTOR),
+    "polar_express": NewtonSchulzSchedule(POLAR_EXPRESS_COEFFICIENTS),
+    "polar_express_safe": NewtonSchulzSchedule(POLAR_EXPRESS_COEFFICIENTS, POLAR_EXPRESS_SAFETY_FACTOR),
 }
 
 
