@@ -81,9 +81,9 @@ def test_check_marks_a_score_of_part_of_the_validation_set(tmp_path, capsys):
     results = {**legal_results(1, tmp_path), "val_tokens_limited": True, "evaluation": {"max_docs": 8}}
     run = write_run(tmp_path / "run", results)
     assert main(["check", str(run)]) == 1
-    assert failed_rules(capsys) == ["✗ scored on the whole validation set: seed 1: partial, the first 8 documents "
-                                    "of the validation set (model.evaluation.max_docs / max_tokens, "
-                                    "data.max_val_docs); a record scores all of it"]
+    assert failed_rules(capsys) == ["✗ scored on the whole validation set: seed 1: partial, at most 8 documents of the "
+                                    "validation set (model.evaluation.max_docs / max_tokens, data.max_val_docs); a "
+                                    "record scores all of it"]
 
 
 # --- a final_bpb that is not the one the run logged ------------------------------------------------------

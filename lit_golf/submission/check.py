@@ -320,7 +320,7 @@ def check_whole_validation_set(runs: Runs) -> Verdict:
             evaluation = r.get("evaluation", {})
             cuts = [f"{evaluation[key]:,} {what}" for key, what in (("max_docs", "documents"), ("max_tokens", "tokens"))
                     if evaluation.get(key) is not None]
-            return Verdict(False, rule, f"seed {r.get('seed')}: partial, the first {' / '.join(cuts) or 'part'} of "
+            return Verdict(False, rule, f"seed {r.get('seed')}: partial, at most {' and '.join(cuts) or 'part'} of "
                            "the validation set (model.evaluation.max_docs / max_tokens, data.max_val_docs); a record "
                            "scores all of it")
     return Verdict(True, rule, "every validation document scored")
