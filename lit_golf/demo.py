@@ -16,6 +16,8 @@ from pathlib import Path
 from jsonargparse import ArgumentParser
 
 from lit_golf.config_files import CONFIG_DIR, config_names, resolve_config
+from lit_golf.files import write_atomic
+from lit_golf.tool_output import is_disk_error, output_folder, write_failure
 from lit_golf.tool_parser import tool_parser
 
 DEFAULT_CONFIG = CONFIG_DIR / "tiny_cpu.yaml"
@@ -63,7 +65,7 @@ def prepare_demo_data(corpus: Path, data_dir: Path, vocab_size: int, num_val_doc
     ])
     if code != 0:
         return None
-    stamp.write_text(json.dumps(wanted) + "\n")
+    write_atomic(stamp, json.dumps(wanted) + "\n")
     return json.loads(manifest_path(data_dir, vocab_size).read_text()), False
 
 
@@ -78,20 +80,40 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
+def _check_args(args) -> Path:
+    """The training config's path, once every number is one the demo can run with."""
+    for name in ("max_docs", "num_val_docs", "max_steps"):  # --vocab-size: prepare-data says which sizes work
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
+    config = Path(resolve_config(args.config))
+    if not config.is_file():
+        raise FileNotFoundError(f"--config {args.config}: no such file or config; pass a file or one of "
+                                f"{', '.join(config_names())}")
+    return config
+
+
 def cli_main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    config = _check_args(args)
+    out = output_folder(args.out, "--out")
+    try:
+        return _run(args, config, out)
+    except OSError as err:
+        if not is_disk_error(err):
+            raise
+        raise ValueError(write_failure(err, "--out", out)) from None
+
+
+def _run(args, config: Path, out: Path) -> int:
+    """Corpus, data, fit, test: each step says what it made, and a failing step stops the demo."""
     from lit_golf.data.demo_corpus import write_stdlib_corpus
     from lit_golf.lightning_cli import run_lightning_cli
 
-    config = Path(resolve_config(args.config))
-    if not config.is_file():
-        raise SystemExit(f"lit-golf demo: config {config} not found; pass a file or one of {', '.join(config_names())}")
-    out = Path(args.out)
     data_dir = out / "data"
     started = time.perf_counter()
 
     corpus = out / "corpus.jsonl"
-    out.mkdir(parents=True, exist_ok=True)
     n_docs = write_stdlib_corpus(corpus, max_docs=args.max_docs)
     _say(f"1/4 corpus: {n_docs} documents from the Python standard library's docstrings -> {corpus}")
 
@@ -134,6 +156,6 @@ def cli_main(argv: list[str] | None = None) -> int:
         "test": {k: v for k, v in results.items() if isinstance(v, (int, float, str))},
         "seconds": round(time.perf_counter() - started, 1),
     }
-    (out / "demo_summary.json").write_text(json.dumps(summary, indent=2))
+    write_atomic(out / "demo_summary.json", json.dumps(summary, indent=2))
     _say(f"done in {summary['seconds']}s; summary in {out / 'demo_summary.json'}")
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 from fnmatch import fnmatchcase
@@ -229,3 +230,33 @@ def test_default_repository_per_variant(tmp_path, hub, monkeypatch):
     for variant in ("sp1024", "sp8192"):
         assert cli_main(["--variant", variant, "--out", str(tmp_path / variant)]) == 2
     assert seen == [download.DEFAULT_REPOS["sp1024"], download.DEFAULT_REPOS["sp8192"]]
+
+
+def test_a_full_disk_is_not_an_unreachable_hub(tmp_path, hub, capsys):
+    out = tmp_path / "data"
+    hub.failure = OSError(errno.ENOSPC, "No space left on device", str(out / STAGING_DIR / "x.bin"))
+    assert run(out, "--train-shards", "1") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("lit-golf download: error: the disk is full: writing") and "\n" not in err, err
+    assert "cannot reach" not in err and "--out on another disk" in err
+
+
+def test_out_that_is_a_file(tmp_path, hub, capsys):
+    out = tmp_path / "data"
+    out.write_text("x\n")
+    assert run(out) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"--out {out}: cannot write there ({out} is a file, not a folder)" in err and "\n" not in err, err
+    assert hub.calls == []
+
+
+def test_refuses_to_mix_the_hub_s_shards_into_a_prepared_dataset(tmp_path, hub, capsys):
+    """prepare-data's manifest vouches for its own shards and tokenizer; the hub's would join them unseen."""
+    out = tmp_path / "data"
+    manifest = dataset_dir(out, 1024) / "manifest.json"
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text(json.dumps({"vocab_size": 1024, "tokenizer": {"sha256": "0" * 64}}))
+    assert run(out, "--train-shards", "1") == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{manifest.parent} holds a dataset made by `lit-golf prepare-data` (manifest.json)" in err, err
+    assert "download into another --out" in err and hub.calls == []

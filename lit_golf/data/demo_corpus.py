@@ -17,6 +17,8 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
+from lit_golf.files import atomic_path
+
 # Modules whose import opens windows or browsers, prints, grabs the terminal, or is just huge.
 SKIPPED_MODULES = frozenset(
     {"antigravity", "this", "tkinter", "idlelib", "turtle", "turtledemo", "readline", "test", "tests", "idle_test",
@@ -104,7 +106,7 @@ def write_stdlib_corpus(path: str | Path, max_docs: int = DEFAULT_MAX_DOCS, max_
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     written = size = 0
-    with open(path, "w", encoding="utf-8") as f:
+    with atomic_path(path) as partial, open(partial, "w", encoding="utf-8") as f:
         for doc in stdlib_documents():
             if written >= max_docs or size + len(doc.encode("utf-8")) > max_bytes:
                 break

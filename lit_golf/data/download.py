@@ -28,14 +28,18 @@ from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, Revi
 from jsonargparse import ArgumentParser
 
 from lit_golf.data.shards import (
+    HUB_MANIFEST,
     ShardError,
     dataset_dir,
+    manifest_path,
     read_header,
     shard_glob,
     shard_name,
     tokenizer_filename,
     tokenizer_path,
 )
+from lit_golf.files import write_atomic
+from lit_golf.tool_output import is_disk_error, output_folder, write_failure
 from lit_golf.tool_parser import tool_parser
 
 # sp1024 is in the challenge's own repository; the SP-8192 export used by the 2026 records was
@@ -44,7 +48,6 @@ DEFAULT_REPOS = {"sp1024": "willdepueoai/parameter-golf", "sp8192": "kevclark/pa
 DEFAULT_REMOTE_PREFIX = "datasets"
 DEFAULT_TRAIN_SHARDS = 80
 STAGING_DIR = ".hub-download"
-HUB_MANIFEST = "hub_manifest.json"
 
 
 class DownloadError(ValueError):
@@ -99,6 +102,9 @@ class Hub:
                 f"dataset repository {self.repo_id} is not on the hub (or is private): check --repo-id"
             ) from err
         except (HfHubHTTPError, OSError) as err:  # LocalEntryNotFoundError: offline, DNS, proxy, hub down
+            if isinstance(err, OSError) and is_disk_error(err):  # the hub answered; our disk did not take the file
+                raise DownloadError(f"{write_failure(err, '--out', self.staging.parent)}; files already downloaded "
+                                    "are kept") from None
             raise self._unreachable(err) from err
 
     def staged(self, remote: str) -> Path | None:
@@ -246,7 +252,7 @@ def _fetch_manifest(hub: Hub, layout: Layout) -> dict | None:
         return None
     manifest = json.loads(staged.read_text(encoding="utf-8"))
     cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps({"repo_id": hub.repo_id, "manifest": manifest}, indent=1) + "\n", encoding="utf-8")
+    write_atomic(cache, json.dumps({"repo_id": hub.repo_id, "manifest": manifest}, indent=1) + "\n")
     return manifest
 
 
@@ -255,9 +261,21 @@ def _full_shard_tokens(plan: ManifestPlan, index: int, total: int) -> int | None
     return plan.shard_tokens if plan.shard_tokens and index < total - 1 else None
 
 
+def _refuse_prepared_data(data_dir: Path, vocab_size: int) -> None:
+    """The hub's shards must not join a dataset `prepare-data` made from other documents, possibly with another
+    tokenizer of the same size: its manifest would vouch for shards it never saw."""
+    manifest = manifest_path(data_dir, vocab_size)
+    if manifest.is_file():
+        raise DownloadError(
+            f"{manifest.parent} holds a dataset made by `lit-golf prepare-data` ({manifest.name}): the published shards "
+            "would mix with its own; download into another --out"
+        )
+
+
 def download(args: argparse.Namespace) -> dict:
-    data_dir = Path(args.out)
+    data_dir = output_folder(args.out, "--out")
     layout = Layout(args.remote_prefix.strip("/"), args.variant, data_dir)
+    _refuse_prepared_data(data_dir, layout.vocab_size)
     repo_id = args.repo_id or DEFAULT_REPOS[args.variant]
     staging = data_dir / STAGING_DIR
     hub = Hub(repo_id, args.revision, staging)
@@ -347,14 +365,12 @@ def build_parser() -> ArgumentParser:
 
 def cli_main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from lit_golf.data.tokenizer import TokenizerError
-
     if args.train_shards < 0:
         print(f"lit-golf download: error: --train-shards must be >= 0, got {args.train_shards}", file=sys.stderr)
         return 2
     try:
         summary = download(args)
-    except (DownloadError, ShardError, TokenizerError) as err:
+    except ValueError as err:  # DownloadError, ShardError, TokenizerError, an --out that cannot be written
         print(f"lit-golf download: error: {err}", file=sys.stderr)
         return 2
     print(

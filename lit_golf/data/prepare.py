@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import hashlib
 import itertools
 import json
 import lzma
@@ -35,15 +36,19 @@ from tqdm import tqdm
 
 from lit_golf.data.shards import (
     BOS_ID,
+    HUB_MANIFEST,
+    MANIFEST_NAME,
     SIDECAR_SPLIT,
     SPLITS,
     dataset_dir,
     file_sha256,
     shard_glob,
     shard_name,
+    tokenizer_filename,
     tokenizer_path,
     write_shard,
 )
+from lit_golf.tool_output import is_disk_error, output_folder, replace_folder, write_failure
 from lit_golf.tool_parser import tool_parser
 
 DEFAULT_NUM_VAL_DOCS = 50_000
@@ -414,18 +419,18 @@ def _training_documents(args: argparse.Namespace, inputs: list[Path]) -> Iterato
     return itertools.islice(itertools.chain([first], docs), args.tokenizer_train_docs)
 
 
-def _install_tokenizer(args: argparse.Namespace, inputs: list[Path], out: Path, vocab: int) -> Path:
-    """Train the tokenizer (on training documents only) into `<out>/tokenizers/`, or copy the given one there;
-    return its path."""
-    target = tokenizer_path(out, vocab)
+def _tokenizer_for(args: argparse.Namespace, inputs: list[Path], build: Path, vocab: int) -> Path:
+    """The tokenizer the shards are made with: trained into the build folder `build` (on training documents
+    only), or the given `--tokenizer`."""
     if args.train_tokenizer:
         docs = _training_documents(args, inputs)
-        print(f"training a {vocab}-token SentencePiece BPE tokenizer on training documents -> {target}", file=sys.stderr)
+        print(f"training a {vocab}-token SentencePiece BPE tokenizer on training documents", file=sys.stderr)
+        model = build / "tokenizer" / tokenizer_filename(vocab)
         if not args.caseops:
-            return train_tokenizer(docs, vocab, target)
+            return train_tokenizer(docs, vocab, model)
         from lit_golf.data.caseops import OPERATORS, transform
 
-        return train_tokenizer(map(transform, docs), vocab, target, OPERATORS)
+        return train_tokenizer(map(transform, docs), vocab, model, OPERATORS)
     source = Path(args.tokenizer)
     if args.caseops:
         from lit_golf.data.caseops import CaseOpsError, operator_ids
@@ -434,17 +439,39 @@ def _install_tokenizer(args: argparse.Namespace, inputs: list[Path], out: Path, 
             operator_ids(spm.SentencePieceProcessor(model_file=str(source)))
         except CaseOpsError as err:
             raise PrepareError(f"--caseops with tokenizer {source}: {err}") from None
-    if not (target.exists() and target.samefile(source)):
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, target)
-    return target
+    return source
+
+
+def _tokenizer_files(model: Path, build: Path, target: Path) -> dict[Path, Path | None]:
+    """The tokenizer files to rename onto `target` (`<out>/tokenizers/fineweb_<V>_bpe.model`) and its .vocab once
+    the dataset is swapped in, copied into the build folder first; None for a .vocab of an earlier tokenizer
+    that the new one lacks (removed, not left describing another model). Nothing when `model` is `target`."""
+    if target.exists() and target.samefile(model):
+        return {}
+    output_folder(target.parent, "--out")
+    files: dict[Path, Path | None] = {}
+    for source, final in ((model, target), (model.with_suffix(".vocab"), target.with_suffix(".vocab"))):
+        staged = build / "tokenizer" / final.name
+        if source.is_file() and source != staged:
+            staged.parent.mkdir(exist_ok=True)
+            shutil.copyfile(source, staged)
+        files[final] = staged if staged.is_file() else None
+    return files
 
 
 def _check_args(args: argparse.Namespace, inputs: list[Path]) -> None:
+    seen: dict[tuple[int, int], Path] = {}
     for path in inputs:
         if not path.is_file():
             raise PrepareError(f"input {path} does not exist: pass an existing --input file")
         _document_format(path)
+        identity = (path.stat().st_dev, path.stat().st_ino)
+        if identity in seen:
+            raise PrepareError(
+                f"--input {path} is the same file as --input {seen[identity]}: its documents would be validation "
+                "and training at once; pass each file once"
+            )
+        seen[identity] = path
     if args.train_tokenizer == (args.tokenizer is not None):
         raise PrepareError("pass exactly one of --tokenizer PATH or --train-tokenizer --vocab-size V")
     if args.train_tokenizer and args.vocab_size is None:
@@ -470,29 +497,47 @@ def _dataset_files(directory: Path) -> list[Path]:
     return [p for split in (*SPLITS, SIDECAR_SPLIT) for p in directory.glob(shard_glob(split))]
 
 
-def _clear_or_refuse(directory: Path, overwrite: bool) -> None:
+def _refuse_existing(directory: Path, overwrite: bool) -> None:
     existing = _dataset_files(directory)
     if existing and not overwrite:
         raise PrepareError(
             f"{directory} already holds {len(existing)} shards: pass --overwrite to replace them or choose another --out"
         )
-    for path in existing:
-        path.unlink()
 
 
-def prepare(args: argparse.Namespace) -> dict:
-    """Run prepare-data for parsed arguments; returns the manifest it wrote."""
-    inputs = [Path(p) for p in args.input]
-    _check_args(args, inputs)
-    out = Path(args.out)
-    vocab_size = _target_vocab(args)
-    target_dir = dataset_dir(out, vocab_size)
-    _clear_or_refuse(target_dir, args.overwrite)  # before anything in `out` is replaced
-    model_path = _install_tokenizer(args, inputs, out, vocab_size)
-    target_dir.mkdir(parents=True, exist_ok=True)
+def _made_by_a_data_tool(entry: Path) -> bool:
+    """Shards, sidecars and manifests, which a new dataset replaces; anything else in the folder is kept."""
+    return entry.name in (MANIFEST_NAME, HUB_MANIFEST) or any(
+        entry.match(shard_glob(split)) for split in (*SPLITS, SIDECAR_SPLIT)
+    )
 
-    sinks = {split: ShardSink(target_dir, split, args.shard_tokens) for split in (*SPLITS, SIDECAR_SPLIT)}
-    docs = iter_documents(inputs, args.text_field, args.max_docs)
+
+class ValCopies:
+    """Counts training documents that are exact copies of a validation document: their text would be scored
+    after the model trained on it (a corpus with duplicates, or overlapping inputs)."""
+
+    def __init__(self, num_val_docs: int):
+        self.num_val_docs, self.val_hashes, self.count = num_val_docs, set(), 0
+
+    def __call__(self, docs: Iterable[str]) -> Iterator[str]:
+        for index, text in enumerate(docs):
+            digest = hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
+            if index < self.num_val_docs:
+                self.val_hashes.add(digest)
+            elif digest in self.val_hashes:
+                self.count += 1
+            yield text
+
+
+def _build(args: argparse.Namespace, inputs: list[Path], out: Path, build: Path, vocab_size: int) -> tuple[dict, Path]:
+    """A trained tokenizer in the build folder `build`, shards and manifest in `build/dataset/`; returns the
+    manifest and the tokenizer's path."""
+    model_path = _tokenizer_for(args, inputs, build, vocab_size)
+    dataset = build / "dataset"
+    dataset.mkdir()
+    sinks = {split: ShardSink(dataset, split, args.shard_tokens) for split in (*SPLITS, SIDECAR_SPLIT)}
+    val_copies = ValCopies(args.num_val_docs)
+    docs = val_copies(iter_documents(inputs, args.text_field, args.max_docs))
     chunks = split_into_chunks(docs, args.num_val_docs)
     with tqdm(total=args.max_docs, unit="doc", desc="tokenizing", disable=args.quiet) as bar:
         for split, n_docs, tokens, text_bytes, sidecar in encode_in_order(
@@ -504,25 +549,61 @@ def prepare(args: argparse.Namespace) -> dict:
             bar.update(n_docs)
     for sink in sinks.values():
         sink.flush()
-    if sinks["train"].stats.docs == 0:  # nothing to train on: leave no half-made dataset behind
-        for path in _dataset_files(target_dir):
-            path.unlink()
+    if sinks["train"].stats.docs == 0:
         raise _too_few_documents(inputs, sinks["val"].stats.docs, args.num_val_docs)
+    if val_copies.count:
+        print(f"warning: {val_copies.count} training documents are exact copies of validation documents: the "
+              "validation score counts text the model trained on (deduplicate the input to avoid it)", file=sys.stderr)
 
     manifest = {
         "vocab_size": vocab_size,
         "bos_id": BOS_ID,
-        "tokenizer": {"path": str(model_path.relative_to(out)), "sha256": sha256_of(model_path)},
+        "tokenizer": {"path": str(tokenizer_path(out, vocab_size).relative_to(out)), "sha256": sha256_of(model_path)},
         "shard_tokens": args.shard_tokens,
         "num_val_docs": args.num_val_docs,
         "inputs": [str(p) for p in inputs],
         "splits": {split: asdict(sinks[split].stats) for split in SPLITS},
+        "train_copies_of_val_docs": val_copies.count,
     }
     if args.caseops:
         from lit_golf.data.caseops import manifest_entry
 
         manifest["caseops"] = manifest_entry(sinks[SIDECAR_SPLIT].stats.shards, sinks[SIDECAR_SPLIT].stats.bytes)
-    (target_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    (dataset / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return manifest, model_path
+
+
+def prepare(args: argparse.Namespace) -> dict:
+    """Run prepare-data for parsed arguments; returns the manifest it wrote.
+
+    Everything is built in a hidden folder beside the target and swapped in at the end, so bad input found
+    halfway, a full disk or Ctrl-C leave the data already there (shards, manifest, tokenizer) as it was.
+    """
+    inputs = [Path(p) for p in args.input]
+    _check_args(args, inputs)
+    out = Path(args.out)
+    vocab_size = _target_vocab(args)
+    target_dir = dataset_dir(out, vocab_size)
+    _refuse_existing(target_dir, args.overwrite)
+    output_folder(out, "--out")
+    build = None
+    try:
+        build = Path(tempfile.mkdtemp(prefix=f".{target_dir.name}.partial-", dir=output_folder(target_dir.parent, "--out")))
+        manifest, model_path = _build(args, inputs, out, build, vocab_size)
+        tokenizer_files = _tokenizer_files(model_path, build, tokenizer_path(out, vocab_size))
+        replace_folder(build / "dataset", target_dir, keep=lambda entry: not _made_by_a_data_tool(entry))
+        for final, staged in tokenizer_files.items():  # renames only, after the swap
+            if staged is None:
+                final.unlink(missing_ok=True)
+            else:
+                os.replace(staged, final)
+    except OSError as err:
+        if not is_disk_error(err):
+            raise
+        raise PrepareError(f"{write_failure(err, '--out', out)}; the data already in {target_dir} is unchanged") from None
+    finally:
+        if build is not None:
+            shutil.rmtree(build, ignore_errors=True)
     return manifest
 
 
@@ -572,7 +653,7 @@ def cli_main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         manifest = prepare(args)
-    except PrepareError as err:
+    except ValueError as err:  # PrepareError, and an --out that cannot be written (`tool_output.output_folder`)
         print(f"lit-golf prepare-data: error: {err}", file=sys.stderr)
         return 2
     summary = ", ".join(

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from pathlib import Path
 
 import numpy as np
+
+from lit_golf.files import atomic_path
 
 SHARD_MAGIC = 20240520
 SHARD_VERSION = 1
@@ -22,6 +23,8 @@ HEADER_BYTES = HEADER_INTS * 4
 TOKEN_DTYPE = np.dtype("<u2")
 BOS_ID = 1
 SPLITS = ("train", "val")
+MANIFEST_NAME = "manifest.json"  # what `prepare-data` records about a dataset, beside its shards
+HUB_MANIFEST = "hub_manifest.json"  # `download`'s copy of the hub repository's manifest
 
 
 class ShardError(ValueError):
@@ -42,7 +45,7 @@ def tokenizer_path(data_dir: str | Path, vocab_size: int) -> Path:
 
 def manifest_path(data_dir: str | Path, vocab_size: int) -> Path:
     """`manifest.json` of a dataset directory (written by `prepare-data`; optional)."""
-    return dataset_dir(data_dir, vocab_size) / "manifest.json"
+    return dataset_dir(data_dir, vocab_size) / MANIFEST_NAME
 
 
 def file_sha256(path: str | Path) -> str:
@@ -161,11 +164,9 @@ def write_shard(path: str | Path, tokens: np.ndarray) -> None:
         raise ShardError(f"cannot write {path}: token ids must lie in 0..65535 to fit the uint16 shard format")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    with open(partial, "wb") as f:
+    with atomic_path(path) as partial, open(partial, "wb") as f:
         f.write(_header(tokens.size).tobytes())
         f.write(tokens.astype(TOKEN_DTYPE, copy=False).tobytes())
-    os.replace(partial, path)
 
 
 def read_header(path: str | Path) -> int:
