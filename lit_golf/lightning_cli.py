@@ -55,6 +55,7 @@ LINKED = {
     "data.eval_seq_len": "model.evaluation.plain.seq_len",
     "data.val_batch_seqs": "model.evaluation.plain.batch_seqs",
     "data.max_val_docs": "model.evaluation.max_docs",
+    "data.max_val_tokens": "model.evaluation.max_tokens",
 }
 
 
@@ -190,7 +191,6 @@ class GolfCLI(LightningCLI):
 # config), named in a parse error.
 MOVED_FLAGS = {
     **{f"model.evaluation.{old}": f"model.evaluation.{new}" for old, new in LEGACY_FIELDS.items()},
-    "data.max_val_tokens": "model.evaluation.max_docs, a document count",
 }
 
 

@@ -172,8 +172,10 @@ CASES = [
     # flags of the layout before issue 15 name their new place
     ("old-flat-eval-flag", ["fit", "--model.evaluation.ttt_lora_rank", "8"],
      ["--model.evaluation.ttt_lora_rank", "model.evaluation.ttt_lora_rank is now model.evaluation.ttt.lora_rank"]),
-    ("old-max-val-tokens", ["fit", "--data.max_val_tokens", "4096"],
-     ["data.max_val_tokens is now model.evaluation.max_docs, a document count"]),
+    ("derived-data-max-val-tokens", ["fit", "--data.max_val_tokens", "4096"],
+     ['"data.max_val_tokens" must be given via "model.evaluation.max_tokens"']),
+    ("max-tokens-below-one-window", ["fit", "--model.evaluation.max_tokens", "200"],
+     ["evaluation.max_tokens=200 must exceed evaluation.plain.seq_len=256 (one evaluation window)"]),
     ("unknown-trainer-key", ["fit", "--trainer.bogus", "3"], ["unrecognized arguments: --trainer.bogus 3"]),
     ("int-not-a-number", ["fit", "--model.gpt.num_layers", "abc"], ["--model.gpt.num_layers", "int", "abc"]),
     ("float-not-a-number", ["fit", "--model.gpt.mlp_mult", "lots"], ["--model.gpt.mlp_mult", "float", "lots"]),

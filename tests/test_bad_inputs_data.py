@@ -21,7 +21,15 @@ from lit_golf import demo
 from lit_golf.cli import main
 from lit_golf.config import GPTConfig
 from lit_golf.data.datamodule import GolfDataModule, TokenizerMismatch
-from lit_golf.data.shards import dataset_dir, file_sha256, find_shards, manifest_path, tokenizer_path
+from lit_golf.data.shards import (
+    dataset_dir,
+    file_sha256,
+    find_shards,
+    manifest_path,
+    read_shard,
+    tokenizer_path,
+    write_shard,
+)
 from lit_golf.export.config import ExportConfig
 from lit_golf.export.pipeline import artifact_header, tokenizer_record
 from lit_golf.export.serialize import PASSTHROUGH, StoredTensor, pack, read_artifact, write_artifact
@@ -197,7 +205,39 @@ def published_style_manifest(data_dir: Path) -> None:
     manifest_path(data_dir, VOCAB).write_text(json.dumps({"tokenizer": f"fineweb_512_bpe.model sha256 {'ab' * 32}"}))
 
 
+def val_shard_as_train(data_dir: Path) -> None:
+    """A copy of the validation shard among the training ones."""
+    (val,) = find_shards(data_dir, "val", VOCAB)
+    shutil.copyfile(val, val.with_name("fineweb_train_000099.bin"))
+
+
+def val_from_mid_document(data_dir: Path) -> None:
+    """A validation stream that does not start at a document (cut by hand, or not in the upstream format)."""
+    (val,) = find_shards(data_dir, "val", VOCAB)
+    write_shard(val, read_shard(val)[5:])
+
+
+SHORT_WINDOW = ["--model.evaluation.plain.seq_len", "16", "--model.evaluation.sliding.stride", "8"]
+
 DATA_CASES = [
+    # data that cannot mean what it is used for (issue 26, section 4)
+    pytest.param("fit", val_shard_as_train, [], r"train shard \S+fineweb_train_000099\.bin is the same as validation "
+                 r"shard fineweb_val_000000\.bin: the model would be scored on text it trained on",
+                 id="train-shard-is-the-val-shard"),
+    pytest.param("fit", val_from_mid_document, [], r"validation shard \S+fineweb_val_000000\.bin does not start with "
+                 r"BOS \(id 1\)", id="val-starts-mid-document"),
+    pytest.param("test", val_from_mid_document, [], r"does not start with BOS", id="test-val-starts-mid-document"),
+    pytest.param("fit", lambda d: None, ["--data.train_batch_tokens", "1048576", "--data.tokens_per_microbatch", "2048"],
+                 r"the train shards in \S+ hold 226,147 tokens, fewer than one optimizer step "
+                 r"\(data\.train_batch_tokens=1,048,576\): every step would repeat the same text",
+                 id="less-training-data-than-one-step"),
+    pytest.param("fit", lambda d: None, ["--model.evaluation.max_docs", "2"],
+                 r"the validation split in \S+ holds 84 tokens \(as model\.evaluation\.max_docs / max_tokens keep it\), "
+                 r"not more than one evaluation window \(model\.evaluation\.plain\.seq_len=256\)",
+                 id="validation-shorter-than-one-window"),
+    pytest.param("test", lambda d: None, [*SHORT_WINDOW, "--model.evaluation.max_tokens", "30"],
+                 r"model\.evaluation\.max_tokens=30 is below the first validation document's 37 tokens: raise it "
+                 r"\(the evaluation scores whole documents\)", id="max-tokens-below-the-first-document"),
     pytest.param("fit", None, [], r"the validation split in \S+ is empty \(train shards but no fineweb_val_\*\.bin; "
                  r"prepare-data ran with --num-val-docs 0\?\): re-run `lit-golf prepare-data` with --num-val-docs N > 0",
                  id="fit-with-an-empty-validation-split"),
@@ -250,7 +290,8 @@ def test_fit_and_test_refuse_data_that_does_not_fit_together(
 
 
 def test_matching_manifest_and_tokenizer_pass(tiny_data):
-    dm = GolfDataModule(data_dir=str(tiny_data.data_dir), vocab_size=VOCAB)
+    dm = GolfDataModule(data_dir=str(tiny_data.data_dir), vocab_size=VOCAB, train_batch_tokens=4096,
+                        tokens_per_microbatch=2048)
     dm.setup("fit")
     assert dm.tokenizer_record() == {"file": "fineweb_512_bpe.model", "sha256": file_sha256(tiny_data.tokenizer)}
 

@@ -160,7 +160,8 @@ def test_every_shipped_config_parses(name, capsys):
 
 
 def test_the_evaluation_owns_the_validation_window_batch_and_documents(tiny_data, monkeypatch):
-    """`data.eval_seq_len`, `val_batch_seqs` and `max_val_docs` follow `model.evaluation` through the CLI's links."""
+    """`data.eval_seq_len`, `val_batch_seqs`, `max_val_docs` and `max_val_tokens` follow `model.evaluation` through
+    the CLI's links."""
     from lit_golf.lightning_cli import GolfTrainer, run_lightning_cli
 
     monkeypatch.setattr(GolfTrainer, "fit", lambda *args, **kwargs: None)  # parse and build, do not train
@@ -171,7 +172,8 @@ def test_the_evaluation_owns_the_validation_window_batch_and_documents(tiny_data
     assert (dm.eval_seq_len, dm.val_batch_seqs, dm.max_val_docs) == (256, 4, 7)
     assert (evaluation.plain.seq_len, evaluation.plain.batch_seqs, evaluation.max_docs) == (256, 4, 7)
     defaults = run_lightning_cli(common).datamodule  # tiny_cpu.yaml's own values
-    assert (defaults.eval_seq_len, defaults.val_batch_seqs, defaults.max_val_docs) == (256, 8, 64)
+    assert (defaults.eval_seq_len, defaults.val_batch_seqs, defaults.max_val_docs, defaults.max_val_tokens) == \
+        (256, 8, None, 8192)
 
 
 def test_lit_golf_log_lines_print_once_per_run_not_per_rank():

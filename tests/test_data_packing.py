@@ -263,6 +263,21 @@ def test_max_val_docs_keeps_the_documents_the_final_evaluation_scores(synthetic)
         datamodule(synthetic.data_dir, max_val_docs=0)
 
 
+def test_max_val_tokens_keeps_the_whole_documents_that_fit(synthetic):
+    """A bound in tokens, for quick runs that stay quick on corpora of long documents: whole documents only."""
+    full = datamodule(synthetic.data_dir).val_tokens()
+    sizes = [doc.size for doc in synthetic.val_docs]
+    two = sizes[0] + sizes[1] + 1  # the first two documents with all their targets (the third one's BOS)
+    for bound in (two, two + sizes[2] - 1):  # exactly two documents, and one token short of three
+        cut = datamodule(synthetic.data_dir, max_val_tokens=bound).val_tokens()
+        assert torch.equal(cut, full[:two]) and len(find_documents(cut, BOS_ID)) == 2
+    assert torch.equal(truncate_to_documents(full, BOS_ID, 3, two), full[:two])  # with max_docs: the tighter cut
+    assert torch.equal(datamodule(synthetic.data_dir, max_val_tokens=full.numel()).val_tokens(), full)
+    with pytest.raises(ValueError, match=rf"max_tokens={sizes[0] - 1} is below the first validation document's "
+                                         rf"{sizes[0] + 1} tokens"):
+        truncate_to_documents(full, BOS_ID, None, sizes[0] - 1)
+
+
 def test_calibration_batches_are_distinct_train_windows(synthetic):
     dm = datamodule(synthetic.data_dir, calibration_seed=3)
     batches = list(dm.calibration_batches(3, 128, 4))

@@ -130,7 +130,8 @@ class RecordResults(Callback):
             results.evaluation = asdict(eval_config)
         dm = trainer.datamodule
         results.val_tokens_limited = getattr(dm, "max_val_docs", None) is not None or \
-            results.evaluation.get("max_docs") is not None
+            getattr(dm, "max_val_tokens", None) is not None or \
+            any(results.evaluation.get(cut) is not None for cut in ("max_docs", "max_tokens"))
         if trainer.is_global_zero:
             update_results(self.run_dir, results)
             if results.evaluated == "artifact":

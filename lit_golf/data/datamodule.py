@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import filecmp
 import logging
 from collections.abc import Iterator
 from functools import cached_property
@@ -68,6 +69,29 @@ def rank_window_range(num_windows: int, rank: int, world_size: int) -> tuple[int
     return rank * num_windows // world_size, (rank + 1) * num_windows // world_size
 
 
+def _same_content(a: Path, b: Path) -> bool:
+    """Same file, or the same bytes (compared only when the sizes agree, the first MiB first)."""
+    if a.samefile(b):
+        return True
+    if a.stat().st_size != b.stat().st_size:
+        return False
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        if fa.read(1 << 20) != fb.read(1 << 20):
+            return False
+    return filecmp.cmp(a, b, shallow=False)
+
+
+def check_distinct_splits(train: list[Path], val: list[Path]) -> None:
+    """No train shard may be a validation shard (a link or a copy): the model would be scored on text it trained on."""
+    for shard in train:
+        copy = next((v for v in val if _same_content(shard, v)), None)
+        if copy is not None:
+            raise ShardError(
+                f"train shard {shard} is the same as validation shard {copy.name}: the model would be scored on "
+                "text it trained on; make the splits from different documents (`lit-golf prepare-data` does)"
+            )
+
+
 class ValWindows(IterableDataset):
     """One rank's share of the validation windows, as `(inputs [b, L], targets [b, L], target bytes [b, L])`
     batches; `byte_table[i]` is the text bytes of `tokens[i]` as a target (`tokenizer.token_byte_table`).
@@ -130,6 +154,8 @@ class GolfDataModule(LightningDataModule):
         max_val_docs: keep only the first this many documents of validation (quick runs and smoke tests;
             the score is then not comparable to a full evaluation). The CLI links it to
             `model.evaluation.max_docs`, so in-training validation and `test` see the same documents.
+        max_val_tokens: and of those, the most whole documents within this many tokens (linked to
+            `model.evaluation.max_tokens`).
         calibration_seed: default seed of `calibration_batches` (GPTQ Hessians).
     """
 
@@ -146,6 +172,7 @@ class GolfDataModule(LightningDataModule):
         cu_min_len: int = 256,
         seed: int = 1337,
         max_val_docs: int | None = None,
+        max_val_tokens: int | None = None,
         calibration_seed: int = 0,
     ):
         super().__init__()
@@ -154,8 +181,9 @@ class GolfDataModule(LightningDataModule):
             tokens_per_microbatch=tokens_per_microbatch, eval_seq_len=eval_seq_len,
             val_batch_seqs=val_batch_seqs, cu_bucket=cu_bucket,
         )
-        if max_val_docs is not None:
-            positive["max_val_docs"] = max_val_docs
+        for name, value in (("max_val_docs", max_val_docs), ("max_val_tokens", max_val_tokens)):
+            if value is not None:
+                positive[name] = value
         for name, value in positive.items():
             if value <= 0:
                 raise ValueError(f"GolfDataModule: {name}={value} must be positive")
@@ -165,7 +193,7 @@ class GolfDataModule(LightningDataModule):
         self.tokens_per_microbatch, self.eval_seq_len = tokens_per_microbatch, eval_seq_len
         self.val_batch_seqs, self.cu_bucket, self.seed = val_batch_seqs, cu_bucket, seed
         self.cu_min_len = cu_min_len
-        self.max_val_docs, self.calibration_seed = max_val_docs, calibration_seed
+        self.max_val_docs, self.max_val_tokens, self.calibration_seed = max_val_docs, max_val_tokens, calibration_seed
         self._distributed: tuple[int, int] | None = None
         # Resume state: the global stream position (tokens) the train loader starts at, and the training
         # steps consumed since (counted where Lightning hands a batch to the step, after its prefetch).
@@ -203,14 +231,28 @@ class GolfDataModule(LightningDataModule):
     # -- Lightning hooks ----------------------------------------------------------------------
 
     def setup(self, stage: str | None = None) -> None:
-        """Fail before training starts on wrong arithmetic, missing shards or a mismatched tokenizer."""
+        """Fail before training starts on wrong arithmetic, missing shards, a mismatched tokenizer, or data that
+        cannot mean what it is used for (train shards that are the validation ones, less training data than
+        one step, less validation than one evaluation window)."""
         if stage in (None, "fit"):
-            _ = self.grad_accum_steps
-            find_shards(self.data_dir, "train", self.vocab_size)
-        find_shards(self.data_dir, "val", self.vocab_size)
+            _ = self.grad_accum_steps  # the batch arithmetic, in one line when it does not divide
+            train = find_shards(self.data_dir, "train", self.vocab_size)
+        val = find_shards(self.data_dir, "val", self.vocab_size)
+        if stage in (None, "fit"):
+            self._check_training_data(train, val)
         self.byte_luts()
         self.val_token_bytes()
         self.check_tokenizer()
+
+    def _check_training_data(self, train: list[Path], val: list[Path]) -> None:
+        check_distinct_splits(train, val)
+        train_tokens = sum(read_header(f) for f in train)
+        if train_tokens < self.train_batch_tokens:
+            raise ShardError(
+                f"the train shards in {train[0].parent} hold {train_tokens:,} tokens, fewer than one optimizer step "
+                f"(data.train_batch_tokens={self.train_batch_tokens:,}): every step would repeat the same text; "
+                "prepare more training documents or lower data.train_batch_tokens"
+            )
 
     def train_stream(self) -> TrainStream:
         return TrainStream(
@@ -291,9 +333,22 @@ class GolfDataModule(LightningDataModule):
     def _val_tokens(self) -> torch.Tensor:
         files = find_shards(self.data_dir, "val", self.vocab_size)
         stored = np.concatenate([read_shard(f, self.vocab_size) for f in files])
-        if stored.size < 2:
-            raise ShardError(f"validation shards in {files[0].parent} hold {stored.size} tokens: need at least 2")
-        return truncate_to_documents(torch.from_numpy(stored.astype(np.int64)), BOS_ID, self.max_val_docs)
+        if stored.size and stored[0] != BOS_ID:
+            raise ShardError(
+                f"validation shard {files[0]} does not start with BOS (id {BOS_ID}): in the upstream format every "
+                "document does, and the evaluation cuts documents there; make the data with `lit-golf prepare-data`"
+            )
+        tokens = truncate_to_documents(torch.from_numpy(stored.astype(np.int64)), BOS_ID, self.max_val_docs,
+                                       self.max_val_tokens)
+        if tokens.numel() <= self.eval_seq_len:
+            kept = "" if tokens.numel() == stored.size else " (as model.evaluation.max_docs / max_tokens keep it)"
+            raise ShardError(
+                f"the validation split in {files[0].parent} holds {tokens.numel():,} tokens{kept}, not more than one "
+                f"evaluation window (model.evaluation.plain.seq_len={self.eval_seq_len}): keep more validation "
+                "documents (prepare-data --num-val-docs, model.evaluation.max_docs / max_tokens) or evaluate with a "
+                "shorter window"
+            )
+        return tokens
 
     def val_token_bytes(self) -> torch.Tensor | None:
         """The CaseOps byte sidecar of `val_tokens()` (int32, one original-text byte count per token), or None

@@ -42,11 +42,27 @@ def find_documents(tokens: torch.Tensor, bos_id: int) -> list[Document]:
     return [Document(i, start, n) for i, (start, n) in enumerate(docs)]
 
 
-def truncate_to_documents(tokens: torch.Tensor, bos_id: int, max_docs: int | None) -> torch.Tensor:
-    """The shortest prefix of the stream holding the first `max_docs` documents with all their targets."""
-    if max_docs is None:
+def truncate_to_documents(
+    tokens: torch.Tensor, bos_id: int, max_docs: int | None, max_tokens: int | None = None
+) -> torch.Tensor:
+    """The shortest prefix of the stream holding the first `max_docs` documents with all their targets, cut
+    further to the longest prefix of whole documents with at most `max_tokens` tokens (None: no bound).
+
+    A bound below the first document's length is refused: cutting a document would score another text.
+    """
+    if max_docs is not None:
+        docs = find_documents(tokens, bos_id)
+        if max_docs < len(docs):
+            tokens = tokens[: docs[max_docs - 1].end]
+    if max_tokens is None or tokens.numel() <= max_tokens:
         return tokens
-    docs = find_documents(tokens, bos_id)
-    if max_docs >= len(docs):
-        return tokens
-    return tokens[: docs[max_docs - 1].end]
+    # A prefix `tokens[:j + 1]` is whole documents when tokens[j] (j >= 1) is a BOS: the last target of the one before.
+    bos_within = (tokens[1:max_tokens] == bos_id).nonzero().flatten()
+    if bos_within.numel() == 0:
+        later = (tokens[1:] == bos_id).nonzero().flatten()
+        first = int(later[0]) + 2 if later.numel() else tokens.numel()
+        raise ValueError(
+            f"model.evaluation.max_tokens={max_tokens} is below the first validation document's {first} tokens: raise "
+            "it (the evaluation scores whole documents)"
+        )
+    return tokens[: int(bos_within[-1]) + 2]

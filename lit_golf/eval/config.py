@@ -2,7 +2,8 @@
 training, the phased global SGD), with the 2026-04-14 record's values as defaults.
 
 On the command line and in YAML the groups are `model.evaluation.plain.*`, `.sliding.*`, `.ttt.*` and
-`.global_sgd.*`; `model.evaluation.max_docs` stays at the top because it cuts the data every group sees.
+`.global_sgd.*`; `model.evaluation.max_docs` and `max_tokens` stay at the top because they cut the data every
+group sees.
 """
 
 from __future__ import annotations
@@ -156,6 +157,10 @@ class EvalConfig:
     """Keep the first N validation documents (None: all), for the final evaluation and, linked to
     `data.max_val_docs`, for in-training validation: quick runs whose score is not comparable to a full one.
     Documents start at the shard format's BOS token (`lit_golf.data.shards.BOS_ID`)."""
+    max_tokens: int | None = None
+    """And of those, the most whole documents that fit in N tokens (None: no bound; `data.max_val_tokens`
+    follows it). Evaluation time grows with tokens, not documents: a bound in tokens keeps a quick run quick
+    on any corpus (64 documents are ~9k tokens of docstrings but ~91k of Wikipedia)."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -167,6 +172,9 @@ class EvalConfig:
                             f"evaluation.ttt.context_len={self.ttt.context_len}")
         if self.max_docs is not None and self.max_docs <= 0:
             problems.append(f"evaluation.max_docs={self.max_docs} must be positive or None (all documents)")
+        if self.max_tokens is not None and self.max_tokens <= self.plain.seq_len:
+            problems.append(f"evaluation.max_tokens={self.max_tokens} must exceed evaluation.plain.seq_len="
+                            f"{self.plain.seq_len} (one evaluation window) or be None (no bound)")
         _raise_if(problems)
 
     def to_dict(self) -> dict:

@@ -80,17 +80,26 @@ def plain_bpb(
     cfg: EvalConfig | None = None,
     token_bytes: torch.Tensor | None = None,
 ) -> float:
-    """Plain-eval bits per byte of `model` (every rank takes part): the cheap number for before/after checks."""
+    """Plain-eval bits per byte of `model` (every rank takes part): the cheap number for before/after checks.
+    It says what it scores when it starts and the result when done: on a CPU it can take minutes."""
     cfg = cfg or EvalConfig()
     with torch.inference_mode(False):
         val = _valset(val_tokens, luts, cfg, model_device(model), token_bytes)
-        return eval_plain(model, val, cfg).totals()["bpb"]
+        if rank_and_world()[0] == 0:
+            log.info("evaluation plain: scoring %s validation tokens in windows of %d on %s", f"{val.num_targets:,}",
+                     cfg.plain.seq_len, val.device)
+        stopwatch = Stopwatch(val.device)
+        with stopwatch.section("plain"):
+            bpb = eval_plain(model, val, cfg).totals()["bpb"]
+        _log_section("plain", bpb, stopwatch.seconds["plain"])
+        return bpb
 
 
 def _valset(
     val_tokens: torch.Tensor, luts: ByteLUTs, cfg: EvalConfig, device: torch.device, token_bytes: torch.Tensor | None
 ) -> ValSet:
-    tokens = truncate_to_documents(torch.as_tensor(val_tokens).to(device=device, dtype=torch.int64), BOS_ID, cfg.max_docs)
+    tokens = torch.as_tensor(val_tokens).to(device=device, dtype=torch.int64)
+    tokens = truncate_to_documents(tokens, BOS_ID, cfg.max_docs, cfg.max_tokens)
     kept = None if token_bytes is None else torch.as_tensor(token_bytes)[: tokens.numel()]  # a prefix is kept
     return ValSet.build(tokens, luts, device, kept)
 
