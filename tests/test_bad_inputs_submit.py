@@ -182,20 +182,22 @@ def test_submit_into_an_existing_submission_needs_overwrite_and_leaves_no_stale_
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no build folder left
 
 
-@pytest.mark.parametrize("case", ["a file", "a folder that is not a submission", "the run folder", "above the runs"])
+@pytest.mark.parametrize("case", ["a file", "under a file", "a folder that is not a submission", "the run folder",
+                                  "above the runs"])
 def test_submit_never_writes_over_what_is_not_a_submission(runs, tmp_path, capsys, case):
-    out = {"a file": tmp_path / "notes.txt", "a folder that is not a submission": tmp_path / "mine",
-           "the run folder": runs[0], "above the runs": tmp_path}[case]
-    if case == "a file":
-        out.write_text("keep me\n")
+    out = {"a file": tmp_path / "notes.txt", "under a file": tmp_path / "notes.txt" / "sub",
+           "a folder that is not a submission": tmp_path / "mine", "the run folder": runs[0], "above the runs": tmp_path}[case]
+    if case in ("a file", "under a file"):
+        (tmp_path / "notes.txt").write_text("keep me\n")
     elif case == "a folder that is not a submission":
         out.mkdir()
         (out / "keep.txt").write_text("keep me\n")
     before = sorted(str(p) for p in tmp_path.rglob("*"))
     assert submit(capsys, runs, out, "--overwrite") == 2
     err = one_error_line(capsys, "submit")
-    assert {"a file": "is a file", "a folder that is not a submission": "is not a submission",
-            "the run folder": "holds the run", "above the runs": "holds the run"}[case] in err
+    assert {"a file": "is a file", "under a file": "notes.txt is a file, not a folder",
+            "a folder that is not a submission": "is not a submission", "the run folder": "holds the run",
+            "above the runs": "holds the run"}[case] in err
     assert sorted(str(p) for p in tmp_path.rglob("*")) == before
 
 

@@ -19,7 +19,6 @@ import datetime
 import importlib.metadata
 import json
 import math
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -43,6 +42,7 @@ from lit_golf.submission.check import (
     submission_runs,
 )
 from lit_golf.submission.stats import SIGNIFICANCE, THRESHOLD_NATS, seed_summary
+from lit_golf.tool_output import is_disk_error, output_folder, replace_folder, write_failure
 from lit_golf.tool_parser import tool_parser
 
 TRACK = "10min_16mb"
@@ -237,21 +237,6 @@ def write_submission(folder: Path, run_dirs: list[Path], seeds: list[Seed], args
     (folder / "README.md").write_text(readme(record, runs, differences, (folder / SCRIPT_NAME).stat().st_size))
 
 
-def _replace_folder(built: Path, out: Path) -> None:
-    """Rename `built` to `out`; an existing `out` is moved aside first (and back on failure), removed at the end."""
-    if not out.exists():
-        os.replace(built, out)
-        return
-    aside = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-    os.replace(out, aside / out.name)
-    try:
-        os.replace(built, out)
-    except OSError:
-        os.replace(aside / out.name, out)
-        raise
-    shutil.rmtree(aside)
-
-
 def submit(run_dirs: list[Path], args: argparse.Namespace) -> Path:
     seeds = [verified_run(d) for d in run_dirs]
     numbers = [seed.results["seed"] for seed in seeds]
@@ -262,21 +247,18 @@ def submit(run_dirs: list[Path], args: argparse.Namespace) -> Path:
     out = Path(args.out)
     check_out(out, run_dirs, args.overwrite)
     target = out.resolve()  # `--out .` has a name and a parent once resolved
+    scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=output_folder(target.parent, "--out")))
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        built = Path(tempfile.mkdtemp(prefix=f".{target.name}.new-", dir=target.parent))
-    except OSError as exc:
-        raise ValueError(f"--out {out}: cannot create a folder there ({exc.strerror})") from None
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        built.chmod(0o777 & ~umask)  # a folder like any other, not mkdtemp's owner-only one
+        built = scratch / target.name
+        built.mkdir()
         write_submission(built, run_dirs, seeds, args, requirements_text)
-        _replace_folder(built, target)
-    except OSError as exc:
-        raise ValueError(f"--out {out}: {exc.strerror or exc} ({exc.filename}); {out} is unchanged") from None
+        replace_folder(built, target)
+    except OSError as err:
+        if not is_disk_error(err):
+            raise
+        raise ValueError(f"{write_failure(err, '--out', out)}; {out} is unchanged") from None
     finally:
-        shutil.rmtree(built, ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
     return out
 
 
