@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -59,9 +58,7 @@ def write_atomic(path: str | Path, data: bytes | str) -> Path:
 
 def copy_atomic(source: str | Path, target: str | Path) -> Path:
     """Copy `source` to `target` atomically; returns `target`."""
-    with atomic_path(target) as partial:
-        shutil.copyfile(source, partial)
-    return Path(target)
+    return write_atomic(target, Path(source).read_bytes())
 
 
 def append_atomic(path: str | Path, text: str) -> Path:

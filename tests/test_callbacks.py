@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import errno
 import itertools
 import json
 import logging
@@ -408,6 +410,138 @@ def wrap_with_fixed_loss(training_step, module, loss):
         module.progress.last_loss = loss
 
     return step
+
+
+# ------------------------------------------------------------------------- records: atomic, never rewritten
+class HalfWritten:
+    """A file opened for writing on a disk that fills: the first write stores half its bytes, then ENOSPC."""
+
+    def __init__(self, path, mode="wb", *args, **kwargs) -> None:
+        self.file = open(path, mode, *args, **kwargs)  # noqa: SIM115 (closed in __exit__)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.file.close()
+
+    def write(self, data) -> None:
+        self.file.write(data[: len(data) // 2])
+        self.file.flush()
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def record_writers(folder: Path) -> dict:
+    """Each kind of record a run writes, through the writer the run uses: name -> (file, write(version))."""
+    from lit_golf.export.serialize import write_artifact
+    from lit_golf.files import append_atomic, copy_atomic
+    from lit_golf.loggers import KeptRowsWriter
+    from lit_golf.results import RunResults, update_results
+
+    def script(version: int) -> None:
+        (folder / "source.py").write_text(f"print({version})\n" * 100)
+        copy_atomic(folder / "source.py", folder / "train_gpt.py")
+
+    def metrics(version: int) -> None:
+        writer = KeptRowsWriter(str(folder))
+        writer.log_metrics({f"loss_{version}": 1.0}, step=version)  # a new column: the whole file is rewritten
+        writer.save()
+
+    return {
+        "results.json": (folder / "results.json", lambda v: update_results(folder, RunResults(seed=v, steps=100 * v))),
+        "artifact.ptz": (folder / "artifact.ptz", lambda v: write_artifact(folder / "artifact.ptz", bytes([v]) * 4096)),
+        "train_gpt.py": (folder / "train_gpt.py", script),
+        "metrics.csv": (folder / "metrics.csv", metrics),
+        "train.log": (folder / "train.log", lambda v: append_atomic(folder / "train.log", f"line {v}\n" * 100)),
+    }
+
+
+@pytest.mark.parametrize("record", ["results.json", "artifact.ptz", "train_gpt.py", "metrics.csv", "train.log"])
+def test_a_disk_that_fills_mid_write_leaves_the_previous_record_intact(record, tmp_path, monkeypatch):
+    from lit_golf import files
+
+    path, write = record_writers(tmp_path)[record]
+    write(1)
+    before = path.read_bytes()
+    monkeypatch.setattr(files, "open", HalfWritten, raising=False)
+    with pytest.raises(OSError, match="No space left on device") as failed:
+        write(2)
+    assert failed.value.errno == errno.ENOSPC and failed.value.filename == str(path)  # the one-line error names it
+    assert path.read_bytes() == before
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".partial")]
+
+
+def test_a_checkpoint_that_fails_mid_write_keeps_the_previous_last_ckpt(tmp_path):
+    from types import SimpleNamespace
+
+    from lit_golf.callbacks.checkpoint import RunCheckpoint
+
+    last = tmp_path / "checkpoints" / "last.ckpt"
+
+    def save_checkpoint(path, weights_only=False, fill=False):
+        data = b"step-%d " % trainer.global_step * 1000
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_bytes(data[: len(data) // 2] if fill else data)
+        if fill:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    trainer = SimpleNamespace(is_global_zero=True, global_step=10, loggers=[], save_checkpoint=save_checkpoint)
+    callback = RunCheckpoint()
+    callback._save_checkpoint(trainer, str(last))
+    saved = last.read_bytes()
+    trainer.global_step = 20
+    trainer.save_checkpoint = lambda path, weights_only=False: save_checkpoint(path, fill=True)
+    with pytest.raises(OSError, match="No space left on device") as failed:
+        callback._save_checkpoint(trainer, str(last))
+    assert failed.value.filename == str(last)
+    assert last.read_bytes() == saved and [p.name for p in last.parent.iterdir()] == ["last.ckpt"]
+
+
+def test_a_tests_scores_complete_the_fit_record_once_and_keep_the_fits_fields(tmp_path):
+    from lit_golf.results import RunResults, add_test_scores, read_results, update_results
+
+    run = tmp_path / "version_0"
+    update_results(run, RunResults(seed=11, steps=60, model_bytes=1234))
+    (run / "train.log").write_text("fit line\n")
+    tests = []
+    for n, (seed, bpb) in enumerate(((1337, 2.5), (7, 2.4))):
+        test = run / f"test_{n}"
+        update_results(test, RunResults(seed=seed, steps=None, evaluated="artifact", val_bpb=bpb, final_bpb=bpb,
+                                        final_loss=1.0, eval_seconds=3.0))
+        tests.append(add_test_scores(run, test, f"evaluation: val_bpb={bpb}\n"))
+    assert tests == [True, False]  # the first test completes the record; a later one has its own folder only
+    recorded = read_results(run)
+    assert (recorded["seed"], recorded["steps"], recorded["model_bytes"]) == (11, 60, 1234)
+    assert (recorded["final_bpb"], recorded["test_dir"]) == (2.5, "test_0")
+    assert (run / "train.log").read_text() == "fit line\nevaluation: val_bpb=2.5\n"
+    assert read_results(run / "test_1")["final_bpb"] == 2.4
+
+
+def test_metrics_csv_of_a_resumed_run_keeps_the_rows_before_its_checkpoint(tmp_path):
+    from lit_golf.loggers import KeptRowsWriter
+
+    first = KeptRowsWriter(str(tmp_path))
+    for step in (2, 4, 6, 8):
+        first.log_metrics({"train/loss": 10.0 - step}, step=step)
+    first.save()  # killed after step 8; the checkpoint it resumes from is at step 5
+    resumed = KeptRowsWriter(str(tmp_path), keep_before=6)
+    for step in (6, 8):
+        resumed.log_metrics({"train/loss": 1.0, "val/bpb": 2.0}, step=step)
+    resumed.save()
+    rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
+    assert [(r["step"], r["train/loss"], r["val/bpb"]) for r in rows] == [
+        ("2", "8.0", ""), ("4", "6.0", ""), ("6", "1.0", "2.0"), ("8", "1.0", "2.0")]
+
+
+def test_a_fit_with_the_logger_off_is_refused_before_it_writes(tmp_path):
+    from types import SimpleNamespace
+
+    from lit_golf.callbacks.results import RecordResults
+
+    callback = RecordResults()
+    with pytest.raises(ValueError, match="trainer.logger is off"):
+        callback.setup(SimpleNamespace(loggers=[]), None, "fit")
+    assert callback.run_dir is None and list(tmp_path.iterdir()) == []
 
 
 # ------------------------------------------------------------------------- CUDA path

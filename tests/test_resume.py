@@ -1,9 +1,12 @@
 """A killed run resumes and continues the *same* run: `lit-golf fit` of tiny_cpu in a subprocess, killed
 with SIGKILL after a checkpoint, resumed with `--ckpt_path last`, ends bit-identical to an uninterrupted
-run of the same seed (weights, optimizer state, EMA, artifact bytes), in the same run folder."""
+run of the same seed (weights, optimizer state, EMA, artifact bytes), in the same run folder. A run
+stopped with Ctrl-C resumes with the rest of its wall-clock budget. Either way `metrics.csv` keeps the
+rows the first launch logged up to its checkpoint."""
 
 from __future__ import annotations
 
+import csv
 import os
 import signal
 import socket
@@ -63,6 +66,20 @@ def load(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
+def metric_rows(run: Path) -> list[dict]:
+    with (run / "metrics.csv").open(newline="") as file:
+        return [{k: v for k, v in row.items() if v} for row in csv.DictReader(file)]
+
+
+def assert_rows_kept(before: list[dict], run: Path, checkpoint_step: int) -> None:
+    """The rows a stopped launch logged up to its checkpoint open the resumed run's metrics.csv, once."""
+    kept = [row for row in before if int(row["step"]) <= checkpoint_step]
+    assert kept and any("checkpoint/write_s" in row for row in kept)
+    after = metric_rows(run)
+    assert after[:len(kept)] == kept
+    assert all(int(row["step"]) > checkpoint_step for row in after[len(kept):])
+
+
 def assert_same_tensors(got: dict, want: dict, what: str) -> None:
     assert got.keys() == want.keys(), what
     for key, value in want.items():
@@ -89,6 +106,7 @@ def test_killed_fixed_step_run_resumes_bit_identical_into_the_same_folder(tiny_d
     killed_at = load(last)["global_step"]
     assert 10 <= killed_at < STEPS
     assert not (run / "artifact" / "artifact.ptz").exists()
+    logged = metric_rows(run)  # flushed with each checkpoint: kill -9 runs no handler
 
     resumed = start(fit_command(tiny_data, killed_dir, "--ckpt_path", "last"), tmp_path / "resumed.log")
     finish(resumed, tmp_path / "resumed.log")
@@ -99,6 +117,7 @@ def test_killed_fixed_step_run_resumes_bit_identical_into_the_same_folder(tiny_d
     # the same run folder: no second version, both launches' events and the artifact in version_0
     assert sorted(p.name for p in (killed_dir / "tiny_cpu").iterdir()) == ["version_0"]
     assert len(list(run.glob("events.out.tfevents.*"))) == 2
+    assert_rows_kept(logged, run, killed_at)
     reference = straight_dir / "tiny_cpu" / "version_0"
     want, got = load(reference / "checkpoints" / "last.ckpt"), load(last)
     assert want["global_step"] == got["global_step"] == STEPS
@@ -129,20 +148,23 @@ def state_of(ckpt: dict, name: str) -> dict:
 
 
 @pytest.mark.slow
-def test_killed_wall_clock_run_resumes_with_the_remaining_budget(tiny_data, tmp_path):
+def test_wall_clock_run_stopped_with_ctrl_c_resumes_with_the_remaining_budget(tiny_data, tmp_path):
     overlay = tmp_path / "wall_clock.yaml"
     overlay.write_text(WALL_CLOCK_OVERLAY)
     save_dir = tmp_path / "logs"
     command = [*fit_command(tiny_data, save_dir), "--config", str(overlay), "--trainer.max_steps", "10000",
                "--trainer.val_check_interval", "10000"]
     killed = start(command, tmp_path / "killed.log")
-    last = save_dir / "tiny_cpu" / "version_0" / "checkpoints" / "last.ckpt"
+    run = save_dir / "tiny_cpu" / "version_0"
+    last = run / "checkpoints" / "last.ckpt"
     deadline = time.monotonic() + 240
     while not last.is_file() and killed.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
-    killed.send_signal(signal.SIGKILL)
-    assert killed.wait(timeout=60) == -signal.SIGKILL, (tmp_path / "killed.log").read_text()[-4000:]
+    killed.send_signal(signal.SIGINT)  # Ctrl-C: Lightning shuts down and exits 1; no final checkpoint
+    assert killed.wait(timeout=60) == 1, (tmp_path / "killed.log").read_text()[-4000:]
+    assert "Detected KeyboardInterrupt" in (tmp_path / "killed.log").read_text()
     at_kill = load(last)
+    logged = metric_rows(run)
     spent = state_of(at_kill, "WallClockBudget")["elapsed_seconds"]
     assert 0 < spent < BUDGET - RESERVE, f"the first checkpoint came after the budget ({spent:.1f} s): steps too slow"
     step_seconds = at_kill["training_seconds"] / at_kill["global_step"]  # this machine's, for the bounds
@@ -159,6 +181,7 @@ def test_killed_wall_clock_run_resumes_with_the_remaining_budget(tiny_data, tmp_
     assert this_launch == pytest.approx(total - spent, abs=1.5)
     assert this_launch < BUDGET - RESERVE - spent + overshoot
     assert sorted(p.name for p in (save_dir / "tiny_cpu").iterdir()) == ["version_0"]
+    assert_rows_kept(logged, run, at_kill["global_step"])
 
 
 def test_last_picks_the_newest_run_and_reuses_its_folder(tmp_path):

@@ -171,11 +171,11 @@ def test_cli_fit_export_test_end_to_end(tiny_data, tmp_path):
                               "--model.evaluation.max_docs", "24", "--model.evaluation.global_sgd.prefix_docs", "8"])
     results = test.model.test_results
     assert results["ttt_tokens"] == results["val_tokens"] > 0
-    # the test of a fit's artifact logs into that fit's run folder: per-phase TTT scalars beside the curves
-    assert Path(test.trainer.log_dir) == Path(fit.trainer.log_dir)
+    # the test of a fit's artifact logs into its own folder inside that fit's run folder: per-phase TTT scalars
+    assert Path(test.trainer.log_dir) == Path(fit.trainer.log_dir) / "test_0"
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(str(fit.trainer.log_dir))
+    events = EventAccumulator(str(test.trainer.log_dir))
     events.Reload()
     assert {"test/ttt_bpb_after_phase1", "test/ttt_bpb", "test/time_ttt_score_phase1_s"} <= set(events.Tags()["scalars"])
     assert {"val_bpb_pre_quant", "ttt_bpb"} <= set(json.loads((Path(fit.trainer.log_dir) / "results.json").read_text()))

@@ -22,6 +22,7 @@ an unreadable checkpoint, a run that already finished, no step left to train, an
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import warnings
@@ -137,22 +138,19 @@ class RunCheckpoint(ModelCheckpoint):
     def _save_checkpoint(self, trainer, filepath: str) -> None:
         # Writing pulls every tensor to the host, so the device has finished by the time this returns.
         started = time.perf_counter()
-        if trainer.is_global_zero:  # only rank 0 writes; the others join the save's collectives
-            with atomic_path(filepath) as partial:
-                super()._save_checkpoint(trainer, str(partial))
-            self._last_checkpoint_saved = filepath
-        else:
-            super()._save_checkpoint(trainer, filepath)
-        seconds = time.perf_counter() - started
-        self.write_seconds.append(seconds)
+        # Only rank 0 writes (to a temporary file, renamed when complete); the others join the save's collectives.
+        with atomic_path(filepath) if trainer.is_global_zero else contextlib.nullcontext(filepath) as target:
+            super()._save_checkpoint(trainer, str(target))
+            seconds = time.perf_counter() - started
+            self.write_seconds.append(seconds)
+            log_to_loggers(trainer, {"checkpoint/write_s": seconds})
+            if trainer.is_global_zero:  # what was logged up to this step is on disk before its checkpoint appears
+                for logger in trainer.loggers:
+                    logger.save()
+        self._last_checkpoint_saved = filepath
         if trainer.is_global_zero:
-            size = Path(filepath).stat().st_size if Path(filepath).is_file() else 0
             log.info("checkpoint: step %d written to %s (%.1f MB) in %.2fs", trainer.global_step, filepath,
-                     size / 1e6, seconds)
-        log_to_loggers(trainer, {"checkpoint/write_s": seconds})
-        if trainer.is_global_zero:  # what was logged up to this checkpoint is on disk with it
-            for logger in trainer.loggers:
-                logger.save()
+                     Path(filepath).stat().st_size / 1e6, seconds)
 
     def _find_last_checkpoints(self, trainer) -> set[str]:
         # Lightning asks this when `ckpt_path="last"`, before anything fixed the logger's folder: a fit points
