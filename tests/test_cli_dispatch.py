@@ -173,7 +173,7 @@ def test_the_evaluation_owns_the_validation_window_batch_and_documents(tiny_data
     assert (evaluation.plain.seq_len, evaluation.plain.batch_seqs, evaluation.max_docs) == (256, 4, 7)
     defaults = run_lightning_cli(common).datamodule  # tiny_cpu.yaml's own values
     assert (defaults.eval_seq_len, defaults.val_batch_seqs, defaults.max_val_docs, defaults.max_val_tokens) == \
-        (256, 8, None, 8192)
+        (256, 8, 64, 16384)
 
 
 def test_lit_golf_log_lines_print_once_per_run_not_per_rank():
