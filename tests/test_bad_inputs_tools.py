@@ -142,6 +142,14 @@ def test_the_same_input_twice_is_refused(corpus, tmp_path, capsys):
     assert f"--input {link} is the same file as --input {corpus['good']}" in line, line
 
 
+def test_an_input_that_is_a_folder(tmp_path, capsys):
+    argv = ["prepare-data", "--input", str(tmp_path), "--out", str(tmp_path / "d"), "--train-tokenizer",
+            "--vocab-size", str(VOCAB)]
+    assert main(argv) == 2
+    assert f"input {tmp_path} is a folder: pass an existing --input file" in one_error_line(capsys.readouterr().err,
+                                                                                          "prepare-data")
+
+
 def test_training_copies_of_validation_documents_are_counted_and_said(corpus, tmp_path, capsys):
     texts = docs(60)
     source = tmp_path / "dup.jsonl"

@@ -463,7 +463,8 @@ def _check_args(args: argparse.Namespace, inputs: list[Path]) -> None:
     seen: dict[tuple[int, int], Path] = {}
     for path in inputs:
         if not path.is_file():
-            raise PrepareError(f"input {path} does not exist: pass an existing --input file")
+            what = "is a folder" if path.is_dir() else "does not exist"
+            raise PrepareError(f"input {path} {what}: pass an existing --input file")
         _document_format(path)
         identity = (path.stat().st_dev, path.stat().st_ino)
         if identity in seen:
