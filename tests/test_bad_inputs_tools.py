@@ -131,6 +131,16 @@ def test_read_only_target(prepared, corpus, capsys, read_only_disk):
     assert snapshot(prepared) == before
 
 
+@pytest.mark.parametrize("tool", ["download", "demo", "sweep"])
+def test_read_only_out_of_the_other_tools(tool, tmp_path, capsys, read_only_disk):
+    out = tmp_path / "out"
+    argv = {"download": ["download", "--variant", "sp1024", "--out", str(out)], "demo": ["demo", "--out", str(out)],
+            "sweep": sweep_argv(out)}[tool]
+    assert main(argv) == 2
+    assert f"--out {out}: cannot write there (Read-only file system)" in one_error_line(capsys.readouterr().err, tool)
+    assert not out.exists()
+
+
 def test_the_same_input_twice_is_refused(corpus, tmp_path, capsys):
     """Its documents would be validation and training at once."""
     link = tmp_path / "link.jsonl"
