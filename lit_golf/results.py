@@ -102,13 +102,16 @@ def write_results(path: Path, results: dict) -> Path:
     return write_atomic(path, json.dumps(results, indent=2, sort_keys=True) + "\n")
 
 
+# The sub-folders in which a fit writes its artifact and its checkpoints.
+FIT_FOLDERS = ("artifact", "checkpoints")
+
+
 def fit_run_of(path: str | Path) -> Path | None:
-    """The run folder a fit's file lies in (`<run>/artifact/artifact.ptz`, `<run>/checkpoints/last.ckpt`): the
-    nearest of its two parent folders that holds the fit's `config.yaml` or `results.json`; None elsewhere."""
-    for folder in Path(path).resolve().parents[:2]:
-        if (folder / CONFIG_NAME).is_file() or (folder / RESULTS_NAME).is_file():
-            return folder
-    return None
+    """The run folder of a file a fit wrote (`<run>/artifact/artifact.ptz`, `<run>/checkpoints/last.ckpt`, the
+    run holding the fit's `config.yaml`); None for a file anywhere else."""
+    folder = Path(path).resolve().parent
+    run = folder.parent
+    return run if folder.name in FIT_FOLDERS and (run / CONFIG_NAME).is_file() else None
 
 
 def add_test_scores(run_dir: Path, test_dir: Path, test_log: str) -> bool:

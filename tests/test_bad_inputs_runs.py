@@ -19,11 +19,13 @@ import pytest
 from lit_golf import files
 from lit_golf.cli import main
 from tests.test_bad_inputs_cli import assert_one_line_error
-from tests.test_run import QUICK_FIT, files_of, read_json, tiny_config
+from tests.test_run import QUICK_FIT, files_of, in_process_runs_on_one_thread, read_json, tiny_config
+
+pytestmark = pytest.mark.usefixtures(in_process_runs_on_one_thread.__name__)
 
 
 @pytest.fixture(scope="module")
-def finished(tiny_data, tmp_path_factory, one_torch_thread) -> Path:
+def finished(tiny_data, tmp_path_factory, in_process_runs_on_one_thread) -> Path:
     """The run folder of a finished 2-step fit (checkpoint, artifact, results.json)."""
     logs = tmp_path_factory.mktemp("finished") / "logs"
     assert main(["fit", *tiny_config(tiny_data, logs), *QUICK_FIT]) == 0

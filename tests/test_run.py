@@ -29,6 +29,20 @@ QUICK_FIT = ["--trainer.max_steps", "2", "--data.train_batch_tokens", "1024", "-
              "--gptq.config.calibration_batches", "1", "--trainer.enable_progress_bar", "false"]
 
 
+@pytest.fixture(scope="module")
+def in_process_runs_on_one_thread():
+    """`main([...])` runs on one thread: Lightning's DDP strategy sets cores / processes threads (2 here) unless
+    OMP_NUM_THREADS is set, and on a shared 2-core box the many small ops of TTT and GPTQ then only contend."""
+    import torch
+
+    threads = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OMP_NUM_THREADS", "1")
+        torch.set_num_threads(1)
+        yield
+    torch.set_num_threads(threads)
+
+
 def tiny_config(tiny_data, save_dir: Path) -> list[str]:
     """tiny_cpu + fixed steps on the test data, 4 validation documents (2 in the TTT prefix), logs under `save_dir`."""
     return ["--config", str(TINY_CPU), "--config", str(FIXED_STEPS_CPU), "--data.data_dir", str(tiny_data.data_dir),
@@ -102,7 +116,7 @@ def test_run_submit_and_the_submitted_script_reproduce_the_run(tiny_data, tmp_pa
 
 @pytest.mark.slow
 def test_fit_then_test_of_two_seeds_keeps_both_fits_records_and_submit_takes_them(tiny_data, tmp_path, capsys,
-                                                                                  one_torch_thread):
+                                                                                  in_process_runs_on_one_thread):
     from lit_golf.cli import main
 
     config = tiny_config(tiny_data, tmp_path / "logs")
