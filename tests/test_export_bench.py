@@ -28,7 +28,7 @@ def test_export_bench_measures_bytes_gaps_and_timings_on_cpu(tiny_data, tmp_path
     from lit_golf.data.datamodule import GolfDataModule
 
     bench = load_bench()
-    gpt = tiny_gpt(vocab_size=tiny_data.vocab_size)
+    gpt = tiny_gpt(vocab_size=tiny_data.vocab_size, sparse_attn_gate=True)
     state = {f"gpt.{k}": v for k, v in gpt.state_dict().items()}
     ckpt = tmp_path / "tiny.ckpt"
     torch.save({"state_dict": state, "hyper_parameters": {"gpt": gpt.config.to_dict()}}, ckpt)
@@ -52,7 +52,10 @@ def test_export_bench_measures_bytes_gaps_and_timings_on_cpu(tiny_data, tmp_path
     assert "row_order" not in gptq["variants"]["pergroup"]["sections"]
     gap = written["schemes"]["lqer"]["val_bpb"] - written["val_bpb_pre_quant"]
     assert written["quant_gap_lqer"] == pytest.approx(gap)
-    assert written["gates"]["tensors"] == ["skip_gates"] and written["gates"]["int8_row_bytes"] > 0
+    # QuantGate as the references do it: the sparse attention gates, never the U-Net skip gates
+    gates = written["gates"]["tensors"]
+    assert gates == [f"blocks.{i}.attn.gate_weight" for i in range(gpt.config.num_layers)]
+    assert "skip_gates" not in gates and written["gates"]["int8_row_bytes"] > 0
 
     argv = ["--ckpt", str(ckpt), "--data_dir", str(tiny_data.data_dir), "--out", str(tmp_path / "cli"), "--val_docs",
             "2", "--zpaq_level", "1", "--calibration_batches", "1", "--calibration_batch_seqs", "2"]
