@@ -8,6 +8,7 @@ adding a subcommand; `GolfCLI` checks inputs before anything is built.
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import re
 import shutil
@@ -170,7 +171,7 @@ class GolfCLI(LightningCLI):
         # After `--ckpt`'s hyperparameters replaced the model's: the vocabulary checked is the one that loads.
         config = self.config[self.config.subcommand]
         if self.config.subcommand in ("test", "validate"):
-            log_into_fit_run(self.config.subcommand, config)
+            choose_record_folder(self.config.subcommand, config)
         # The submission script embeds the resolved config, as LightningCLI saves it into the run folder.
         set_run_config(self._parser(self.config.subcommand).dump(config, skip_none=False))
         vocab, data_dir = config.get("model.gpt.vocab_size"), config.get("data.data_dir")
@@ -200,24 +201,30 @@ def moved_flags_hint(message: str) -> str:
     return f" ({'; '.join(moved)})" if moved else ""
 
 
-def log_into_fit_run(subcommand: str, config) -> None:
-    """`test`/`validate` of a fit's artifact or checkpoint (`RUN/artifact/artifact.ptz`, `RUN/checkpoints/...`)
-    record in a folder of their own inside RUN, `RUN/test_N` (`validate_N`): beside the fit's curves and
-    results, which they never rewrite (a new version folder would not say which fit it scored). With the
-    logger off, that folder is the default root directory."""
+def choose_record_folder(subcommand: str, config) -> None:
+    """Where `test`/`validate` record, never over an earlier launch's files: for a fit's artifact or checkpoint
+    (`RUN/artifact/artifact.ptz`, `RUN/checkpoints/...`) a folder of their own inside RUN, `RUN/test_N`
+    (`validate_N`), beside the fit's curves and results (a new version folder would not say which fit it
+    scored); with the logger off (`--trainer.logger false`), `<default_root_dir>/test_N`; otherwise the
+    logger's own new version folder."""
     weights = config.get("model.artifact") or config.get("ckpt_path")
     run = fit_run_of(weights) if weights else None
-    if run is None:
+    logger = config.get("trainer.logger")
+    init = getattr(logger, "init_args", None)
+    folder_logger = init is not None and {"save_dir", "name", "version"} <= set(vars(init))
+    if logger is not False and (run is None or not folder_logger):
         return
-    check_writable(run, f"{subcommand} records into the fit's run folder")
-    index = next(n for n in range(len(list(run.iterdir())) + 1) if not (run / f"{subcommand}_{n}").exists())
-    folder = run / f"{subcommand}_{index}"
-    init = getattr(config.get("trainer.logger"), "init_args", None)
-    if init is not None and {"save_dir", "name", "version"} <= set(vars(init)):
-        init.save_dir, init.name, init.version = str(run.parent), run.name, folder.name
-    else:
+    base = run or Path(config.get("trainer.default_root_dir") or ".")
+    check_writable(base, f"{subcommand} records into")
+    taken = {p.name for p in base.iterdir()} if base.is_dir() else set()
+    folder = base / next(name for n in itertools.count() if (name := f"{subcommand}_{n}") not in taken)
+    if logger is False:
         config["trainer.default_root_dir"] = str(folder)
-    log.info("%s: recording into %s, inside the fit's run folder", subcommand, folder)
+        log.info("%s: trainer.logger is off (no TensorBoard, no metrics.csv): results.json, train.log and config.yaml "
+                 "go to %s", subcommand, folder)
+    else:
+        init.save_dir, init.name, init.version = str(run.parent), run.name, folder.name
+        log.info("%s: recording into %s, inside the fit's run folder", subcommand, folder)
 
 
 def resolve_last_checkpoint(subcommand: str, config) -> None:

@@ -66,6 +66,19 @@ def test_a_fit_that_would_record_nothing_stops_with_one_line(argv, needles, tiny
     assert list(tmp_path.iterdir()) == []  # no run folder, no checkpoint or results in the working directory
 
 
+def test_a_test_with_the_logger_off_says_where_it_records(finished, tiny_data, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "test_0").mkdir()  # an earlier one's: not written over
+    artifact = tmp_path / "artifact.ptz"
+    shutil.copyfile(finished / "artifact" / "artifact.ptz", artifact)
+    rc, err = run_cli(["test", *tiny_config(tiny_data, tmp_path / "logs"), "--artifact", str(artifact),
+                       "--trainer.logger", "false", "--model.evaluation.ttt.enabled", "false"], capsys)
+    assert rc == 0, err
+    assert "test: trainer.logger is off (no TensorBoard, no metrics.csv): results.json, train.log and config.yaml " \
+           "go to test_1" in err
+    assert read_json(tmp_path / "test_1" / "results.json")["final_bpb"] > 0 and not list((tmp_path / "test_0").iterdir())
+
+
 def test_resuming_a_finished_run_stops_and_leaves_it_as_it_was(finished, tiny_data, capsys):
     before = files_of(finished)
     rc, err = run_cli(["fit", *tiny_config(tiny_data, finished.parent.parent), "--ckpt_path", "last"], capsys)

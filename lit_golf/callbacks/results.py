@@ -3,7 +3,7 @@
 `fit` records steps, training seconds, the calibration pass, the artifact and code bytes and the
 quantization gap, and copies the `train_gpt.py` whose bytes were counted into the run folder; `test`
 records the scores and the evaluation's wall clock. A test of a fit's artifact records in its own
-folder inside the run (`lightning_cli.log_into_fit_run`) and completes the run's results.json with its
+folder inside the run (`lightning_cli.choose_record_folder`) and completes the run's results.json with its
 scores (`lit_golf.results.add_test_scores`). `lit-golf submit` and `lit-golf check` read these files,
 so a submission is assembled from what the run measured, not from what a config promised.
 """
