@@ -93,8 +93,9 @@ def check_resume(ckpt_path: str | Path, max_steps: int, config: GPTConfig | None
 def _finished(run: Path) -> str | None:
     """What says that `run`'s fit ended (its results.json steps, its artifact), or None."""
     results = run / RESULTS_NAME
-    if results.is_file() and read_results(results).get("steps") is not None:
-        return f"{results} records {read_results(results)['steps']} steps"
+    steps = read_results(results).get("steps") if results.is_file() else None
+    if steps is not None:
+        return f"{results} records {steps} steps"
     artifact = run / "artifact" / ARTIFACT_NAME
     return f"{artifact} is written" if artifact.is_file() else None
 
