@@ -1,7 +1,7 @@
 """Time and profile the compiled forward+backward of one 786K-token step (8 micro-batches of 98,304).
 
 Each variant is built, compiled (fullgraph, static shapes), warmed up, timed, and profiled for one
-step; the kernel table shows where GPU time goes. The `upstream` variant imports the record's
+step; the kernel table shows where GPU time goes, and `kernel_classes` sums it per kind of kernel. The `upstream` variant imports the record's
 `train_gpt.py` from `--upstream-dir` (kept outside this repository) to compare like with like on the
 same synthetic packed batch. No optimizer step: this isolates the model.
 
@@ -12,30 +12,70 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.autograd import DeviceType
 
-MICRO_TOKENS, MICRO_STEPS, SEQ_LEN, CU_LEN = 98_304, 8, 2048, 256
+MICRO_TOKENS, MICRO_STEPS, SEQ_LEN, CU_LEN, VOCAB = 98_304, 8, 2048, 256, 8192
+
+# Kernel classes, first match wins, on CUDA kernel names (aten op names on CPU); anything else is
+# "elementwise" (Inductor's fused Triton kernels: norms, residual mixes, gates, optimizer updates).
+KERNEL_CLASSES = (
+    ("fused_mlp", r"leaky_relu_square"),
+    ("loss", r"cross_entropy|log_softmax|nll_loss|^_forward_kernel|^_backward_kernel"),  # the last two: fused_ce.py
+    ("attention", r"flash|fmha|attention"),
+    ("fp8_gemm", r"scaled_mm|f8f8|e4m3.*gemm|gemm.*e4m3"),
+    ("fp8_cast", r"amax|float8|fp8|e4m3"),  # the rowwise amax + scale + cast of lit_golf.kernels.fp8
+    ("gemm", r"gemm|cutlass|cublas|nvjet|xmma|aten::mm$|aten::addmm$|aten::bmm$"),
+    ("memory", r"memcpy|memset"),
+)
 
 
-def packed_batch(seed: int, device: torch.device):
-    """Random tokens with document lengths drawn like web pages (mean ~700), split at `SEQ_LEN`."""
+def packed_batch(seed: int, device: torch.device, tokens: int = MICRO_TOKENS, seq_len: int = SEQ_LEN,
+                 vocab: int = VOCAB, cu_len: int = CU_LEN):
+    """Random tokens with document lengths drawn like web pages (mean ~700), split at `seq_len`."""
     gen = torch.Generator().manual_seed(seed)
-    ids = torch.randint(2, 8192, (1, MICRO_TOKENS + 1), generator=gen)
+    ids = torch.randint(2, vocab, (1, tokens + 1), generator=gen)
     starts, pos = [0], 0
     while True:
-        pos += min(int(torch.empty(()).exponential_(1 / 700, generator=gen)) + 16, SEQ_LEN)
-        if pos >= MICRO_TOKENS:
+        pos += min(int(torch.empty(()).exponential_(1 / 700, generator=gen)) + 16, seq_len)
+        if pos >= tokens:
             break
         starts.append(pos)
-    cu = torch.full((max(CU_LEN, len(starts) + 1),), MICRO_TOKENS, dtype=torch.int32)
+    cu = torch.full((max(cu_len, len(starts) + 1),), tokens, dtype=torch.int32)
     cu[: len(starts)] = torch.tensor(starts, dtype=torch.int32)
     ids[0, torch.tensor(starts)] = 1
     return ids[:, :-1].to(device), ids[:, 1:].to(device), cu.to(device)
+
+
+def kernel_class(name: str) -> str:
+    return next((kind for kind, pattern in KERNEL_CLASSES if re.search(pattern, name, re.IGNORECASE)), "elementwise")
+
+
+def kernel_classes(prof: torch.profiler.profile, device: torch.device) -> dict:
+    """Kernels of a profiled span and their time per class: `{"kernels": n, "ms": {class: ms}, "count": {class: n}}`.
+
+    CUDA: every device kernel and its GPU time (busy time, not wall time). CPU, the nearest analog: every
+    aten op and its self time.
+    """
+    if device.type == "cuda":
+        kernels = [(e.name, e.time_range.elapsed_us()) for e in prof.events() if e.device_type == DeviceType.CUDA]
+    else:
+        kernels = [(e.name, e.self_cpu_time_total) for e in prof.events()
+                   if e.device_type == DeviceType.CPU and e.name.startswith("aten::")]
+    ms: dict[str, float] = {}
+    count: dict[str, int] = {}
+    for name, us in kernels:
+        kind = kernel_class(name)
+        ms[kind] = ms.get(kind, 0.0) + us / 1e3
+        count[kind] = count.get(kind, 0) + 1
+    return {"kernels": len(kernels), "ms": {k: round(v, 3) for k, v in sorted(ms.items())},
+            "count": dict(sorted(count.items()))}
 
 
 def build_ours(attention: str = "auto"):
@@ -87,7 +127,8 @@ def run_variant(name: str, model: torch.nn.Module, batches, looping: bool, out: 
     (out / f"profile_{tag}.txt").write_text(table)
     result = dict(variant=tag, compile_s=round(compile_s, 1), fwd_bwd_s=round(step_s, 4),
                   tokens_per_s=round(MICRO_TOKENS * MICRO_STEPS / step_s),
-                  peak_mib=torch.cuda.max_memory_allocated() // 2**20)
+                  peak_mib=torch.cuda.max_memory_allocated() // 2**20,
+                  kernel_classes=kernel_classes(prof, torch.device("cuda")))
     print(result, flush=True)
     torch._dynamo.reset()
     return result

@@ -11,6 +11,9 @@ from typing import TypeVar, get_type_hints
 
 ConfigT = TypeVar("ConfigT")
 
+FP8_RECIPES = ("off", "forward", "forward_dgrad")
+FP8_ALIGNMENT = 16  # torch._scaled_mm wants both matmul widths (K and N) divisible by 16
+
 
 def config_from_dict(cls: type[ConfigT], values: dict) -> ConfigT:
     """Build config dataclass `cls` from `values` (a nested dict for a field that is itself a config
@@ -62,6 +65,10 @@ class GPTConfig:
     """Leading residual dimensions read by the SmearGate and the sparse attention gate."""
     fused_softcap_ce: bool = False
     """Training loss through the fused softcapped cross-entropy Triton kernel (CUDA); evaluation keeps the exact path."""
+    fp8_training: str = "off"
+    """Bank matmuls of the training steps in FP8 e4m3 with rowwise scales (`lit_golf/kernels/fp8.py`; emulated
+    off CUDA): 'forward' (forward GEMMs; backward in bf16), 'forward_dgrad' (the input gradients too; weight
+    gradients stay bf16) or 'off'. Evaluation, TTT, GPTQ calibration and export never use it. Not yet measured."""
 
     def __post_init__(self) -> None:
         least = dict(vocab_size=1, num_layers=1, model_dim=1, num_heads=1, num_kv_heads=1, rope_dims=0,
@@ -88,6 +95,14 @@ class GPTConfig:
             problems.append(f"gate_window={self.gate_window} must lie in 1..model_dim={self.model_dim}")
         if self.parallel_final_lane not in ("mean", "attn", "mlp"):
             problems.append(f"parallel_final_lane={self.parallel_final_lane!r} must be 'mean', 'attn' or 'mlp'")
+        if self.fp8_training not in FP8_RECIPES:
+            problems.append(f"fp8_training={self.fp8_training!r} must be one of {FP8_RECIPES}")
+        elif self.fp8_training != "off" and not problems:
+            widths = {"model_dim": self.model_dim, "kv_dim": self.kv_dim, "hidden_dim": self.hidden_dim}
+            odd = [f"{k}={v}" for k, v in widths.items() if v % FP8_ALIGNMENT]
+            if odd:
+                problems.append(f"fp8_training={self.fp8_training!r} needs model_dim, kv_dim (num_kv_heads x head_dim) "
+                                f"and hidden_dim (mlp_mult x model_dim) divisible by {FP8_ALIGNMENT}: {', '.join(odd)}")
         if problems:
             raise ValueError("invalid GPTConfig: " + "; ".join(problems))
 
@@ -118,8 +133,8 @@ class GPTConfig:
         return asdict(self)
 
     # Kernel choices: they change how the same weights are computed, not the model, so an artifact
-    # trained with FA4, the fused MLP and the fused loss evaluates on a box with none of them.
-    RUNTIME_FIELDS = ("attention_backend", "fused_mlp", "fused_softcap_ce")
+    # trained with FA4, the fused MLP, the fused loss or FP8 training steps evaluates on a box with none of them.
+    RUNTIME_FIELDS = ("attention_backend", "fused_mlp", "fused_softcap_ce", "fp8_training")
 
     def architecture(self) -> dict:
         """The fields that define the weights and the function they compute (all but `RUNTIME_FIELDS`)."""

@@ -10,7 +10,10 @@ on the embedding, a sparse per-head gate on the attention output, and the fused 
 
 The large matrices live in four banks (so the optimizer can orthogonalize them in batches) and are
 sliced per layer at use; they are cast to the activation dtype there, so the trainer may keep them in
-bf16 while the small "scalar" parameters stay fp32. Identity "taps" mark the input of every
+bf16 while the small "scalar" parameters stay fp32. With `fp8_training` on, the bank matmuls of a forward in
+training mode run in FP8 (`lit_golf.kernels.fp8`); eval mode never does, and evaluation, TTT (global SGD
+included) and GPTQ calibration all run the model in eval mode, as they do for the other training kernels
+(the fused MLP and loss). Identity "taps" mark the input of every
 quantized matrix for calibration hooks, and the optional `lora` argument adds test-time-training
 deltas at fixed sites without a second copy of the forward code.
 """
@@ -28,10 +31,11 @@ import torch.nn.functional as F
 from lit_golf.attention import AttentionBackend, select_backend
 from lit_golf.config import GPTConfig
 from lit_golf.data.shards import BOS_ID
+from lit_golf.kernels.fp8 import fp8_linear
 
 LORA_SITES = ("q", "k", "v", "o", "mlp", "head")
 
-FusedMLPFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+FusedMLPFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, str | None], torch.Tensor]
 FusedLossFn = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
 
 
@@ -60,6 +64,7 @@ class StepContext(NamedTuple):
     cu_seqlens: torch.Tensor | None
     max_seqlen: int
     lora: LoRA | None
+    fp8: str | None  # FP8 recipe of the bank matmuls (a training step with `fp8_training` on), else None
 
 
 def with_lora(out: torch.Tensor, ctx: StepContext, site: str, slot: int, x: torch.Tensor) -> torch.Tensor:
@@ -68,6 +73,11 @@ def with_lora(out: torch.Tensor, ctx: StepContext, site: str, slot: int, x: torc
         return out
     delta = ctx.lora.delta(site, slot, x)
     return out if delta is None else out + delta
+
+
+def bank_linear(x: torch.Tensor, weight: torch.Tensor, fp8: str | None) -> torch.Tensor:
+    """`x @ weight.T` for a bank slice: `F.linear` in x's dtype, or FP8 under recipe `fp8`."""
+    return F.linear(x, weight.to(x.dtype)) if fp8 is None else fp8_linear(x, weight, fp8)
 
 
 def to_stream_dtype(x: torch.Tensor) -> torch.Tensor:
@@ -167,9 +177,9 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, w: LayerWeights, ctx: StepContext, slot: int) -> torch.Tensor:
         batch, seq_len, _ = x.shape
         x = self.qkv_tap(x)
-        q = with_lora(F.linear(x, w.q.to(x.dtype)), ctx, "q", slot, x)
-        k = with_lora(F.linear(x, w.k.to(x.dtype)), ctx, "k", slot, x)
-        v = with_lora(F.linear(x, w.v.to(x.dtype)), ctx, "v", slot, x)
+        q = with_lora(bank_linear(x, w.q, ctx.fp8), ctx, "q", slot, x)
+        k = with_lora(bank_linear(x, w.k, ctx.fp8), ctx, "k", slot, x)
+        v = with_lora(bank_linear(x, w.v, ctx.fp8), ctx, "v", slot, x)
         q = rms_norm(q.view(batch, seq_len, self.num_heads, self.head_dim))
         k = rms_norm(k.view(batch, seq_len, self.num_kv_heads, self.head_dim))
         v = v.view(batch, seq_len, self.num_kv_heads, self.head_dim)
@@ -183,11 +193,12 @@ class CausalSelfAttention(nn.Module):
         if self.gate_weight is not None:
             y = y * window_gate(x, self.gate_weight, self.gate_scale).to(y.dtype)[..., None]
         y = self.out_tap(y.reshape(batch, seq_len, -1))
-        return with_lora(F.linear(y, w.o.to(y.dtype)), ctx, "o", slot, x)
+        return with_lora(bank_linear(y, w.o, ctx.fp8), ctx, "o", slot, x)
 
 
 class MLP(nn.Module):
-    """LeakyReLU(0.5)^2 MLP; the fused Triton kernel serves CUDA training in 16-bit, the eager path the rest."""
+    """LeakyReLU(0.5)^2 MLP; the fused Triton kernel serves CUDA training in 16-bit (FP8 under `fp8`), the eager
+    path the rest."""
 
     def __init__(self, fused_fn: FusedMLPFn | None):
         super().__init__()
@@ -195,13 +206,13 @@ class MLP(nn.Module):
         self.up_tap = nn.Identity()
         self.down_tap = nn.Identity()
 
-    def forward(self, x: torch.Tensor, up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, up: torch.Tensor, down: torch.Tensor, fp8: str | None) -> torch.Tensor:
         x = self.up_tap(x)
         up, down = up.to(x.dtype), down.to(x.dtype)
         if self.fused_fn is not None and self.training and x.is_cuda and x.dtype in (torch.bfloat16, torch.float16):
-            return self.fused_fn(x, up, down)
-        hidden = F.leaky_relu(F.linear(x, up), negative_slope=0.5).square()
-        return F.linear(self.down_tap(hidden), down)
+            return self.fused_fn(x, up, down, fp8)
+        hidden = F.leaky_relu(bank_linear(x, up, fp8), negative_slope=0.5).square()
+        return bank_linear(self.down_tap(hidden), down, fp8)
 
 
 class Block(nn.Module):
@@ -227,7 +238,7 @@ class Block(nn.Module):
 
     def mlp_branch(self, read: torch.Tensor, w: LayerWeights, ctx: StepContext, slot: int) -> torch.Tensor:
         normed = rms_norm(read) * self.norm_scale
-        out = with_lora(self.mlp(normed, w.up, w.down), ctx, "mlp", slot, normed)
+        out = with_lora(self.mlp(normed, w.up, w.down, ctx.fp8), ctx, "mlp", slot, normed)
         return self.mlp_scale.to(out.dtype) * out
 
     def forward(self, x, x0, w: LayerWeights, ctx: StepContext, slot: int) -> torch.Tensor:
@@ -335,7 +346,8 @@ class GPT(nn.Module):
         x = rms_norm(x)
         rope_dims = self.config.rope_dims or self.config.head_dim
         cos, sin = rotary_tables(input_ids.size(1), rope_dims, self.config.rope_base, x.device, x.dtype)
-        ctx = StepContext(cos, sin, cu_seqlens, int(max_seqlen), lora)
+        fp8 = self.config.fp8_training if self.training and self.config.fp8_training != "off" else None
+        ctx = StepContext(cos, sin, cu_seqlens, int(max_seqlen), lora, fp8)
         x = self._run_blocks(x, ctx)
         if score_columns is not None:
             x = x.gather(1, score_columns[..., None].expand(-1, -1, x.size(-1)))

@@ -1,0 +1,42 @@
+"""bench/train_step_levers.py on the CPU (`--smoke`): whole training steps per lever, issue 27's `levers` fields."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def levers_bench(monkeypatch):
+    """bench/train_step_levers.py as a module (it imports its bench/ siblings, as when run from there)."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    return importlib.import_module("train_step_levers")
+
+
+def test_smoke_measures_each_lever_before_and_after_looping(monkeypatch, tmp_path):
+    out = tmp_path / "levers.json"
+    argv = ["--smoke", "--out", str(out), "--warmup", "1", "--steps", "1", "--models", "record",
+            "--levers", "bf16", "fp8_forward_dgrad", "fa4"]
+    assert levers_bench(monkeypatch).main(argv) == 0
+    result = json.loads(out.read_text())
+    assert result["gpu"] == "cpu" and result["smoke"] and result["tokens_per_step"] == 1024
+    levers = result["levers"]["record"]
+    assert "fa4" in levers["fa4"]["skipped"] and "needs CUDA" in levers["fa4"]["skipped"]
+    for name in ("bf16", "fp8_forward_dgrad"):
+        lever = levers[name]
+        for phase in ("before_loop", "after_loop"):
+            assert lever[f"tok_s_{phase}"] > 0 and lever[f"ms_per_step_{phase}"] > 0
+            assert lever[f"kernels_per_step_{phase}"] == sum(lever[f"kernels_per_class_{phase}"].values())
+            assert {"gemm", "attention", "elementwise"} <= lever[f"ms_per_kernel_class_{phase}"].keys()
+        # looping runs more blocks: more kernels per step
+        assert lever["kernels_per_step_after_loop"] > lever["kernels_per_step_before_loop"]
+    # the lever reaches the training step: only the FP8 one quantizes (its rowwise amax is the fp8_cast class)
+    assert "fp8_cast" in levers["fp8_forward_dgrad"]["ms_per_kernel_class_before_loop"]
+    assert "fp8_cast" not in levers["bf16"]["ms_per_kernel_class_before_loop"]
+    assert levers["bf16"]["speedup_before_loop"] == 1.0 and levers["fp8_forward_dgrad"]["speedup_after_loop"] > 0
+    assert levers["fp8_forward_dgrad"]["overrides"] == {"fp8_training": "forward_dgrad"}
