@@ -258,7 +258,7 @@ def test_scaled_mm_matches_the_emulation_cuda():
     kernel = fp8.scaled_mm(a_codes, a_scale, b_codes, b_scale, torch.bfloat16)
     emulated = fp8.emulated_scaled_mm(a_codes, a_scale, b_codes, b_scale, torch.float32)
     assert kernel.dtype == torch.bfloat16
-    assert relative_error(kernel, emulated) < 5e-3  # bf16 output rounding (2^-9 rms) and the accumulation order
+    assert relative_error(kernel, emulated) < 1e-2  # bf16 output rounding, fast (reduced-precision) accumulation
     assert abs(relative_error(kernel, a.float() @ b.float().T) - RMS_MATMUL_ERROR) < 0.2 * RMS_MATMUL_ERROR
 
 
