@@ -11,6 +11,7 @@ same synthetic packed batch. No optimizer step: this isolates the model.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import re
 import sys
@@ -53,6 +54,7 @@ def packed_batch(seed: int, device: torch.device, tokens: int = MICRO_TOKENS, se
     return ids[:, :-1].to(device), ids[:, 1:].to(device), cu.to(device)
 
 
+@functools.cache  # a step launches thousands of kernels under a few hundred names
 def kernel_class(name: str) -> str:
     return next((kind for kind, pattern in KERNEL_CLASSES if re.search(pattern, name, re.IGNORECASE)), "elementwise")
 

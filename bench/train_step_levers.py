@@ -19,9 +19,13 @@ the step shape, and `levers[model][lever]` with `tok_s_`, `ms_per_step_`, `peak_
 `kernels_per_step_`, `ms_per_kernel_class_`, `kernels_per_class_` and `speedup_` (over the same model's
 `bf16` lever) `before_loop` / `after_loop`, issue 27's `levers` fields.
 
+Each lever compiles twice (before and after looping: about 1-2 minutes on an H100 with a cold cache), so
+all 12 (model, lever) pairs take about half an hour: under a per-command limit, run a few per command
+with `--models` / `--levers`, each into its own `--out` file.
+
     python bench/train_step_levers.py --out bench/results/levers_h100.json                         # GPU, all
     python bench/train_step_levers.py --out /tmp/l.json --models record --levers bf16 fp8_forward fa4+fp8_forward
-    python bench/train_step_levers.py --smoke --out /tmp/smoke.json    # tiny_cpu.yaml's model, 1,024 tokens, CPU
+    python bench/train_step_levers.py --smoke --out /tmp/smoke.json    # tiny_cpu.yaml's model, 512 tokens, CPU
 """
 
 from __future__ import annotations
@@ -54,7 +58,7 @@ LEVERS = {
 DEFAULT_LEVERS = ["bf16", "fp8_forward", "fp8_forward_dgrad", "fa4", "fa4+fp8_forward", "fa4+fp8_forward_dgrad"]
 MODELS = {"record": ["record"], "frontier": ["record", "frontier"]}  # config layers, as `--config a --config b`
 SMOKE_BASE = "tiny_cpu"  # --smoke: this config's model replaces the record's ...
-SMOKE_DATA = {"tokens_per_microbatch": 512, "train_batch_tokens": 1024}  # ... with 2 micro-batches of 2 rows
+SMOKE_DATA = {"tokens_per_microbatch": 256, "train_batch_tokens": 512}  # ... with 2 micro-batches of one row
 
 
 def config_layers(names: list[str]) -> dict:
@@ -157,9 +161,9 @@ def measure_lever(layers: dict, lever: str, base_attention: str, device: torch.d
         print(f"{lever} {phase}: {result[f'tok_s_{phase}']:,} tok/s, {result[f'ms_per_step_{phase}']} ms/step",
               flush=True)
     del runner
-    gc.collect()
     torch._dynamo.reset()
-    if device.type == "cuda":
+    if device.type == "cuda":  # the next lever's compile and peak memory start from an empty device
+        gc.collect()
         torch.cuda.empty_cache()
     return result
 
@@ -191,7 +195,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--base-attention", help="attention backend of every lever but fa4 "
                         "(default: torch_varlen on CUDA, auto elsewhere)")
     parser.add_argument("--smoke", action="store_true",
-                        help=f"the {SMOKE_BASE}.yaml model on a 1,024-token step (a quick CPU run)")
+                        help=f"the {SMOKE_BASE}.yaml model on a 512-token step (a quick CPU run)")
     args = parser.parse_args(argv)
     unknown = sorted({part for lever in args.levers for part in lever.split("+")} - set(LEVERS))
     if unknown:

@@ -216,8 +216,9 @@ def test_evaluation_ttt_and_calibration_never_use_fp8(fp8_calls):
     """Plain eval, phased LoRA TTT with global SGD (which trains the base model) and GPTQ's Hessians all run
     the model in eval mode, where the switch does nothing; a training step right after does use it."""
     model = tiny_gpt("forward_dgrad")
-    evaluate(model, synthetic_val([40, 12, 33, 25, 18, 50, 9, 30], seed=3), synthetic_luts(),
-             small_eval_config(global_sgd={"prefix_docs": 4}), progress=False)
+    results = evaluate(model, synthetic_val([40, 12, 33, 25, 18, 50, 9, 30], seed=3), synthetic_luts(),
+                       small_eval_config(global_sgd={"prefix_docs": 4}), progress=False)
+    assert {"val_bpb", "ttt_bpb", "ttt_bpb_after_phase2"} <= results.keys()  # plain, TTT, SGD between phases
     collect_hessians(model, [torch.randint(2, 64, (2, 32), generator=torch.Generator().manual_seed(2))])
     assert fp8_calls == []
     training_step(model)

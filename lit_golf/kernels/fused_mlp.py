@@ -10,19 +10,19 @@ projection and the weight gradients stay on cuBLAS.
 The kernel is persistent (one program per SM walks the output tiles) and moves tiles with tensor
 descriptors (TMA on Hopper), with 128x256 output tiles whose epilogue is written in two 128x128 halves
 to keep shared memory for the pipeline stages. It runs in bf16 or fp16 only (fp32 tiles would not fit
-in shared memory); `MLP` uses the eager path otherwise.
-
-FP8 (`GPTConfig.fp8_training`, recipes in `lit_golf.kernels.fp8`): the same kernel takes e4m3 operands
-quantized per row (`tl.dot` on fp8 runs on Hopper's FP8 tensor cores) and multiplies the fp32 accumulator
-by the two rows' scales before the epilogue, so the activation stays fused and pre/post are stored in bf16
-as before. Its K tile doubles to 128 (same bytes per pipeline stage). The down projection goes through
-`fp8_matmul` (`torch._scaled_mm`); quantizing `post` per row needs its whole 2,048-wide row, more than one
-output tile, so that cast is a separate pass over `post` (fused by `torch.compile` into one kernel with its
-amax). Under 'forward_dgrad' the backward's `grad_out @ down` (fused with act') runs in FP8 in this kernel
-and `grad_pre @ up` through `fp8_matmul`; the weight gradients stay bf16. Not yet measured on a GPU. On an H100 at the record shape (98,304 tokens,
+in shared memory); `MLP` uses the eager path otherwise. On an H100 at the record shape (98,304 tokens,
 512 -> 2048 -> 512) the whole MLP forward+backward takes 2.07 ms against 2.42 ms compiled eager, and
 the kernel's share of a training step fell from 112 to 82 ms against a pointer-based tile kernel
 (bench/NOTES.md).
+
+FP8 (`GPTConfig.fp8_training`, recipes in `lit_golf.kernels.fp8`), not yet measured on a GPU: the same
+kernel takes e4m3 operands quantized per row (`tl.dot` on fp8 runs on Hopper's FP8 tensor cores) and
+multiplies the fp32 accumulator by the two rows' scales before the epilogue, so the activation stays fused
+and pre/post are stored in bf16 as before; its K tile doubles to 128 (the same bytes per pipeline stage).
+The down projection goes through `fp8_matmul` (`torch._scaled_mm`): quantizing `post` per row needs its
+whole 2,048-wide row, wider than an output tile, so that cast is a separate pass over `post` (one kernel
+with its amax under `torch.compile`). Under 'forward_dgrad' the backward's `grad_out @ down` runs in FP8 in
+this kernel (still fused with act') and `grad_pre @ up` through `fp8_matmul`; weight gradients stay bf16.
 
 Triton is imported here only; `lit_golf.model` imports this module only when CUDA is present, so CPU
 installs never need Triton.
