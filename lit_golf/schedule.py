@@ -21,7 +21,7 @@ class TrainingConfig:
     compile_warmup: bool = True
     compile_cache: str | None = None
     recipe_world_size: int | None = None
-    """GPUs the step-counted knobs were tuned for (EMA decay, Muon momentum warm-up). A wall-clock run
+    """GPUs the step-counted knobs were tuned for (EMA decay, Muon momentum warm-up, checkpoint cadence). A wall-clock run
     on W GPUs takes about W / recipe_world_size as many steps, so those knobs are rescaled by that ratio
     (`recipe_step_scale`); None keeps them as written. Fixed-step runs are never rescaled."""
 

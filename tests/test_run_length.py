@@ -8,7 +8,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
-from test_callbacks import TinyGolfModule, fit
+import lightning as L
+from test_callbacks import TinyGolfModule, fit, loader
 from test_eval_support import TINY_GPT
 
 from lit_golf.callbacks.ema import EMA, float_state
@@ -88,3 +89,16 @@ def test_one_gpu_average_stays_close_to_the_raw_weights_it_averages():
     assert rescaled < 0.1
     assert as_written > 0.3  # the record's decay would still export a mix with the initial weights
     assert torch.isfinite(torch.tensor([rescaled, as_written])).all()
+
+
+def test_checkpoint_cadence_follows_the_run_length(tmp_path):
+    from lit_golf.callbacks.checkpoint import RunCheckpoint
+
+    saver = RunCheckpoint(every_n_train_steps=16, dirpath=str(tmp_path), save_final=False)
+    module = TinyGolfModule()
+    module.progress.step_scale = 0.125  # the 8-GPU cadence on one GPU: every 2 steps
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=6, callbacks=[saver], logger=False,
+                        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0)
+    trainer.fit(module, train_dataloaders=loader())
+    assert len(saver.write_seconds) == 3
+    assert saver.every_n_train_steps == 16  # the configured value stays what the config says

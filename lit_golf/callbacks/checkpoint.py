@@ -35,6 +35,7 @@ from lit_golf.config import GPTConfig
 from lit_golf.export.pipeline import ARTIFACT_NAME, load_checkpoint
 from lit_golf.files import atomic_path
 from lit_golf.results import RESULTS_NAME, read_results
+from lit_golf.schedule import scaled_steps
 
 log = logging.getLogger("lit_golf")
 
@@ -104,7 +105,8 @@ class RunCheckpoint(ModelCheckpoint):
     """Keep the run's latest checkpoint (`checkpoints/last.ckpt` in the run folder); resume into the same folder.
 
     Args:
-        every_n_train_steps: optimizer steps between checkpoints (each save writes the whole training state).
+        every_n_train_steps: optimizer steps between checkpoints (each save writes the whole training state), for
+            a run of the recipe's length; rescaled like the other step-counted knobs (`lit_golf.schedule`).
         save_top_k: as in `ModelCheckpoint`; 0 keeps only `last.ckpt`.
         save_last: write `last.ckpt` (needed by `--ckpt_path last`).
         dirpath: None puts checkpoints in `<run folder>/checkpoints` (required for resuming into the run folder).
@@ -127,7 +129,18 @@ class RunCheckpoint(ModelCheckpoint):
             verbose=verbose,
         )
         self.save_final = save_final
+        self.every_n_train_steps = every_n_train_steps
         self.write_seconds: list[float] = []  # this launch's saves
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        """Save as often relative to the run's length as the recipe does: a one-GPU wall-clock run of the
+        8-GPU record takes ~1/8 of its steps, so every 1000 steps would never save (`progress.step_scale`)."""
+        super().on_train_start(trainer, pl_module)
+        every = scaled_steps(self.every_n_train_steps, pl_module.progress.step_scale)
+        if every != self._every_n_train_steps:
+            log.info("checkpoint: every %d steps for the recipe's run length, every %d for this run",
+                     self.every_n_train_steps, every)
+        self._every_n_train_steps = every
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
