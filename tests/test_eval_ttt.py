@@ -116,22 +116,26 @@ def sgd_trained_positions(sgd_docs, chunk: int) -> set[int]:
 
 
 def assert_score_first(events_by_rank: list[list[tuple]], tokens: torch.Tensor, cfg: EvalConfig) -> None:
-    """Score first, on any number of ranks: each phase's global SGD reads only documents that some rank had
-    scored before it entered that phase's SGD (the SGD's all-reduce waits for every rank, so no weight a
-    document is scored with has seen it), all ranks together read exactly the prefix so far but its last
-    chunk (as the record does), and the rest is scored after the last SGD."""
+    """Score first, on any number of ranks, for the adapters (`assert_adapters_learn_only_scored_text`) and the
+    global SGD: each phase's SGD reads only documents that some rank had scored before it entered that phase's
+    SGD (the SGD's all-reduce waits for every rank, so no weight a document is scored with has seen it), all
+    ranks together read exactly the prefix so far but its last chunk (as the record does), every epoch, and the
+    rest is scored after the last SGD."""
     docs = find_documents(tokens, BOS)
     stages = build_stages(docs, cfg)
+    sgd_phases = [phase for phase, stage in enumerate(stages, 1) if stage.sgd_docs is not None]
     starts = [d.start for d in docs]
     scored_before: dict[int, set[int]] = {}  # phase -> documents any rank scored before its SGD of that phase
     owners_read: dict[int, set[int]] = {}
     read_by_phase: dict[int, set[int]] = {}
     scored_by_rank, rest_scored = [], set()
     for events in events_by_rank:
+        assert_adapters_learn_only_scored_text(events, docs, cfg)
         scored, phases = set(), []
         for event in events:
             if event[0] == "scored":
                 scored.add(event[1])
+            if event[0] != "sgd_read":
                 continue
             _, phase, a, b = event
             if phase not in phases:
@@ -139,17 +143,47 @@ def assert_score_first(events_by_rank: list[list[tuple]], tokens: torch.Tensor, 
                 scored_before.setdefault(phase, set()).update(scored)
             owners_read.setdefault(phase, set()).update(bisect.bisect_left(starts, p) - 1 for p in range(a + 1, b))
             read_by_phase.setdefault(phase, set()).update(range(a, b))
-        assert phases == [1, 2]  # every rank takes part in each phase's SGD, in order
+        assert phases == sgd_phases  # every rank takes part in each phase's SGD, in order
         last_sgd = max(i for i, e in enumerate(events) if e[0] == "sgd_read")
         rest_scored |= {e[1] for e in events[last_sgd:] if e[0] == "scored"}
         scored_by_rank.append(scored)
     for phase, owners in owners_read.items():
         early = owners - scored_before[phase]
         assert not early, f"phase {phase} SGD read documents {sorted(early)} before any rank scored them"
-    for phase in (1, 2):
+    for phase in sgd_phases:
         assert read_by_phase[phase] == sgd_trained_positions(stages[phase - 1].sgd_docs, cfg.global_sgd.chunk_tokens)
     assert rest_scored == {d.index for d in stages[-1].docs}
     assert sorted(i for scored in scored_by_rank for i in scored) == [d.index for d in docs]  # each once
+
+
+def assert_adapters_learn_only_scored_text(events: list[tuple], docs, cfg: EvalConfig) -> None:
+    """One rank's per-document TTT: every adapter step reads (inputs and targets) only its own document's
+    tokens scored before the step, and learns from each chunk exactly as often as the settings say: `grad_steps`
+    times once it is scored, and once more at each of the next `replay_chunks` chunks, while the document goes
+    on (no step learns for a document that has nothing left to score)."""
+    chunk, scored, reads = cfg.ttt.chunk_size, set(), {}
+    for event in events:
+        if event[0] == "chunk":
+            _, d, a, b = event
+            assert scored.isdisjoint(range(a, b)), f"document {d}: targets {a}..{b} scored twice"
+            scored.update(range(a, b))
+        elif event[0] == "ttt_read":
+            _, d, a, b = event
+            doc = docs[d]
+            assert doc.start <= a < b <= doc.end, f"document {d}: step read {a}..{b} outside the document"
+            unscored = set(range(max(a, doc.start + 1), b)) - scored
+            assert not unscored, f"document {d}: an adapter step read targets {sorted(unscored)} before they were scored"
+            key = (d, (b - 2 - doc.start) // chunk)  # the chunk whose last target is b - 1
+            reads[key] = reads.get(key, 0) + 1
+    expected = {}
+    for d in {key[0] for key in reads} | {e[1] for e in events if e[0] == "chunk"}:
+        n = docs[d].num_targets
+        for ci in range(-(-n // chunk)):
+            goes_on = [at for at in range(ci, ci + cfg.ttt.replay_chunks + 1) if n > (at + 1) * chunk]
+            count = (cfg.ttt.grad_steps if ci in goes_on else 0) + len(goes_on) - (ci in goes_on)
+            if count:
+                expected[(d, ci)] = count
+    assert reads == expected
 
 
 @pytest.mark.parametrize("order", ["longest_first", "stream"])

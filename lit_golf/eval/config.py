@@ -14,6 +14,7 @@ from lit_golf.config import config_from_dict
 
 LORA_SITES = ("q", "k", "v", "o", "mlp", "head")
 PREFIX_ORDERS = ("longest_first", "stream")
+LR_SCHEDULES = ("constant", "warmup", "inverse_sqrt")
 
 
 def _raise_if(problems: list[str]) -> None:
@@ -78,6 +79,18 @@ class TTTConfig:
     batch_docs: int = 64
     """Documents (one adapter each) trained side by side."""
     grad_steps: int = 1
+    """AdamW steps on each chunk once it is scored (the first shares the scoring forward; each further one
+    runs the chunk's window again). Every step trains only on the chunk just scored."""
+    replay_chunks: int = 0
+    """A second pass over what the document has already scored: after its steps on chunk i, the adapter
+    takes one more step on each of chunks i-k .. i-1 (k = `replay_chunks`, oldest first, each with its own
+    window), all scored before. 0: none (the record)."""
+    lr_schedule: str = "constant"
+    """The learning rate within a document, by chunk index i (all rows of a batch are at the same chunk):
+    "constant" = `lr`; "warmup" = `lr` x min(1, (i + 1) / `lr_schedule_chunks`); "inverse_sqrt" = `lr` x
+    min(1, sqrt(`lr_schedule_chunks` / (i + 1))), flat then decaying. A function of the chunk index only."""
+    lr_schedule_chunks: int = 8
+    """The warm-up length, or the chunks before the decay starts, of `lr_schedule`."""
     lora_alpha: float | None = None
     """LoRA output scaled by alpha / rank (None: unscaled, the 04-14 record)."""
     warm_start_a: bool = False
@@ -94,8 +107,10 @@ class TTTConfig:
     def __post_init__(self) -> None:
         self.lora_targets = tuple(self.lora_targets)
         positive = ("lora_rank", "chunk_size", "context_len", "batch_docs", "grad_steps", "window_bucket",
-                    "tokens_per_pass")
-        problems = _not_positive("ttt", self, positive) + _negative("ttt", self, ("weight_decay",))
+                    "tokens_per_pass", "lr_schedule_chunks")
+        problems = _not_positive("ttt", self, positive) + _negative("ttt", self, ("weight_decay", "replay_chunks"))
+        if self.lr_schedule not in LR_SCHEDULES:
+            problems.append(f"evaluation.ttt.lr_schedule={self.lr_schedule!r}; choose from {list(LR_SCHEDULES)}")
         unknown = sorted(set(self.lora_targets) - set(LORA_SITES))
         if unknown:
             problems.append(f"evaluation.ttt.lora_targets has unknown sites {unknown}; choose from {list(LORA_SITES)}")
@@ -113,6 +128,8 @@ class GlobalSGDConfig:
     prefix_docs: int = 2000
     """Documents in the phased prefix; the rest are scored after the last phase."""
     num_phases: int = 3
+    """Stages the prefix is scored in; after each (but one that ends the documents) the base model takes a
+    global SGD over every prefix document scored so far: more phases, more SGD on already-scored text."""
     prefix_order: str = "longest_first"
     """Which documents form the prefix: "longest_first" = the first `prefix_docs` in the record's processing
     order (all documents sorted by length, longest first); "stream" = the first in the stream."""
@@ -124,6 +141,7 @@ class GlobalSGDConfig:
     """Sequences of `plain.seq_len` tokens per forward/backward within a step: memory only."""
     grad_clip: float = 1.0
     epochs: int = 1
+    """Passes of each phase's SGD over its (already scored) documents."""
 
     def __post_init__(self) -> None:
         problems = _not_positive("global_sgd", self, ("num_phases", "chunk_tokens", "batch_seqs"))

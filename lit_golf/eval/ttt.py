@@ -7,7 +7,9 @@ left-to-right pass, with the model's normalized softmax.
   fresh, its `A` carries over from the row's previous document of the phase). The document's targets are cut into
   chunks of `ttt.chunk_size`; chunk k is scored with up to `ttt.context_len` tokens of the same
   document ending at the chunk (never another document's), then the adapter takes `ttt.grad_steps`
-  AdamW steps on that chunk's loss alone. The last chunk is not trained on: nothing is left to score.
+  AdamW steps on that chunk's loss alone and, with `ttt.replay_chunks` = k, one step on each of the
+  k chunks before it (a second pass over what the document has scored); the learning rate follows
+  `ttt.lr_schedule` by chunk index. The last chunk is not trained on: nothing is left to score.
 * Batches: `ttt.batch_docs` documents of similar length advance chunk by chunk together, one padded
   row each, longest first; once a document has ended its row no longer runs, and padding positions
   are masked out of scores and losses. Row widths are rounded up to `ttt.window_bucket`, and the rows
@@ -35,24 +37,26 @@ from tqdm.auto import tqdm
 from lit_golf.data.documents import Document, find_documents
 from lit_golf.data.shards import BOS_ID
 from lit_golf.distributed import rank_and_world
-from lit_golf.eval.config import EvalConfig
+from lit_golf.eval.config import EvalConfig, TTTConfig
 from lit_golf.eval.global_sgd import global_sgd
 from lit_golf.eval.lora import BatchedLoRA
 from lit_golf.eval.metric import BitsPerByte
-from lit_golf.eval.plan import num_chunks, phase_boundaries, plan_batches, window_width
+from lit_golf.eval.plan import Forward, batch_forwards, phase_boundaries, plan_batches, window_width
 from lit_golf.eval.runtime import Stopwatch, autocast, eval_mode
-from lit_golf.eval.valset import ValSet
+from lit_golf.eval.valset import ValSet, WindowBatch
 
 log = logging.getLogger("lit_golf")
 
 
 @dataclass
 class TTTTrace:
-    """Optional record of what TTT did, for tests and audits (costs a host sync per chunk).
+    """Optional record of what TTT did, for tests and audits (costs host syncs per chunk).
 
-    `events` is in execution order: `("scored", doc_index)` once a document's batch is finished,
-    `("sgd_read", phase, start, end)` for every token span global SGD feeds to the model.
-    `chunk_nll[(doc_index, chunk_index)]` is the summed NLL (nats) of that chunk's targets.
+    `events` is in execution order: `("chunk", doc_index, start, end)` when a chunk's targets (stream
+    positions `[start, end)`) are scored, `("ttt_read", doc_index, start, end)` for the stream span (inputs
+    and targets) of every adapter step that learns from that document, `("scored", doc_index)` once a
+    document's batch is finished, `("sgd_read", phase, start, end)` for every token span global SGD feeds
+    to the model. `chunk_nll[(doc_index, chunk_index)]` is the summed NLL (nats) of that chunk's targets.
     """
 
     events: list[tuple] = field(default_factory=list)
@@ -95,6 +99,24 @@ def build_stages(docs: list[Document], cfg: EvalConfig) -> list[Stage]:
     return stages
 
 
+def stage_plan(stage: Stage, cfg: EvalConfig, rank: int, world: int) -> list[list[Document]]:
+    """This rank's batches of `stage`, in the order it runs them (`plan.plan_batches`)."""
+    ttt = cfg.ttt
+    return plan_batches(stage.docs, ttt.batch_docs, rank, world, ttt.chunk_size, ttt.context_len, ttt.window_bucket,
+                        ttt.grad_steps, ttt.replay_chunks)
+
+
+def planned_positions(docs: list[Document], cfg: EvalConfig, rank: int = 0, world: int = 1) -> int:
+    """Positions (rows x width) the per-document TTT of `rank` runs through the model, scoring and learning
+    passes together: what `DocumentBatchScorer` counts as it runs, from the plan alone (no model)."""
+    total = 0
+    for stage in build_stages(docs, cfg):
+        for batch in stage_plan(stage, cfg, rank, world):
+            lengths = [d.num_targets for d in batch] + [0] * (cfg.ttt.batch_docs - len(batch))
+            total += sum((g.stop - g.start) * f.width for f in batch_forwards(lengths, cfg.ttt) for g in f.groups)
+    return total
+
+
 class DocumentBatchScorer:
     """Scores batches of documents with per-document adapters trained chunk by chunk."""
 
@@ -111,6 +133,7 @@ class DocumentBatchScorer:
         self.compiled = cfg.ttt.compile and val.device.type == "cuda"
         self.compiled_chunk_nll = torch.compile(self._chunk_nll) if self.compiled else None
         self.chunk_columns = torch.arange(cfg.ttt.chunk_size, device=val.device)
+        self.positions = 0  # rows x width of every pass run (host arithmetic: no sync)
 
     def _chunk_nll(self, inputs: torch.Tensor, targets: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
         """NLL `[rows, chunk]` of `targets` at window `columns` of `inputs`, with the adapters of the active rows."""
@@ -140,54 +163,46 @@ class DocumentBatchScorer:
         self.optimizer.zero_grad(set_to_none=True)
 
     def score(self, docs: list[Document]) -> None:
-        """Score `docs` (at most `ttt.batch_docs`, longest first) into the metric, chunk by chunk."""
-        cfg, device = self.cfg, self.val.device
+        """Score `docs` (at most `ttt.batch_docs`, longest first) into the metric, chunk by chunk, learning
+        from each chunk once it is scored (`plan.batch_forwards`: the passes, in order)."""
+        ttt, device = self.cfg.ttt, self.val.device
         lengths = [d.num_targets for d in docs] + [0] * (self.rows - len(docs))
         doc_start = torch.tensor([d.start for d in docs] + [0] * (self.rows - len(docs)), device=device)
         targets = torch.tensor(lengths, device=device)
         self._reset(docs)
-        chunks = num_chunks(max(lengths), cfg.ttt.chunk_size)
-        for ci in range(chunks):
-            chunk_lo = ci * cfg.ttt.chunk_size
-            chunk_hi = targets.clamp(max=chunk_lo + cfg.ttt.chunk_size)
-            win_start = (chunk_hi - cfg.ttt.context_len).clamp(min=0)
-            length = torch.where(targets > chunk_lo, chunk_hi - win_start, 0)
-            # window column of each row's chunk positions; past the row's end they are padding, not scored
-            columns = (chunk_lo - win_start)[:, None] + self.chunk_columns[None, :]
-            scored = columns < length[:, None]
-            width = window_width(ci, cfg.ttt.chunk_size, cfg.ttt.context_len, cfg.ttt.window_bucket)
-            columns = columns.clamp(max=width - 1)
-            groups = self._row_groups(lengths, chunk_lo, width)
-            train = ci + 1 < chunks
-            has_next = targets > chunk_lo + cfg.ttt.chunk_size
-            for step in range(cfg.ttt.grad_steps if train else 1):
-                self.optimizer.zero_grad(set_to_none=True)
-                for rows in groups:
-                    batch = self.val.gather(doc_start[rows] + win_start[rows], length[rows], width)
-                    row_columns = columns[rows]
-                    chunk_targets = batch.targets.gather(1, row_columns)
-                    # the compiled graph always records gradients: a no-grad variant would be a second compile
-                    with self.lora.select_rows(rows), torch.set_grad_enabled(train or self.compiled):
-                        nll = self.chunk_nll(batch.inputs, chunk_targets, row_columns)
-                    if step == 0:
-                        self.metric.update(nll, batch.target_bytes.gather(1, row_columns), scored[rows])
-                        if self.trace is not None:
-                            self._record_chunk(docs[rows], ci, nll, scored[rows])
-                    if train:
-                        self._backward(nll, scored[rows], has_next[rows])
-                if train:
-                    self.optimizer.step()
+        windows: dict[int, tuple[ChunkWindow, list[WindowBatch]]] = {}  # the windows run at the current chunk
+        for forward in batch_forwards(lengths, ttt):
+            if forward.scores:
+                windows.clear()
+                has_next = targets > (forward.at + 1) * ttt.chunk_size
+                self._set_lr(forward.at)
+            if forward.chunk not in windows:
+                window = ChunkWindow.of(forward.chunk, targets, forward.width, ttt, self.chunk_columns)
+                windows[forward.chunk] = window, [window.gather(self.val, doc_start, rows) for rows in forward.groups]
+            window, batches = windows[forward.chunk]
+            self.optimizer.zero_grad(set_to_none=True)
+            for rows, batch in zip(forward.groups, batches, strict=True):
+                columns = window.columns[rows]
+                # the compiled graph always records gradients: a no-grad variant would be a second compile
+                with self.lora.select_rows(rows), torch.set_grad_enabled(forward.trains or self.compiled):
+                    nll = self.chunk_nll(batch.inputs, batch.targets.gather(1, columns), columns)
+                self.positions += (rows.stop - rows.start) * forward.width
+                if forward.scores:
+                    self.metric.update(nll, batch.target_bytes.gather(1, columns), window.scored[rows])
+                if forward.trains:
+                    self._backward(nll, window.scored[rows], has_next[rows])
+                if self.trace is not None:
+                    self._record(docs[rows], forward, window, rows, nll, has_next[rows])
+            if forward.trains:
+                self.optimizer.step()
         if self.trace is not None:
             self.trace.events.extend(("scored", d.index) for d in docs)
 
-    def _row_groups(self, lengths: list[int], chunk_lo: int, width: int) -> list[slice]:
-        """The rows whose documents reach this chunk (a prefix: rows are sorted longest first), in slices of
-        at most `ttt.tokens_per_pass // width` rows (a power of two) to bound activation memory."""
-        # at least 2 rows: a compiled graph treats a dimension of size 1 as a constant and would recompile
-        running = max(sum(length > chunk_lo for length in lengths), min(2, self.rows))
-        fit = max(1, self.cfg.ttt.tokens_per_pass // width)
-        size = 1 << (fit.bit_length() - 1)
-        return [slice(g, min(g + size, running)) for g in range(0, running, size)]
+    def _set_lr(self, chunk_index: int) -> None:
+        """The learning rate of the steps at `chunk_index` (`ttt.lr_schedule`; a constant one is never touched)."""
+        if self.cfg.ttt.lr_schedule != "constant":
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.cfg.ttt.lr * lr_scale(self.cfg.ttt, chunk_index)
 
     def _backward(self, nll: torch.Tensor, scored: torch.Tensor, has_next: torch.Tensor) -> None:
         """Gradient of each row's mean chunk loss (rows without a later chunk contribute nothing)."""
@@ -214,12 +229,67 @@ class DocumentBatchScorer:
                 if torch.is_tensor(value):
                     value.zero_()
 
-    def _record_chunk(self, docs: list[Document], ci: int, nll: torch.Tensor, scored: torch.Tensor) -> None:
-        sums = (nll.detach().double() * scored).sum(1).tolist()
-        for doc, total in zip(docs, sums[: len(docs)], strict=True):  # padding rows have no document
-            if doc.num_targets > ci * self.cfg.ttt.chunk_size:
-                self.trace.chunk_nll[(doc.index, ci)] = total
+    def _record(self, docs: list[Document], forward: Forward, window: ChunkWindow, rows: slice, nll: torch.Tensor,
+                has_next: torch.Tensor) -> None:
+        """The trace of one pass over `rows` (`docs`: their documents; padding rows have none)."""
+        chunk_size = self.cfg.ttt.chunk_size
+        if forward.scores:
+            sums = (nll.detach().double() * window.scored[rows]).sum(1).tolist()
+            for doc, total in zip(docs, sums[: len(docs)], strict=True):
+                lo = forward.chunk * chunk_size
+                if doc.num_targets > lo:
+                    self.trace.chunk_nll[(doc.index, forward.chunk)] = total
+                    end = doc.start + 1 + min(lo + chunk_size, doc.num_targets)
+                    self.trace.events.append(("chunk", doc.index, doc.start + 1 + lo, end))
+        if forward.trains:
+            learns = has_next[: len(docs)].tolist()
+            spans = zip(window.start[rows].tolist(), window.chunk_end[rows].tolist(), strict=True)
+            for doc, learn, (lo, hi) in zip(docs, learns, spans, strict=False):
+                if learn:
+                    self.trace.events.append(("ttt_read", doc.index, doc.start + lo, doc.start + hi + 1))
 
+
+@dataclass
+class ChunkWindow:
+    """Where chunk `index` of every row of a batch sits: each row's window of its own document ending at the
+    chunk (at most `ttt.context_len` tokens), and the window columns of the chunk's targets."""
+
+    start: torch.Tensor
+    """`[rows]` the window's first input, as an offset from the row's document start (its BOS)."""
+    chunk_end: torch.Tensor
+    """`[rows]` the chunk's last target, as such an offset (a window reads offsets `start .. chunk_end`)."""
+    length: torch.Tensor
+    """`[rows]` inputs in the window (0 for a row whose document ends before the chunk)."""
+    columns: torch.Tensor
+    """`[rows, chunk_size]` window column of each of the chunk's targets (clamped into the window)."""
+    scored: torch.Tensor
+    """`[rows, chunk_size]` which of those are real targets of the row's document."""
+    width: int
+
+    @classmethod
+    def of(cls, index: int, targets: torch.Tensor, width: int, ttt: TTTConfig, offsets: torch.Tensor) -> ChunkWindow:
+        """Chunk `index` of rows with `targets` targets each, in windows padded to `width`; `offsets` is
+        `arange(ttt.chunk_size)` on the device."""
+        chunk_lo = index * ttt.chunk_size
+        chunk_hi = targets.clamp(max=chunk_lo + ttt.chunk_size)
+        start = (chunk_hi - ttt.context_len).clamp(min=0)
+        length = torch.where(targets > chunk_lo, chunk_hi - start, 0)
+        # window column of each row's chunk positions; past the row's end they are padding, not scored
+        columns = (chunk_lo - start)[:, None] + offsets[None, :]
+        scored = columns < length[:, None]
+        return cls(start, chunk_hi, length, columns.clamp(max=width - 1), scored, width)
+
+    def gather(self, val: ValSet, doc_start: torch.Tensor, rows: slice) -> WindowBatch:
+        return val.gather(doc_start[rows] + self.start[rows], self.length[rows], self.width)
+
+
+def lr_scale(ttt: TTTConfig, chunk_index: int) -> float:
+    """The factor on `ttt.lr` at a document's chunk `chunk_index` (`ttt.lr_schedule`)."""
+    if ttt.lr_schedule == "warmup":
+        return min(1.0, (chunk_index + 1) / ttt.lr_schedule_chunks)
+    if ttt.lr_schedule == "inverse_sqrt":
+        return min(1.0, math.sqrt(ttt.lr_schedule_chunks / (chunk_index + 1)))
+    return 1.0
 
 def run_phased_ttt(
     model: nn.Module,
@@ -230,22 +300,18 @@ def run_phased_ttt(
     progress: bool = True,
     trace: TTTTrace | None = None,
     phase_bpb: dict[str, float] | None = None,
+    counts: dict[str, int] | None = None,
 ) -> BitsPerByte:
     """Score all documents of `val` with phased TTT. Trains `model`'s weights in place: pass a copy.
 
     `phase_bpb`, when given, receives the bits per byte of everything scored so far after each stage
-    (all ranks, synced), by stage name.
+    (all ranks, synced), by stage name; `counts`, when given, this rank's `positions` (rows x width of
+    every pass of the per-document TTT, `planned_positions`).
     """
     rank, world = rank_and_world()
     stopwatch = stopwatch or Stopwatch(val.device)
-    docs = find_documents(val.tokens, BOS_ID)
-    stages = build_stages(docs, cfg)
-    plans = [
-        plan_batches(
-            stage.docs, cfg.ttt.batch_docs, rank, world, cfg.ttt.chunk_size, cfg.ttt.context_len, cfg.ttt.window_bucket
-        )
-        for stage in stages
-    ]
+    stages = build_stages(find_documents(val.tokens, BOS_ID), cfg)
+    plans = [stage_plan(stage, cfg, rank, world) for stage in stages]
     metric = BitsPerByte().to(val.device)
     grad_flags = [p.requires_grad for p in model.parameters()]
     for p in model.parameters():
@@ -285,6 +351,8 @@ def run_phased_ttt(
         bar.close()
         for p, flag in zip(model.parameters(), grad_flags, strict=True):
             p.requires_grad_(flag)
+    if counts is not None:
+        counts["positions"] = scorer.positions
     return metric
 
 
