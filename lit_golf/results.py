@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from lit_golf.eval.config import EvalConfig
+from lit_golf.eval.projection import project_record
 from lit_golf.files import append_atomic, write_atomic
 
 RESULTS_NAME = "results.json"
@@ -71,6 +72,24 @@ class RunResults:
     """Mean cross-entropy in nats per token matching `final_bpb`."""
     eval_seconds: float | None = None
     """Evaluation wall clock, from the test stage's start (artifact read and decompressed, compile included) to the final bpb."""
+    eval_load_seconds: float | None = None
+    """Of which the test stage's start to the evaluation's: the artifact read and decompressed (ZPAQ, brotli),
+    the model on its device."""
+    ttt_compile_seconds: float | None = None
+    """Of which TTT's compile (its timed warm-up; 0 when eager)."""
+    global_sgd_seconds: float | None = None
+    """Of which the global SGD between TTT phases."""
+    ttt_tokens_per_second_after_compile: float | None = None
+    """Scored tokens per second of TTT after its compile (scoring and global SGD, on rank 0), as
+    `bench/ttt_throughput.py` counts them (the evaluation line's `ttt_tokens_per_second` counts the compile)."""
+    ttt_positions_per_second_after_compile: float | None = None
+    """Positions (rows x width of every TTT pass, scoring and learning) per second, over the same seconds."""
+    fineweb_8xh100_eval_s_projected: float | None = None
+    """The FineWeb evaluation's wall clock on 8×H100, projected from this test's clocks
+    (`lit_golf.eval.projection`)."""
+    fineweb_projection: dict = field(default_factory=dict)
+    """The projection's inputs: the test's own clocks, counts, world size and hardware
+    (`projection.MeasuredEval`) and `fineweb_prefix_docs`; `lit-golf check` recomputes the projection from them."""
     evaluation: dict = field(default_factory=dict)
     """The EvalConfig the evaluation ran with (`EvalConfig.to_dict`: one dict per group)."""
     val_tokens_limited: bool | None = None
@@ -87,6 +106,8 @@ class RunResults:
 KEYS = tuple(f.name for f in fields(RunResults))
 # What a test measures; every other key is the fit's (or the launch's: seed, hardware, versions, files).
 TEST_KEYS = ("evaluated", "val_bpb", "val_loss", "ttt_bpb", "ttt_loss", "final_bpb", "final_loss", "eval_seconds",
+             "eval_load_seconds", "ttt_compile_seconds", "global_sgd_seconds", "ttt_tokens_per_second_after_compile",
+             "ttt_positions_per_second_after_compile", "fineweb_8xh100_eval_s_projected", "fineweb_projection",
              "evaluation", "val_tokens_limited")
 
 
@@ -153,6 +174,12 @@ def read_results(path: str | Path) -> dict:
     return data
 
 
+def projection_words(results: dict) -> str:
+    """The FineWeb 8×H100 evaluation seconds projected from what `results` records, in words ("-": none)."""
+    record = results.get("fineweb_projection")
+    return project_record(record).describe() if record else "-"
+
+
 def summary_lines(results: dict) -> list[str]:
     """The run's end-of-launch summary, one quantity per line."""
 
@@ -168,5 +195,6 @@ def summary_lines(results: dict) -> list[str]:
         f"bpb pre/post-quant  {number('val_bpb_pre_quant', '.5f')} / {number('val_bpb_post_quant', '.5f')}",
         f"TTT bpb             {number('ttt_bpb', '.5f')}",
         f"eval seconds        {number('eval_seconds', '.1f')}  (launch -> final bpb)",
+        f"FineWeb 8xH100 eval {projection_words(results)}",
         f"final bpb           {number('final_bpb', '.5f')}",
     ]

@@ -82,9 +82,11 @@ def test_every_target_is_scored_once_with_exact_bytes(val_tokens):
     assert sum(trace.chunk_nll.values()) == pytest.approx(results["ttt_loss"] * results["ttt_tokens"], rel=1e-9)
 
 
-def test_later_tokens_never_change_earlier_chunk_scores(val_tokens):
+@pytest.mark.parametrize("ttt", [{}, {"grad_steps": 2, "replay_chunks": 1, "lr_schedule": "warmup", "lr_schedule_chunks": 2}],
+                         ids=["default", "more_compute_per_token"])
+def test_later_tokens_never_change_earlier_chunk_scores(val_tokens, ttt):
     """Rewrite document 0 from chunk 3 on: its chunks 0-2 and every other phase-1 document score the same."""
-    cfg = small_eval_config()
+    cfg = small_eval_config(ttt=ttt)
     docs = find_documents(val_tokens, BOS)
     doc, k = docs[0], 3
     edited = val_tokens.clone()

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from lit_golf.eval.projection import project_record
 from tests.test_resume import FIXED_STEPS_CPU, REPO, TINY_CPU, quiet_env
 
 # Small enough for a loaded 2-core box: 4 steps, 6 validation documents, 2 of them in the TTT prefix.
@@ -86,6 +87,7 @@ def test_run_submit_and_the_submitted_script_reproduce_the_run(tiny_data, tmp_pa
     assert results["code_bytes"] == script_bytes == read_json(run_dir / "artifact" / "artifact.json")["code_bytes"]
     assert results["artifact_bytes"] == (run_dir / "artifact" / "artifact.ptz").stat().st_size + script_bytes
     assert "final bpb" in done.stderr and f"{results['final_bpb']:.5f}" in done.stderr  # the one summary
+    assert f"FineWeb 8xH100 eval {results['fineweb_8xh100_eval_s_projected']:,.1f} s projected" in done.stderr
 
     out = tmp_path / "submission"
     done = lit_golf("submit", str(run_dir), "--out", str(out), cwd=tmp_path)
@@ -139,8 +141,13 @@ def test_fit_then_test_of_two_seeds_keeps_both_fits_records_and_submit_takes_the
                 assert {k: completed[k] for k in recorded} == recorded  # seed 11/22, steps, bytes: as the fit wrote
                 assert completed["seed"] == seed and completed["evaluated"] == "artifact"
                 assert completed["final_bpb"] == completed["ttt_bpb"] and completed["test_dir"] == "test_0"
+                # the FineWeb 8xH100 projection, from the test's own clocks and counts (its inputs beside it)
+                projection = project_record(completed["fineweb_projection"])
+                assert completed["fineweb_8xh100_eval_s_projected"] == projection.seconds > completed["eval_seconds"]
+                assert completed["fineweb_projection"]["eval_seconds"] == completed["eval_seconds"]
             elif name == "train.log":
                 assert now[name].startswith(content) and b"evaluation: " in now[name][len(content):]
+                assert b"s projected for FineWeb (40,540,160 tokens) on 8xH100" in now[name][len(content):]
             else:
                 assert now[name] == content, name
         test = run / "test_0"  # the test's own record, beside the fit's

@@ -24,6 +24,8 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers.logger import DummyLogger
 
 import lit_golf
+from lit_golf.eval.config import EvalConfig
+from lit_golf.eval.projection import fineweb_prefix_docs, measured_eval, project_record, ttt_throughput
 from lit_golf.export import code_size
 from lit_golf.files import copy_atomic
 from lit_golf.progress import synchronize_device
@@ -51,6 +53,7 @@ class RecordResults(Callback):
         self._log_handler: logging.Handler | None = None
         self._train_seconds: float | None = None
         self._eval_started = 0.0
+        self._eval_load_seconds: float | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         # Runs before the module's own setup, so a test's clock covers reading the artifact.
@@ -115,11 +118,16 @@ class RecordResults(Callback):
         results.code_bytes = script.stat().st_size
         results.artifact_bytes = results.model_bytes + results.code_bytes
 
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        synchronize_device(pl_module.device)
+        self._eval_load_seconds = time.perf_counter() - self._eval_started  # the artifact is loaded (setup)
+
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         synchronize_device(pl_module.device)
         scores = getattr(pl_module, "test_results", None) or {}
         results = self._common(trainer)
         results.eval_seconds = time.perf_counter() - self._eval_started
+        results.eval_load_seconds = self._eval_load_seconds
         results.evaluated = "artifact" if getattr(pl_module, "artifact", None) else "checkpoint"
         results.val_bpb, results.val_loss = scores.get("val_bpb"), scores.get("val_loss")
         results.ttt_bpb, results.ttt_loss = scores.get("ttt_bpb"), scores.get("ttt_loss")
@@ -128,14 +136,31 @@ class RecordResults(Callback):
         eval_config = getattr(pl_module, "eval_config", None)
         if eval_config is not None:
             results.evaluation = asdict(eval_config)
+            if "val_tokens" in scores:
+                self._record_eval_clocks(results, scores, eval_config)
         dm = trainer.datamodule
         results.val_tokens_limited = getattr(dm, "max_val_docs", None) is not None or \
             getattr(dm, "max_val_tokens", None) is not None or \
             any(results.evaluation.get(cut) is not None for cut in ("max_docs", "max_tokens"))
         if trainer.is_global_zero:
             update_results(self.run_dir, results)
+            if results.fineweb_projection:
+                log.info("test: evaluation %.1f s measured on %s; %s", results.eval_seconds, results.hardware,
+                         project_record(results.fineweb_projection).describe())
             if results.evaluated == "artifact":
                 self._complete_fit_record(Path(pl_module.artifact))
+
+    @staticmethod
+    def _record_eval_clocks(results: RunResults, scores: dict, eval_config: EvalConfig) -> None:
+        """TTT's compile, global SGD and throughput, and the FineWeb 8×H100 projection from these clocks."""
+        measured = measured_eval(scores, results.eval_seconds, eval_config, results.world_size, results.hardware)
+        results.ttt_compile_seconds = scores.get("time_ttt_compile_s", 0.0)
+        results.global_sgd_seconds = measured.global_sgd_seconds
+        throughput = ttt_throughput(scores)
+        if throughput is not None:
+            results.ttt_tokens_per_second_after_compile, results.ttt_positions_per_second_after_compile = throughput
+        results.fineweb_projection = measured.record(fineweb_prefix_docs(eval_config))
+        results.fineweb_8xh100_eval_s_projected = project_record(results.fineweb_projection).seconds
 
     def _complete_fit_record(self, artifact: Path) -> None:
         """A test of a fit's artifact, recorded in its own folder inside that run: add its scores to the run's."""

@@ -35,7 +35,8 @@ def evaluate(
     """Score `val_tokens` with `model` (left unchanged) on every rank of the current process group.
 
     Returns `val_bpb`, `val_loss`, `val_tokens`, `val_bytes`; with sliding, `sliding_*` alike; with
-    TTT, `ttt_*` alike plus `ttt_gain` (plain minus TTT bpb), `ttt_docs`, `ttt_tokens_per_second`,
+    TTT, `ttt_*` alike plus `ttt_gain` (plain minus TTT bpb), `ttt_docs`, `ttt_positions` (this rank's rows x
+    width run, `ttt.planned_positions`), `ttt_tokens_per_second`,
     `ttt_bpb_after_<stage>` (everything scored by the end of each phase);
     `time_<section>_s` per section and `eval_seconds` in total. Safe to call under
     `torch.inference_mode()` (Lightning's test loop): TTT needs autograd, so it is switched back on.
@@ -57,14 +58,16 @@ def evaluate(
         if cfg.ttt.enabled:
             ttt_model = copy.deepcopy(model)
             phase_bpb: dict[str, float] = {}
+            counts: dict[str, int] = {}
             with stopwatch.section("ttt"):
                 metric = run_phased_ttt(ttt_model, val, cfg, stopwatch=stopwatch, progress=progress, trace=trace,
-                                        phase_bpb=phase_bpb)
+                                        phase_bpb=phase_bpb, counts=counts)
             del ttt_model
             results.update(_scores("ttt", metric))
             results.update({f"ttt_bpb_after_{name}": bpb for name, bpb in phase_bpb.items()})
             results["ttt_gain"] = results["val_bpb"] - results["ttt_bpb"]
             results["ttt_docs"] = len(find_documents(val.tokens, BOS_ID))
+            results["ttt_positions"] = counts["positions"]
             results["ttt_tokens_per_second"] = results["ttt_tokens"] / stopwatch.seconds["ttt"]
     results.update({f"time_{name}_s": seconds for name, seconds in stopwatch.seconds.items() if name != "eval"})
     results["eval_seconds"] = stopwatch.seconds["eval"]

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from lit_golf.eval.projection import project_record
 from lit_golf.results import RESULTS_NAME, TRAIN_LOG_NAME, RunResults, read_results
 from lit_golf.submission.stats import SIGNIFICANCE, THRESHOLD_NATS, seed_summary
 from lit_golf.tool_parser import tool_parser
@@ -305,7 +306,21 @@ def check_eval_time(runs: Runs) -> Verdict:
     if seconds is None:
         return Verdict(False, rule, "evaluation seconds not recorded (run `lit-golf run`, or test the artifact)")
     return Verdict(max(seconds) <= LIMIT_SECONDS, rule,
-                   f"longest {max(seconds):.1f} s (artifact read + decompression + compile + eval; measured)")
+                   f"longest {max(seconds):.1f} s (artifact read + decompression + compile + eval; measured)"
+                   f"{_projected(runs)}")
+
+
+def _projected(runs: Runs) -> str:
+    """The longest FineWeb 8×H100 projection of the seeds, recomputed from their recorded inputs, beside the
+    measured seconds. Words, never a verdict: it rests on a model and an assumed H100/H200 factor."""
+    records = [r.get("fineweb_projection") for r in runs.results]
+    if not all(records):
+        return ""
+    try:
+        longest = max((project_record(record) for record in records), key=lambda p: p.seconds)
+    except ValueError as exc:
+        return f"; no FineWeb projection: {exc}"
+    return f"; {longest.describe()}"
 
 
 def check_whole_validation_set(runs: Runs) -> Verdict:

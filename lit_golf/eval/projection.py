@@ -1,0 +1,168 @@
+"""The FineWeb evaluation's wall clock on 8×H100, projected from one test's measured clocks.
+
+The challenge scores on FineWeb's validation set (`FINEWEB_VAL_TOKENS` targets in `FINEWEB_VAL_DOCS`
+documents) on `FINEWEB_GPUS` H100s, launch to final bpb in at most 600 s. A test here runs on other
+hardware (one GPU, often an H200) and often on part of another corpus, so the projection keeps what does
+not grow with the data as measured and scales what does:
+
+    projected = fixed + (scoring x token_ratio + global_sgd x prefix_ratio) x world_size / 8 / h100_speed
+
+* fixed = the test's evaluation wall clock minus the two parts below: reading and decompressing the
+  artifact (ZPAQ), the TTT compile, setting up. Every rank pays it once, in parallel, on any GPU.
+* scoring = plain, sliding and TTT scoring seconds; token_ratio = FineWeb targets / targets scored.
+* global_sgd = the phases' SGD seconds; they grow with the prefix documents' tokens, estimated as documents
+  x mean tokens per document of each set: prefix_ratio = (FineWeb prefix docs x FineWeb tokens per doc) /
+  (the test's prefix docs x its tokens per doc). The FineWeb run uses the test's settings.
+* world_size / 8: the ranks split both as the 8 would; `h100_speed`: an H100's throughput relative to the
+  device measured (`H100_PER_H200_THROUGHPUT` for an H200).
+
+Not modelled: imbalance between ranks (the plan balances positions; each phase ends in a sync), the
+positions per scored token of FineWeb's length distribution against the test's (`ttt_positions_per_second_after_compile`
+is recorded beside), global SGD's gradient all-reduce across 8 GPUs. Plain Python: `check` uses it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+from lit_golf.eval.config import EvalConfig
+
+FINEWEB_VAL_TOKENS = 40_540_160
+FINEWEB_VAL_DOCS = 50_000
+FINEWEB_GPUS = 8
+
+H100_PER_H200_THROUGHPUT = 0.84
+"""An H100's TTT throughput as a fraction of an H200's: an assumption from two eager-path measurements of
+different runs, not a same-run comparison. 7.3k scored tokens/s on 1×H100 (2026-11-24 rounds, record config,
+100-step artifact, first 1,000 enwiki val docs: 7.2k–7.6k with FA2) over 8.7k on 1×H200 (issue 14, first
+1,000 docs, random weights); bench/NOTES.md. The compiled path has never been timed on an H100: replace
+this once `bench/ttt_throughput.py` runs there. (For reference: equal bf16 peak, memory bandwidth 0.70x.)"""
+
+# The device names whose speed relative to an H100 is known (the first match in a `hardware` string counts).
+H100_SPEED = {"H200": H100_PER_H200_THROUGHPUT, "H100": 1.0}
+
+
+@dataclass(frozen=True)
+class MeasuredEval:
+    """What one test measured, the projection's inputs (named as `results.json` records them)."""
+
+    eval_seconds: float
+    """Launch (the test stage's start) to the final bpb."""
+    eval_scoring_seconds: float
+    """Of which plain, sliding and TTT scoring (TTT's compile and global SGD excluded)."""
+    global_sgd_seconds: float
+    """Of which the global SGD between TTT phases."""
+    eval_tokens: int
+    """Targets scored (each evaluation scores every one once)."""
+    eval_docs: int
+    """Validation documents scored."""
+    ttt_prefix_docs: int
+    """Documents in the phased prefix global SGD trains on (0: none)."""
+    world_size: int
+    hardware: str
+    """`RunResults.hardware`, e.g. `1x NVIDIA H200`."""
+
+    def record(self, fineweb_prefix: int) -> dict:
+        """What `results.json` keeps (`fineweb_projection`): these inputs and the FineWeb prefix assumed."""
+        return {**asdict(self), "fineweb_prefix_docs": fineweb_prefix}
+
+    @classmethod
+    def from_record(cls, record: dict) -> tuple[MeasuredEval, int]:
+        """The inputs and FineWeb prefix of a `record`; ValueError (one line) when one is missing or not a count,
+        a non-negative number of seconds or a device name."""
+        names = [f.name for f in fields(cls)]
+        missing = sorted(set(names + ["fineweb_prefix_docs"]) - set(record))
+        if missing:
+            raise ValueError(f"fineweb_projection lacks {missing}")
+        measured = cls(**{name: record[name] for name in names})
+        numbers = [record[name] for name in names if name != "hardware"] + [record["fineweb_prefix_docs"]]
+        if not isinstance(measured.hardware, str) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0 for v in numbers
+        ) or not (measured.eval_tokens > 0 and measured.world_size > 0 and measured.ttt_prefix_docs <= measured.eval_docs):
+            raise ValueError("fineweb_projection holds a value that is not a count, seconds or a device name")
+        return measured, record["fineweb_prefix_docs"]
+
+
+@dataclass(frozen=True)
+class Projection:
+    seconds: float
+    """Projected FineWeb evaluation wall clock on 8×H100."""
+    fixed_seconds: float
+    scoring_seconds: float
+    global_sgd_seconds: float
+    h100_speed: float
+    """The H100's throughput relative to the measured device's that the projection used."""
+    estimate: bool
+    """False when the measured device's speed relative to an H100 is unknown (a CPU, another GPU): the
+    projection then takes it as an H100's, which is arithmetic, not an estimate."""
+    hardware: str
+    """The device measured."""
+
+    def describe(self) -> str:
+        """One line: the projected seconds and what they were scaled from."""
+        if not self.estimate:
+            source = f"{self.hardware} taken as an H100: arithmetic only, not an estimate"
+        elif self.h100_speed == 1.0:
+            source = self.hardware
+        else:
+            source = f"{self.hardware}; an H100 at {self.h100_speed:.2f}x its speed"
+        return (f"{self.seconds:,.1f} s projected for FineWeb ({FINEWEB_VAL_TOKENS:,} tokens) on {FINEWEB_GPUS}xH100 "
+                f"(from {source})")
+
+
+def h100_speed(hardware: str) -> float | None:
+    """An H100's throughput relative to the device named in `hardware`; None when unknown."""
+    return next((speed for name, speed in H100_SPEED.items() if name in hardware), None)
+
+
+def fineweb_prefix_docs(cfg: EvalConfig) -> int:
+    """Documents in the phased prefix of a FineWeb evaluation with `cfg`."""
+    return min(cfg.global_sgd.prefix_docs, FINEWEB_VAL_DOCS) if cfg.ttt.enabled and cfg.global_sgd.enabled else 0
+
+
+def project(measured: MeasuredEval, fineweb_prefix: int) -> Projection:
+    """The FineWeb 8×H100 evaluation seconds from `measured`, with `fineweb_prefix` documents in its prefix."""
+    m = measured
+    speed = h100_speed(m.hardware)
+    per_gpu = m.world_size / FINEWEB_GPUS / (speed or 1.0)
+    scoring = m.eval_scoring_seconds * FINEWEB_VAL_TOKENS / m.eval_tokens * per_gpu
+    global_sgd = 0.0
+    if m.global_sgd_seconds and m.ttt_prefix_docs:
+        prefix_ratio = (fineweb_prefix * FINEWEB_VAL_TOKENS / FINEWEB_VAL_DOCS) / (m.ttt_prefix_docs * m.eval_tokens / m.eval_docs)
+        global_sgd = m.global_sgd_seconds * prefix_ratio * per_gpu
+    fixed = m.eval_seconds - m.eval_scoring_seconds - m.global_sgd_seconds
+    return Projection(fixed + scoring + global_sgd, fixed, scoring, global_sgd, speed or 1.0, speed is not None,
+                      m.hardware)
+
+
+def project_record(record: dict) -> Projection:
+    """`project` of a results.json's `fineweb_projection` (ValueError, one line, when it is malformed)."""
+    return project(*MeasuredEval.from_record(record))
+
+
+def measured_eval(scores: dict, eval_seconds: float, cfg: EvalConfig, world_size: int, hardware: str) -> MeasuredEval:
+    """The inputs from `lit_golf.eval.runner.evaluate`'s results: its `time_<section>_s` clocks (`plain`,
+    `sliding`, TTT's `ttt_score_<stage>` and `ttt_sgd_<stage>`, as `run_phased_ttt` names them) and counts."""
+    scoring = sum(v for k, v in scores.items() if k in ("time_plain_s", "time_sliding_s") or _ttt_section(k, "score"))
+    docs = scores.get("ttt_docs", 0)
+    prefix = min(cfg.global_sgd.prefix_docs, docs) if cfg.ttt.enabled and cfg.global_sgd.enabled else 0
+    return MeasuredEval(eval_seconds, scoring, _ttt_seconds(scores, "sgd"), int(scores["val_tokens"]), docs, prefix,
+                        world_size, hardware)
+
+
+def ttt_throughput(scores: dict) -> tuple[float, float] | None:
+    """TTT's scored tokens and positions per second after its compile (scoring and global SGD), as
+    `bench/ttt_throughput.py` counts them; None without TTT."""
+    seconds = _ttt_seconds(scores, "score") + _ttt_seconds(scores, "sgd")
+    if "ttt_tokens" not in scores or not seconds > 0:
+        return None
+    return scores["ttt_tokens"] / seconds, scores["ttt_positions"] / seconds
+
+
+def _ttt_section(key: str, kind: str) -> bool:
+    return key.startswith(f"time_ttt_{kind}_") and key.endswith("_s")
+
+
+def _ttt_seconds(scores: dict, kind: str) -> float:
+    return sum(v for k, v in scores.items() if _ttt_section(k, kind))
