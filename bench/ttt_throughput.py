@@ -42,8 +42,8 @@ from lit_golf.eval.valset import ValSet  # noqa: E402
 from lit_golf.module import CompileCache  # noqa: E402
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog=Path(__file__).name, description=__doc__.splitlines()[0])
     parser.add_argument("--artifact", required=True)
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--max-docs", type=int, default=5000)
@@ -62,18 +62,21 @@ def main() -> None:
                         help="mega-cache file: loaded first when present (a warm launch on a fresh box), saved at the end")
     parser.add_argument("--label", default="")
     parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    try:
+        cfg = EvalConfig(
+            ttt=TTTConfig(compile=not args.eager, window_bucket=args.window_bucket, tokens_per_pass=args.tokens_per_pass,
+                          grad_steps=args.grad_steps, replay_chunks=args.replay_chunks, lr_schedule=args.lr_schedule,
+                          lr_schedule_chunks=args.lr_schedule_chunks),
+            global_sgd=GlobalSGDConfig(prefix_docs=args.prefix_docs), max_docs=args.max_docs,
+        )
+    except ValueError as error:
+        parser.error(str(error))  # one line, exit 2, before the GPU is touched
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
 
     device = torch.device("cuda")
     cache = CompileCache(args.compile_cache)
     cache.load()
-    cfg = EvalConfig(
-        ttt=TTTConfig(compile=not args.eager, window_bucket=args.window_bucket, tokens_per_pass=args.tokens_per_pass,
-                      grad_steps=args.grad_steps, replay_chunks=args.replay_chunks, lr_schedule=args.lr_schedule,
-                      lr_schedule_chunks=args.lr_schedule_chunks),
-        global_sgd=GlobalSGDConfig(prefix_docs=args.prefix_docs), max_docs=args.max_docs,
-    )
     overrides = {"attention_backend": args.attention_backend} if args.attention_backend else {}
     model = artifact.load(args.artifact, device, **overrides)
     data = GolfDataModule(data_dir=args.data_dir, vocab_size=model.config.vocab_size)
