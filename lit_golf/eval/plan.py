@@ -61,22 +61,22 @@ def chunk_forwards(chunk_index: int, chunks: int, grad_steps: int, replay_chunks
 class Forward:
     """One pass of a TTT batch's running rows through the model, on the window of chunk `chunk`."""
 
+    # The chunk whose targets the pass computes the loss of.
     chunk: int
-    """The chunk whose targets the pass computes the loss of."""
+    # The chunk the batch is at: the one the first pass at it scores.
     at: int
-    """The chunk the batch is at: the one the first pass at it scores."""
+    # The first pass at chunk `at`: its loss is the score, and its gradient the first step's.
     scores: bool
-    """The first pass at chunk `at`: its loss is the score, and its gradient the first step's."""
+    # An optimizer step follows (never at the last chunk).
     trains: bool
-    """An optimizer step follows (never at the last chunk)."""
     width: int
+    # The rows, in memory-bounded slices (`row_groups`).
     groups: list[slice]
-    """The rows, in memory-bounded slices (`row_groups`)."""
 
 
 def batch_forwards(lengths: list[int], ttt: TTTConfig) -> Iterator[Forward]:
     """The passes a batch of documents with `lengths` targets (longest first) makes, in order: the one
-    schedule that the scorer runs, the positions count and the rank balance (`batch_cost`) follow."""
+    schedule that the scorer runs and `ttt.planned_positions` counts (`batch_cost` sums the same widths)."""
     chunks = num_chunks(max(lengths), ttt.chunk_size)
     for at in range(chunks):
         for step, chunk in enumerate(chunk_forwards(at, chunks, ttt.grad_steps, ttt.replay_chunks)):

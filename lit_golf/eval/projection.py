@@ -47,21 +47,21 @@ H100_SPEED = {"H200": H100_PER_H200_THROUGHPUT, "H100": 1.0}
 class MeasuredEval:
     """What one test measured, the projection's inputs (named as `results.json` records them)."""
 
+    # Launch (the test stage's start) to the final bpb.
     eval_seconds: float
-    """Launch (the test stage's start) to the final bpb."""
+    # Of which plain, sliding and TTT scoring (TTT's compile and global SGD excluded).
     eval_scoring_seconds: float
-    """Of which plain, sliding and TTT scoring (TTT's compile and global SGD excluded)."""
+    # Of which the global SGD between TTT phases.
     global_sgd_seconds: float
-    """Of which the global SGD between TTT phases."""
+    # Targets scored (each evaluation scores every one once).
     eval_tokens: int
-    """Targets scored (each evaluation scores every one once)."""
+    # Validation documents scored.
     eval_docs: int
-    """Validation documents scored."""
+    # Documents in the phased prefix global SGD trains on (0: none).
     ttt_prefix_docs: int
-    """Documents in the phased prefix global SGD trains on (0: none)."""
     world_size: int
+    # `RunResults.hardware`, e.g. `1x NVIDIA H200`.
     hardware: str
-    """`RunResults.hardware`, e.g. `1x NVIDIA H200`."""
 
     def record(self, fineweb_prefix: int) -> dict:
         """What `results.json` keeps (`fineweb_projection`): these inputs and the FineWeb prefix assumed."""
@@ -86,18 +86,18 @@ class MeasuredEval:
 
 @dataclass(frozen=True)
 class Projection:
+    # Projected FineWeb evaluation wall clock on 8×H100.
     seconds: float
-    """Projected FineWeb evaluation wall clock on 8×H100."""
     fixed_seconds: float
     scoring_seconds: float
     global_sgd_seconds: float
+    # The H100's throughput relative to the measured device's that the projection used.
     h100_speed: float
-    """The H100's throughput relative to the measured device's that the projection used."""
+    # False when the measured device's speed relative to an H100 is unknown (a CPU, another GPU): the projection
+    # then takes it as an H100's, which is arithmetic, not an estimate.
     estimate: bool
-    """False when the measured device's speed relative to an H100 is unknown (a CPU, another GPU): the
-    projection then takes it as an H100's, which is arithmetic, not an estimate."""
+    # The device measured.
     hardware: str
-    """The device measured."""
 
     def describe(self) -> str:
         """One line: the projected seconds and what they were scaled from."""

@@ -251,19 +251,19 @@ class DocumentBatchScorer:
 
 @dataclass
 class ChunkWindow:
-    """Where chunk `index` of every row of a batch sits: each row's window of its own document ending at the
+    """Where a chunk of every row of a batch sits: each row's window of its own document ending at the
     chunk (at most `ttt.context_len` tokens), and the window columns of the chunk's targets."""
 
+    # `[rows]` the window's first input, as an offset from the row's document start (its BOS).
     start: torch.Tensor
-    """`[rows]` the window's first input, as an offset from the row's document start (its BOS)."""
+    # `[rows]` the chunk's last target, as such an offset (a window reads offsets `start .. chunk_end`).
     chunk_end: torch.Tensor
-    """`[rows]` the chunk's last target, as such an offset (a window reads offsets `start .. chunk_end`)."""
+    # `[rows]` inputs in the window (0 for a row whose document ends before the chunk).
     length: torch.Tensor
-    """`[rows]` inputs in the window (0 for a row whose document ends before the chunk)."""
+    # `[rows, chunk_size]` window column of each of the chunk's targets (clamped into the window).
     columns: torch.Tensor
-    """`[rows, chunk_size]` window column of each of the chunk's targets (clamped into the window)."""
+    # `[rows, chunk_size]` which of those are real targets of the row's document.
     scored: torch.Tensor
-    """`[rows, chunk_size]` which of those are real targets of the row's document."""
     width: int
 
     @classmethod
