@@ -14,15 +14,12 @@ from lit_golf.cli import main
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
-@pytest.mark.parametrize(("argv", "needles"), [
-    (["--model.evaluation.ttt.lr_schedule", "cosine"],
-     ["invalid EvalConfig: evaluation.ttt.lr_schedule='cosine'; choose from ['constant', 'warmup', 'inverse_sqrt']"]),
-    (["--model.evaluation.ttt.replay_chunks", "-1"], ["evaluation.ttt.replay_chunks=-1 must not be negative"]),
-    (["--model.evaluation.ttt.lr_schedule_chunks", "0"], ["evaluation.ttt.lr_schedule_chunks=0 must be positive"]),
-])
-def test_test_refuses_ttt_settings_it_cannot_run(argv, needles, tiny_data, tmp_path, capsys):
-    rc = main(["test", *common(tiny_data, tmp_path), "--artifact", str(tmp_path / "a.ptz"), *argv])
-    assert_one_line_error(rc, capsys.readouterr().err, "test", needles)
+def test_test_refuses_ttt_settings_it_cannot_run(tiny_data, tmp_path, capsys):
+    rc = main(["test", *common(tiny_data, tmp_path), "--artifact", str(tmp_path / "a.ptz"),
+               "--model.evaluation.ttt.lr_schedule", "cosine", "--model.evaluation.ttt.replay_chunks", "-1"])
+    assert_one_line_error(rc, capsys.readouterr().err, "test", [
+        "invalid EvalConfig: evaluation.ttt.replay_chunks=-1 must not be negative; evaluation.ttt.lr_schedule='cosine'; "
+        "choose from ['constant', 'warmup', 'inverse_sqrt']"])
 
 
 def test_ttt_throughput_bench_refuses_bad_settings_before_the_gpu(monkeypatch, tmp_path, capsys):
