@@ -64,12 +64,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     try:
-        cfg = EvalConfig(
-            ttt=TTTConfig(compile=not args.eager, window_bucket=args.window_bucket, tokens_per_pass=args.tokens_per_pass,
-                          grad_steps=args.grad_steps, replay_chunks=args.replay_chunks, lr_schedule=args.lr_schedule,
-                          lr_schedule_chunks=args.lr_schedule_chunks),
-            global_sgd=GlobalSGDConfig(prefix_docs=args.prefix_docs), max_docs=args.max_docs,
-        )
+        ttt = TTTConfig(compile=not args.eager, window_bucket=args.window_bucket, tokens_per_pass=args.tokens_per_pass,
+                        grad_steps=args.grad_steps, replay_chunks=args.replay_chunks,
+                        lr_schedule=args.lr_schedule, lr_schedule_chunks=args.lr_schedule_chunks)
+        cfg = EvalConfig(ttt=ttt, global_sgd=GlobalSGDConfig(prefix_docs=args.prefix_docs), max_docs=args.max_docs)
     except ValueError as error:
         parser.error(str(error))  # one line, exit 2, before the GPU is touched
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -96,8 +94,8 @@ def main(argv: list[str] | None = None) -> None:
     compile_s = stopwatch.seconds.get("ttt_compile", 0.0)
     docs = len(find_documents(tokens, BOS_ID))
     # the clocks and counts as `evaluate` reports them, for the projection's one reading of them
-    scores = {**{f"time_{k}_s": v for k, v in stopwatch.seconds.items()}, "val_tokens": scored, "ttt_tokens": scored,
-              "ttt_docs": docs, "ttt_positions": counts["positions"]}
+    scores = {**{f"time_{k}_s": v for k, v in stopwatch.seconds.items()}, "val_tokens": scored,
+              "ttt_tokens": scored, "ttt_docs": docs, "ttt_positions": counts["positions"]}
     tokens_per_s, positions_per_s = ttt_throughput(scores)
     gpu = torch.cuda.get_device_name(device)
     projection = project(measured_eval(scores, done - LAUNCH, cfg, 1, f"1x {gpu}"), args.fineweb_prefix_docs)
@@ -120,9 +118,11 @@ def main(argv: list[str] | None = None) -> None:
         "load_s": loaded - LAUNCH,
         "launch_to_bpb_s": done - LAUNCH,
         "fineweb_8xh100_eval_s_projected": projection.seconds,
-        "fineweb_projection": {"fineweb_prefix_docs": args.fineweb_prefix_docs, "fixed_s": projection.fixed_seconds,
-                               "scoring_s": projection.scoring_seconds, "global_sgd_s": projection.global_sgd_seconds,
-                               "h100_speed": projection.h100_speed},
+        "fineweb_projection": {
+            "fineweb_prefix_docs": args.fineweb_prefix_docs, "fixed_s": projection.fixed_seconds,
+            "scoring_s": projection.scoring_seconds, "global_sgd_s": projection.global_sgd_seconds,
+            "h100_speed": projection.h100_speed,
+        },
         "ttt_bpb": totals["bpb"],
         "sections_s": {k: round(v, 2) for k, v in stopwatch.seconds.items()},
         "peak_memory_gb": torch.cuda.max_memory_allocated(device) / 1e9,

@@ -81,7 +81,8 @@ class RunResults:
     """Of which the global SGD between TTT phases."""
     ttt_tokens_per_second_after_compile: float | None = None
     """Scored tokens per second of TTT after its compile (scoring and global SGD, on rank 0), as
-    `bench/ttt_throughput.py` counts them (the evaluation line's `ttt_tokens_per_second` counts the compile)."""
+    `bench/ttt_throughput.py` counts them (the evaluation line's `ttt_tokens_per_second` includes the
+    compile)."""
     ttt_positions_per_second_after_compile: float | None = None
     """Positions (rows x width of every TTT pass, scoring and learning) per second, over the same seconds."""
     fineweb_8xh100_eval_s_projected: float | None = None
@@ -89,7 +90,8 @@ class RunResults:
     (`lit_golf.eval.projection`)."""
     fineweb_projection: dict = field(default_factory=dict)
     """The projection's inputs: the test's own clocks, counts, world size and hardware
-    (`projection.MeasuredEval`) and `fineweb_prefix_docs`; `lit-golf check` recomputes the projection from them."""
+    (`projection.MeasuredEval`) and `fineweb_prefix_docs`; `lit-golf check` recomputes the projection
+    from them."""
     evaluation: dict = field(default_factory=dict)
     """The EvalConfig the evaluation ran with (`EvalConfig.to_dict`: one dict per group)."""
     val_tokens_limited: bool | None = None
@@ -106,9 +108,9 @@ class RunResults:
 KEYS = tuple(f.name for f in fields(RunResults))
 # What a test measures; every other key is the fit's (or the launch's: seed, hardware, versions, files).
 TEST_KEYS = ("evaluated", "val_bpb", "val_loss", "ttt_bpb", "ttt_loss", "final_bpb", "final_loss", "eval_seconds",
-             "eval_load_seconds", "ttt_compile_seconds", "global_sgd_seconds", "ttt_tokens_per_second_after_compile",
-             "ttt_positions_per_second_after_compile", "fineweb_8xh100_eval_s_projected", "fineweb_projection",
-             "evaluation", "val_tokens_limited")
+             "eval_load_seconds", "ttt_compile_seconds", "global_sgd_seconds",
+             "ttt_tokens_per_second_after_compile", "ttt_positions_per_second_after_compile",
+             "fineweb_8xh100_eval_s_projected", "fineweb_projection", "evaluation", "val_tokens_limited")
 
 
 def update_results(run_dir: str | Path, results: RunResults) -> Path:

@@ -82,8 +82,10 @@ def test_every_target_is_scored_once_with_exact_bytes(val_tokens):
     assert sum(trace.chunk_nll.values()) == pytest.approx(results["ttt_loss"] * results["ttt_tokens"], rel=1e-9)
 
 
-@pytest.mark.parametrize("ttt", [{}, {"grad_steps": 2, "replay_chunks": 1, "lr_schedule": "warmup", "lr_schedule_chunks": 2}],
-                         ids=["default", "more_compute_per_token"])
+MORE_COMPUTE = {"grad_steps": 2, "replay_chunks": 1, "lr_schedule": "warmup", "lr_schedule_chunks": 2}
+
+
+@pytest.mark.parametrize("ttt", [{}, MORE_COMPUTE], ids=["default", "more_compute_per_token"])
 def test_later_tokens_never_change_earlier_chunk_scores(val_tokens, ttt):
     """Rewrite document 0 from chunk 3 on: its chunks 0-2 and every other phase-1 document score the same."""
     cfg = small_eval_config(ttt=ttt)

@@ -158,7 +158,8 @@ class RecordResults(Callback):
         results.global_sgd_seconds = measured.global_sgd_seconds
         throughput = ttt_throughput(scores)
         if throughput is not None:
-            results.ttt_tokens_per_second_after_compile, results.ttt_positions_per_second_after_compile = throughput
+            (results.ttt_tokens_per_second_after_compile,
+             results.ttt_positions_per_second_after_compile) = throughput
         results.fineweb_projection = measured.record(fineweb_prefix_docs(eval_config))
         results.fineweb_8xh100_eval_s_projected = project_record(results.fineweb_projection).seconds
 

@@ -17,8 +17,9 @@ not grow with the data as measured and scales what does:
   device measured (`H100_PER_H200_THROUGHPUT` for an H200).
 
 Not modelled: imbalance between ranks (the plan balances positions; each phase ends in a sync), the
-positions per scored token of FineWeb's length distribution against the test's (`ttt_positions_per_second_after_compile`
-is recorded beside), global SGD's gradient all-reduce across 8 GPUs. Plain Python: `check` uses it.
+positions per scored token of FineWeb's length distribution against the test's (results.json records
+`ttt_positions_per_second_after_compile` beside), global SGD's gradient all-reduce across 8 GPUs. Plain
+Python: `check` uses it.
 """
 
 from __future__ import annotations
@@ -77,9 +78,10 @@ class MeasuredEval:
             raise ValueError(f"fineweb_projection lacks {missing}")
         measured = cls(**{name: record[name] for name in names})
         numbers = [record[name] for name in names if name != "hardware"] + [record["fineweb_prefix_docs"]]
-        if not isinstance(measured.hardware, str) or not all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0 for v in numbers
-        ) or not (measured.eval_tokens > 0 and measured.world_size > 0 and measured.ttt_prefix_docs <= measured.eval_docs):
+        readable = isinstance(measured.hardware, str) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0 for v in numbers)
+        if not readable or measured.eval_tokens == 0 or measured.world_size == 0 \
+                or measured.ttt_prefix_docs > measured.eval_docs:
             raise ValueError("fineweb_projection holds a value that is not a count, seconds or a device name")
         return measured, record["fineweb_prefix_docs"]
 
@@ -93,8 +95,8 @@ class Projection:
     global_sgd_seconds: float
     # The H100's throughput relative to the measured device's that the projection used.
     h100_speed: float
-    # False when the measured device's speed relative to an H100 is unknown (a CPU, another GPU): the projection
-    # then takes it as an H100's, which is arithmetic, not an estimate.
+    # False when the measured device's speed relative to an H100 is unknown (a CPU, another GPU): the
+    # projection then takes it as an H100's, which is arithmetic, not an estimate.
     estimate: bool
     # The device measured.
     hardware: str
@@ -107,8 +109,8 @@ class Projection:
             source = self.hardware
         else:
             source = f"{self.hardware}; an H100 at {self.h100_speed:.2f}x its speed"
-        return (f"{self.seconds:,.1f} s projected for FineWeb ({FINEWEB_VAL_TOKENS:,} tokens) on {FINEWEB_GPUS}xH100 "
-                f"(from {source})")
+        return (f"{self.seconds:,.1f} s projected for FineWeb ({FINEWEB_VAL_TOKENS:,} tokens) on "
+                f"{FINEWEB_GPUS}xH100 (from {source})")
 
 
 def h100_speed(hardware: str) -> float | None:
@@ -118,7 +120,8 @@ def h100_speed(hardware: str) -> float | None:
 
 def fineweb_prefix_docs(cfg: EvalConfig) -> int:
     """Documents in the phased prefix of a FineWeb evaluation with `cfg`."""
-    return min(cfg.global_sgd.prefix_docs, FINEWEB_VAL_DOCS) if cfg.ttt.enabled and cfg.global_sgd.enabled else 0
+    phased = cfg.ttt.enabled and cfg.global_sgd.enabled
+    return min(cfg.global_sgd.prefix_docs, FINEWEB_VAL_DOCS) if phased else 0
 
 
 def project(measured: MeasuredEval, fineweb_prefix: int) -> Projection:
@@ -129,8 +132,9 @@ def project(measured: MeasuredEval, fineweb_prefix: int) -> Projection:
     scoring = m.eval_scoring_seconds * FINEWEB_VAL_TOKENS / m.eval_tokens * per_gpu
     global_sgd = 0.0
     if m.global_sgd_seconds and m.ttt_prefix_docs:
-        prefix_ratio = (fineweb_prefix * FINEWEB_VAL_TOKENS / FINEWEB_VAL_DOCS) / (m.ttt_prefix_docs * m.eval_tokens / m.eval_docs)
-        global_sgd = m.global_sgd_seconds * prefix_ratio * per_gpu
+        fineweb_prefix_tokens = fineweb_prefix * FINEWEB_VAL_TOKENS / FINEWEB_VAL_DOCS
+        prefix_tokens = m.ttt_prefix_docs * m.eval_tokens / m.eval_docs
+        global_sgd = m.global_sgd_seconds * fineweb_prefix_tokens / prefix_tokens * per_gpu
     fixed = m.eval_seconds - m.eval_scoring_seconds - m.global_sgd_seconds
     return Projection(fixed + scoring + global_sgd, fixed, scoring, global_sgd, speed or 1.0, speed is not None,
                       m.hardware)
@@ -141,14 +145,16 @@ def project_record(record: dict) -> Projection:
     return project(*MeasuredEval.from_record(record))
 
 
-def measured_eval(scores: dict, eval_seconds: float, cfg: EvalConfig, world_size: int, hardware: str) -> MeasuredEval:
+def measured_eval(
+    scores: dict, eval_seconds: float, cfg: EvalConfig, world_size: int, hardware: str
+) -> MeasuredEval:
     """The inputs from `lit_golf.eval.runner.evaluate`'s results: its `time_<section>_s` clocks (`plain`,
     `sliding`, TTT's `ttt_score_<stage>` and `ttt_sgd_<stage>`, as `run_phased_ttt` names them) and counts."""
-    scoring = sum(v for k, v in scores.items() if k in ("time_plain_s", "time_sliding_s") or _ttt_section(k, "score"))
+    plain = sum(scores.get(f"time_{name}_s", 0.0) for name in ("plain", "sliding"))
     docs = scores.get("ttt_docs", 0)
     prefix = min(cfg.global_sgd.prefix_docs, docs) if cfg.ttt.enabled and cfg.global_sgd.enabled else 0
-    return MeasuredEval(eval_seconds, scoring, _ttt_seconds(scores, "sgd"), int(scores["val_tokens"]), docs, prefix,
-                        world_size, hardware)
+    return MeasuredEval(eval_seconds, plain + _ttt_seconds(scores, "score"), _ttt_seconds(scores, "sgd"),
+                        int(scores["val_tokens"]), docs, prefix, world_size, hardware)
 
 
 def ttt_throughput(scores: dict) -> tuple[float, float] | None:

@@ -102,8 +102,8 @@ def build_stages(docs: list[Document], cfg: EvalConfig) -> list[Stage]:
 def stage_plan(stage: Stage, cfg: EvalConfig, rank: int, world: int) -> list[list[Document]]:
     """This rank's batches of `stage`, in the order it runs them (`plan.plan_batches`)."""
     ttt = cfg.ttt
-    return plan_batches(stage.docs, ttt.batch_docs, rank, world, ttt.chunk_size, ttt.context_len, ttt.window_bucket,
-                        ttt.grad_steps, ttt.replay_chunks)
+    return plan_batches(stage.docs, ttt.batch_docs, rank, world, ttt.chunk_size, ttt.context_len,
+                        ttt.window_bucket, ttt.grad_steps, ttt.replay_chunks)
 
 
 def planned_positions(docs: list[Document], cfg: EvalConfig, rank: int = 0, world: int = 1) -> int:
@@ -113,7 +113,8 @@ def planned_positions(docs: list[Document], cfg: EvalConfig, rank: int = 0, worl
     for stage in build_stages(docs, cfg):
         for batch in stage_plan(stage, cfg, rank, world):
             lengths = [d.num_targets for d in batch] + [0] * (cfg.ttt.batch_docs - len(batch))
-            total += sum((g.stop - g.start) * f.width for f in batch_forwards(lengths, cfg.ttt) for g in f.groups)
+            passes = batch_forwards(lengths, cfg.ttt)
+            total += sum((group.stop - group.start) * f.width for f in passes for group in f.groups)
     return total
 
 
@@ -178,7 +179,8 @@ class DocumentBatchScorer:
                 self._set_lr(forward.at)
             if forward.chunk not in windows:
                 window = ChunkWindow.of(forward.chunk, targets, forward.width, ttt, self.chunk_columns)
-                windows[forward.chunk] = window, [window.gather(self.val, doc_start, rows) for rows in forward.groups]
+                batches = [window.gather(self.val, doc_start, rows) for rows in forward.groups]
+                windows[forward.chunk] = window, batches
             window, batches = windows[forward.chunk]
             self.optimizer.zero_grad(set_to_none=True)
             for rows, batch in zip(forward.groups, batches, strict=True):
@@ -199,7 +201,7 @@ class DocumentBatchScorer:
             self.trace.events.extend(("scored", d.index) for d in docs)
 
     def _set_lr(self, chunk_index: int) -> None:
-        """The learning rate of the steps at `chunk_index` (`ttt.lr_schedule`; a constant one is never touched)."""
+        """The learning rate of the steps at `chunk_index` (`ttt.lr_schedule`; a constant one is left alone)."""
         if self.cfg.ttt.lr_schedule != "constant":
             for group in self.optimizer.param_groups:
                 group["lr"] = self.cfg.ttt.lr * lr_scale(self.cfg.ttt, chunk_index)
@@ -229,8 +231,8 @@ class DocumentBatchScorer:
                 if torch.is_tensor(value):
                     value.zero_()
 
-    def _record(self, docs: list[Document], forward: Forward, window: ChunkWindow, rows: slice, nll: torch.Tensor,
-                has_next: torch.Tensor) -> None:
+    def _record(self, docs: list[Document], forward: Forward, window: ChunkWindow, rows: slice,
+                nll: torch.Tensor, has_next: torch.Tensor) -> None:
         """The trace of one pass over `rows` (`docs`: their documents; padding rows have none)."""
         chunk_size = self.cfg.ttt.chunk_size
         if forward.scores:
@@ -267,7 +269,9 @@ class ChunkWindow:
     width: int
 
     @classmethod
-    def of(cls, index: int, targets: torch.Tensor, width: int, ttt: TTTConfig, offsets: torch.Tensor) -> ChunkWindow:
+    def of(
+        cls, index: int, targets: torch.Tensor, width: int, ttt: TTTConfig, offsets: torch.Tensor
+    ) -> ChunkWindow:
         """Chunk `index` of rows with `targets` targets each, in windows padded to `width`; `offsets` is
         `arange(ttt.chunk_size)` on the device."""
         chunk_lo = index * ttt.chunk_size
