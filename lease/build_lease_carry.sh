@@ -1,17 +1,22 @@
 #!/usr/bin/env bash
 # Build what a device lease carries (lease/gpu_queue.sh), all in git-ignored folders of the repo root:
 #   .whl/                cp312 wheels the GPU box lacks (brotli, jsonargparse + its two, python-minifier, zpaq)
-#   .gpu/data/           the six enwiki2015 SP-8192 train shards (xz) + val cut to its first 1,000 documents + tokenizer
+#   .gpu/data/           the six enwiki2015 SP-8192 train shards (xz) + val cut to its first $VAL_DOCS documents
+#                        (default 1,000; 5000 = the whole val split, as the 600-s runs use) + tokenizer
+#   .gpu/more/           MORE_SHARDS=1: train shards 6-10 (the rest of the 109M-token train split, same stream:
+#                        shards 0-5 of a full re-tokenization equal the published ones) + the 11-shard manifest;
+#                        too big to travel with .gpu/data, so a second call carries it (lease/long_run_*.queue)
 #   .gpu/caseops/data/   the same documents as CaseOps (shard i = plain shard i's documents) + val + byte sidecar
 #   .gpu/enwiki_plain/data/  ENWIKI_PLAIN=1: the same documents, an SP-8192 trained like the CaseOps one but on
 #                        the untransformed text (the control that separates the case transform from the
 #                        in-domain vocabulary)
 #   .gpu/code.tar        a snapshot of HEAD (git archive + COMMIT); .gpu/code_before.tar of $BEFORE if set
 # Each enwiki pack needs ~6 minutes of a 2-core box (tokenizer + 71,000 documents); SKIP_CASEOPS=1 skips CaseOps.
-# Usage (repo root, ../shared beside it): [BEFORE=b926105] [SKIP_CASEOPS=1] [ENWIKI_PLAIN=1] bash lease/build_lease_carry.sh
+# Usage (repo root, ../shared beside it):
+#   [BEFORE=b926105] [SKIP_CASEOPS=1] [ENWIKI_PLAIN=1] [VAL_DOCS=5000] [MORE_SHARDS=1] bash lease/build_lease_carry.sh
 set -euo pipefail
 shared=${SHARED:-$(cd .. && pwd)/shared}; enwiki=$shared/corpora/enwiki2015; py=${PYTHON:-.venv/bin/python}
-val_docs=1000
+val_docs=${VAL_DOCS:-1000}
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT  # this build's own scratch: two builds never share it
 
 pack_val() {  # pack_val SHARD PACK: its first $val_docs documents (and byte sidecar) as xz into PACK
@@ -30,6 +35,19 @@ cp "$enwiki"/sp8192/fineweb_train_*.bin.xz .gpu/data/
 cp "$shared/tokenizers/fineweb_8192_bpe.model" .gpu/data/
 xz -dc "$enwiki/sp8192/fineweb_val_000000.bin.xz" > "$work/fineweb_val_000000.bin"
 pack_val "$work/fineweb_val_000000.bin" .gpu/data
+
+if [ -n "${MORE_SHARDS:-}" ]; then  # the whole train split with the published tokenizer (~2 minutes)
+  "$py" -m lit_golf.cli prepare-data --input "$enwiki/docs_first15000.jsonl.xz" --input "$enwiki/docs_rest.jsonl.xz" \
+    --tokenizer "$shared/tokenizers/fineweb_8192_bpe.model" --num-val-docs 5000 --shard-tokens 10000000 \
+    --workers 2 --quiet --out "$work/full"
+  full=$work/full/datasets/fineweb10B_sp8192; mkdir -p .gpu/more
+  for i in 0 5; do  # the same stream as the published shards, or the extra shards would not continue it
+    xz -dc "$enwiki/sp8192/fineweb_train_00000$i.bin.xz" | cmp -s - "$full/fineweb_train_00000$i.bin" \
+      || { echo "re-tokenized shard $i differs from the published one: not carrying shards 6-10" >&2; exit 1; }
+  done
+  for shard in "$full"/fineweb_train_0000{06..10}.bin; do xz -6 -T2 -c "$shard" > ".gpu/more/$(basename "$shard").xz"; done
+  cp "$full/manifest.json" .gpu/data/
+fi
 
 enwiki_pack() {  # enwiki_pack NAME [--caseops]: re-tokenize with a tokenizer trained on 40,000 train documents
   local full=$work/$1 aligned=$work/$1_aligned pack=.gpu/$1/data src shard
