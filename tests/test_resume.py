@@ -55,7 +55,10 @@ def quiet_env() -> dict[str, str]:
 
 
 def start(command: list[str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen(command, cwd=REPO, env=quiet_env(), stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    """Launch in the background; Ctrl-C (SIGINT) reaches it as a keyboard interrupt even when this test itself
+    runs as a background job, whose shell starts it with SIGINT ignored (Python then installs no handler)."""
+    return subprocess.Popen(command, cwd=REPO, env=quiet_env(), stdout=log.open("wb"), stderr=subprocess.STDOUT,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def finish(process: subprocess.Popen, log: Path, timeout: float = 300) -> None:
