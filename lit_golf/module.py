@@ -140,7 +140,6 @@ class GolfLightningModule(L.LightningModule):
         dm = self.trainer.datamodule
         self.progress.tokens_per_step = dm.train_batch_tokens
         self._rescale_to_run_length()
-        self._log_run_settings()
         n_params = sum(p.numel() for p in self.gpt.parameters())
         log.info(
             "model: %s parameters, attention backend %s; batch %s tokens/step = %d micro-batches x %d tokens x %d ranks",
@@ -174,6 +173,8 @@ class GolfLightningModule(L.LightningModule):
                                       "run_length": run_length}, default=str))
 
     def on_train_start(self) -> None:
+        # After the callbacks' own train start, so their settings are the ones in use (e.g. a rescaled EMA decay).
+        self._log_run_settings()
         # The loss is read where a time budget syncs the device anyway: no extra host sync per step.
         budget = self.progress.time_budget
         self._loss_check_every = budget.sync_every_steps if budget else max(self.trainer.log_every_n_steps, 1)

@@ -102,3 +102,25 @@ def test_checkpoint_cadence_follows_the_run_length(tmp_path):
     trainer.fit(module, train_dataloaders=loader())
     assert len(saver.write_seconds) == 3
     assert saver.every_n_train_steps == 16  # the configured value stays what the config says
+
+
+def test_a_one_gpu_wall_clock_fit_rescales_and_records_what_it_used(tiny_data, tmp_path):
+    """Through the CLI: config -> module -> EMA/checkpoint at train start, in train.log and hparams."""
+    from test_resume import finish, fit_command, start
+
+    overlay = tmp_path / "wall_clock.yaml"
+    overlay.write_text("wallclock: {budget_seconds: 4.0, reserve_seconds: 0.5, sync_every_steps: 1}\n"
+                       "ema: {decay: 0.99}\ncheckpoint: {every_n_train_steps: 64, save_final: false}\n"
+                       "model: {training: {recipe_world_size: 8}}\n")
+    save_dir = tmp_path / "logs"
+    command = fit_command(tiny_data, save_dir, "--config", str(overlay), "--trainer.max_steps", "10000",
+                          "--trainer.val_check_interval", "10000")
+    finish(start(command, tmp_path / "fit.log"), tmp_path / "fit.log")
+    run = save_dir / "tiny_cpu" / "version_0"
+    log = (run / "train.log").read_text()
+    assert "step scale 0.125, Muon momentum warm-up 20 -> 2 steps" in log  # tiny_cpu.yaml: 20
+    assert f"ema: decay 0.9900 for the recipe's run length, {0.99 ** 8:.4f} for this run" in log
+    assert "checkpoint: every 64 steps for the recipe's run length, every 8 for this run" in log
+    hparams = yaml.safe_load((run / "hparams.yaml").read_text())
+    assert hparams["run_length"] == {"step_scale": 0.125, "muon_momentum_warmup_steps": 2}
+    assert hparams["callbacks"]["EMA"]["decay_in_use"] == pytest.approx(0.99**8)
