@@ -131,6 +131,21 @@ def test_under_autocast_it_computes_and_saves_in_the_autocast_dtype_as_f_linear(
     assert x.grad.dtype == w.grad.dtype == torch.float32 and torch.isfinite(w.grad).all()
 
 
+def test_the_opaque_scaled_mm_op_compiles_to_what_it_computes_eagerly():
+    """The CUDA kernel's wrapper (`lit_golf::rowwise_scaled_mm`) through torch.compile, on this CPU's _scaled_mm."""
+    a_codes, a_scale = fp8.quantize_rows(torch.randn(32, 64))
+    b_codes, b_scale = fp8.quantize_rows(torch.randn(16, 64))
+    try:
+        eager = fp8.rowwise_scaled_mm(a_codes, a_scale, b_codes, b_scale)
+    except RuntimeError as err:  # CPU _scaled_mm is recent
+        pytest.skip(f"this torch has no CPU rowwise _scaled_mm: {err}")
+    compiled = torch.compile(fp8.rowwise_scaled_mm, fullgraph=True)(a_codes, a_scale, b_codes, b_scale)
+    assert eager.dtype == torch.bfloat16 and eager.shape == (32, 16)
+    assert torch.equal(compiled, eager)
+    emulated = fp8.emulated_scaled_mm(a_codes, a_scale, b_codes, b_scale, torch.float32)
+    assert relative_error(eager.float(), emulated) < 1e-2
+
+
 def test_fp8_linear_traces_into_one_graph_with_its_backward():
     """`torch.compile(fullgraph=True)` through dynamo and AOT autograd (the `aot_eager` backend: no codegen)."""
     g = torch.Generator().manual_seed(8)

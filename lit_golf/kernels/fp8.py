@@ -72,9 +72,24 @@ def scaled_mm(a: torch.Tensor, a_scale: torch.Tensor, b: torch.Tensor, b_scale: 
     """
     if not a.is_cuda:
         return emulated_scaled_mm(a, a_scale, b, b_scale, out_dtype)
-    out = torch._scaled_mm(a, b.t(), scale_a=a_scale, scale_b=b_scale.t(), out_dtype=torch.bfloat16,
-                           use_fast_accum=True)
-    return out.to(out_dtype)
+    return rowwise_scaled_mm(a, a_scale, b, b_scale).to(out_dtype)
+
+
+@torch.library.custom_op("lit_golf::rowwise_scaled_mm", mutates_args=())
+def rowwise_scaled_mm(a: torch.Tensor, a_scale: torch.Tensor, b: torch.Tensor, b_scale: torch.Tensor) -> torch.Tensor:
+    """`torch._scaled_mm` with rowwise scales and bf16 output, opaque to `torch.compile`.
+
+    On one H100 (2026-12-07, bench/NOTES.md) the eager call matched the emulation while the compiled FP8 linear
+    returned zeros; an opaque op runs the same extern kernel as eager, and Inductor still fuses the amax, scale
+    and cast passes around it.
+    """
+    return torch._scaled_mm(a, b.t(), scale_a=a_scale, scale_b=b_scale.t().contiguous(), out_dtype=torch.bfloat16,
+                            use_fast_accum=True)
+
+
+@rowwise_scaled_mm.register_fake
+def _(a: torch.Tensor, a_scale: torch.Tensor, b: torch.Tensor, b_scale: torch.Tensor) -> torch.Tensor:
+    return a.new_empty((a.shape[0], b.shape[0]), dtype=torch.bfloat16)
 
 
 def fp8_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
