@@ -17,7 +17,7 @@ from jsonargparse import ArgumentParser
 
 from lit_golf.config_files import CONFIG_DIR, config_names, resolve_config
 from lit_golf.files import write_atomic
-from lit_golf.tool_output import is_disk_error, output_folder, write_failure
+from lit_golf.tool_output import disk_errors_as_one_line, output_folder
 from lit_golf.tool_parser import tool_parser
 
 DEFAULT_CONFIG = CONFIG_DIR / "tiny_cpu.yaml"
@@ -97,12 +97,8 @@ def cli_main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     config = _check_args(args)
     out = output_folder(args.out, "--out")
-    try:
+    with disk_errors_as_one_line("--out", out):
         return _run(args, config, out)
-    except OSError as err:
-        if not is_disk_error(err):
-            raise
-        raise ValueError(write_failure(err, "--out", out)) from None
 
 
 def _run(args, config: Path, out: Path) -> int:

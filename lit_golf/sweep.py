@@ -31,7 +31,7 @@ from pathlib import Path
 from jsonargparse import ArgumentParser
 
 from lit_golf.files import write_atomic
-from lit_golf.tool_output import is_disk_error, output_folder, write_failure
+from lit_golf.tool_output import disk_errors_as_one_line, output_folder
 from lit_golf.tool_parser import tool_parser
 
 log = logging.getLogger("lit_golf")
@@ -272,16 +272,12 @@ def sweep(configs: list[str], grid: list[str], seeds: list[int], out: Path, comm
     check_resumable(planned, command, configs, extra, out)
     check_against_config(command, configs, parsed_grid, extra)
     rows = []
-    try:
+    with disk_errors_as_one_line("--out", out):
         for i, trial in enumerate(planned, 1):
             log.info("sweep: trial %d/%d", i, len(planned))
             results = run_trial(trial, command, configs, extra, out)
             rows.append({"setting": trial.setting, "seed": trial.seed, **{k: (results or {}).get(k) for k in COLUMNS}})
         csv_path, md_path = write_tables(rows, out)
-    except OSError as err:
-        if not is_disk_error(err):
-            raise
-        raise ValueError(write_failure(err, "--out", out)) from None
     failed = sum(1 for row in rows if row.get(DONE_KEYS.get(command, "final_bpb")) is None)
     log.info("sweep: %d trials (%d failed); tables %s, %s", len(rows), failed, csv_path, md_path)
     return rows

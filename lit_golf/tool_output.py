@@ -6,11 +6,12 @@ files are written atomically by `lit_golf.files`.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from lit_golf.files import FOLDER_ERRNOS, check_writable
@@ -28,6 +29,20 @@ def write_failure(err: OSError, flag: str, folder: str | Path) -> str:
     if err.errno in (errno.ENOSPC, errno.EDQUOT):
         return f"the disk is full: writing {path} failed ({reason}): free space or pass {flag} on another disk"
     return f"cannot write {path} ({reason}): pass a writable {flag}"
+
+
+@contextlib.contextmanager
+def disk_errors_as_one_line(flag: str, folder: str | Path, unchanged: str = "",
+                            error: type[Exception] = ValueError) -> Iterator[None]:
+    """Turn a disk error inside the block into `error` with `write_failure`'s line (plus "; `unchanged`", what the
+    failure left as it was); any other OSError passes through."""
+    try:
+        yield
+    except OSError as err:
+        if not is_disk_error(err):
+            raise
+        line = write_failure(err, flag, folder)
+        raise error(f"{line}; {unchanged}" if unchanged else line) from None
 
 
 def output_folder(path: str | Path, flag: str) -> Path:

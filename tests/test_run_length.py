@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from types import SimpleNamespace
 
+import lightning as L
 import pytest
 import torch
 import yaml
-import lightning as L
 from test_callbacks import TinyGolfModule, fit, loader
 from test_eval_support import TINY_GPT
 

@@ -48,7 +48,7 @@ from lit_golf.data.shards import (
     tokenizer_path,
     write_shard,
 )
-from lit_golf.tool_output import is_disk_error, output_folder, replace_folder, write_failure
+from lit_golf.tool_output import disk_errors_as_one_line, output_folder, replace_folder
 from lit_golf.tool_parser import tool_parser
 
 DEFAULT_NUM_VAL_DOCS = 50_000
@@ -589,19 +589,18 @@ def prepare(args: argparse.Namespace) -> dict:
     output_folder(out, "--out")
     build = None
     try:
-        build = Path(tempfile.mkdtemp(prefix=f".{target_dir.name}.partial-", dir=output_folder(target_dir.parent, "--out")))
-        manifest, model_path = _build(args, inputs, out, build, vocab_size)
-        tokenizer_files = _tokenizer_files(model_path, build, tokenizer_path(out, vocab_size))
-        replace_folder(build / "dataset", target_dir, keep=lambda entry: not _made_by_a_data_tool(entry))
-        for final, staged in tokenizer_files.items():  # renames only, after the swap
-            if staged is None:
-                final.unlink(missing_ok=True)
-            else:
-                os.replace(staged, final)
-    except OSError as err:
-        if not is_disk_error(err):
-            raise
-        raise PrepareError(f"{write_failure(err, '--out', out)}; the data already in {target_dir} is unchanged") from None
+        with disk_errors_as_one_line("--out", out, unchanged=f"the data already in {target_dir} is unchanged",
+                                     error=PrepareError):
+            build = Path(tempfile.mkdtemp(prefix=f".{target_dir.name}.partial-",
+                                          dir=output_folder(target_dir.parent, "--out")))
+            manifest, model_path = _build(args, inputs, out, build, vocab_size)
+            tokenizer_files = _tokenizer_files(model_path, build, tokenizer_path(out, vocab_size))
+            replace_folder(build / "dataset", target_dir, keep=lambda entry: not _made_by_a_data_tool(entry))
+            for final, staged in tokenizer_files.items():  # renames only, after the swap
+                if staged is None:
+                    final.unlink(missing_ok=True)
+                else:
+                    os.replace(staged, final)
     finally:
         if build is not None:
             shutil.rmtree(build, ignore_errors=True)

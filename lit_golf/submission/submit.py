@@ -42,7 +42,7 @@ from lit_golf.submission.check import (
     submission_runs,
 )
 from lit_golf.submission.stats import SIGNIFICANCE, THRESHOLD_NATS, seed_summary
-from lit_golf.tool_output import is_disk_error, output_folder, replace_folder, write_failure
+from lit_golf.tool_output import disk_errors_as_one_line, output_folder, replace_folder
 from lit_golf.tool_parser import tool_parser
 
 TRACK = "10min_16mb"
@@ -249,14 +249,11 @@ def submit(run_dirs: list[Path], args: argparse.Namespace) -> Path:
     target = out.resolve()  # `--out .` has a name and a parent once resolved
     scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=output_folder(target.parent, "--out")))
     try:
-        built = scratch / target.name
-        built.mkdir()
-        write_submission(built, run_dirs, seeds, args, requirements_text)
-        replace_folder(built, target)
-    except OSError as err:
-        if not is_disk_error(err):
-            raise
-        raise ValueError(f"{write_failure(err, '--out', out)}; {out} is unchanged") from None
+        with disk_errors_as_one_line("--out", out, unchanged=f"{out} is unchanged"):
+            built = scratch / target.name
+            built.mkdir()
+            write_submission(built, run_dirs, seeds, args, requirements_text)
+            replace_folder(built, target)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return out
