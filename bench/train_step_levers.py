@@ -9,7 +9,9 @@ compiles), then `--steps` timed steps between two device syncs, then one step un
 and count per kernel class), before and after layer looping. Synthetic packed documents
 (`bench/profile_step.py`), base learning rates, world size 1.
 
-Levers are GPTConfig overrides on top of the base; `a+b` combines them. The base attention is
+Levers are GPTConfig overrides on top of the base (`micro_x2`: the `data` batch shape instead, twice the
+tokens per micro-batch, half the micro-batches per step: the same step, fewer and larger kernels); `a+b`
+combines them. The base attention is
 `--base-attention` (default `torch_varlen` on CUDA, the FA2 stand-in of the 2026-11-24 side by side, so
 that `auto` does not hand the FA4 lever to the baseline; `auto` elsewhere). A lever that cannot run here
 (FA4 not importable) is recorded as skipped with the reason.
@@ -54,8 +56,10 @@ LEVERS = {
     "fp8_forward": {"fp8_training": "forward"},
     "fp8_forward_dgrad": {"fp8_training": "forward_dgrad"},
     "fa4": {"attention_backend": "fa4"},
+    "micro_x2": {},
 }
-DEFAULT_LEVERS = ["bf16", "fp8_forward", "fp8_forward_dgrad", "fa4", "fa4+fp8_forward", "fa4+fp8_forward_dgrad"]
+MICROBATCH_FACTORS = {"micro_x2": 2}  # levers that scale `data.tokens_per_microbatch` instead of the model
+DEFAULT_LEVERS = ["bf16", "fa4", "micro_x2", "fa4+micro_x2", "fp8_forward", "fp8_forward_dgrad", "fa4+fp8_forward"]
 MODELS = {"record": ["record"], "frontier": ["record", "frontier"]}  # config layers, as `--config a --config b`
 SMOKE_BASE = "tiny_cpu"  # --smoke: this config's model replaces the record's ...
 SMOKE_DATA = {"tokens_per_microbatch": 256, "train_batch_tokens": 512}  # ... with 2 micro-batches of one row
@@ -80,12 +84,19 @@ def lever_overrides(lever: str) -> dict:
     return overrides
 
 
+def lever_data(layers: dict, lever: str) -> dict:
+    """The `data` batch shape `lever` steps with: the config's, with any micro-batch factor applied."""
+    data = dict(layers["data"])
+    for part in lever.split("+"):
+        data["tokens_per_microbatch"] *= MICROBATCH_FACTORS.get(part, 1)
+    return data
+
+
 class StepRunner:
     """One model, its optimizer and a fixed set of micro-batches: `step()` is one whole training step."""
 
-    def __init__(self, layers: dict, overrides: dict, base_attention: str, device: torch.device):
+    def __init__(self, layers: dict, data: dict, overrides: dict, base_attention: str, device: torch.device):
         gpt = {**layers["gpt"], "attention_backend": base_attention, **overrides}
-        data = layers["data"]
         self.device = device
         self.seq_len = data["train_seq_len"]
         self.tokens_per_step = data["train_batch_tokens"]
@@ -148,18 +159,25 @@ class StepRunner:
 def measure_lever(layers: dict, lever: str, base_attention: str, device: torch.device, warmup: int,
                   steps: int) -> dict:
     """One lever on one model, before and after layer looping (or why it cannot run here)."""
-    overrides = lever_overrides(lever)
+    overrides, data = lever_overrides(lever), lever_data(layers, lever)
+    result: dict = {"overrides": overrides, "tokens_per_microbatch": data["tokens_per_microbatch"]}
+    if data["train_batch_tokens"] % data["tokens_per_microbatch"]:
+        return {**result, "skipped": f"{data['tokens_per_microbatch']} tokens per micro-batch do not divide "
+                                     f"the step's {data['train_batch_tokens']}"}
     try:
-        runner = StepRunner(layers, overrides, base_attention, device)
+        runner = StepRunner(layers, data, overrides, base_attention, device)
     except AttentionBackendError as err:
-        return {"overrides": overrides, "skipped": str(err)}
-    result = {"overrides": overrides, "attention_backend": runner.model.attention_backend_name}
-    for phase, looping in (("before_loop", False), ("after_loop", True)):
-        runner.model.looping_active = looping
-        for key, value in runner.measure(warmup, steps).items():
-            result[f"{key}_{phase}"] = value
-        print(f"{lever} {phase}: {result[f'tok_s_{phase}']:,} tok/s, {result[f'ms_per_step_{phase}']} ms/step",
-              flush=True)
+        return {**result, "skipped": str(err)}
+    result["attention_backend"] = runner.model.attention_backend_name
+    try:
+        for phase, looping in (("before_loop", False), ("after_loop", True)):
+            runner.model.looping_active = looping
+            for key, value in runner.measure(warmup, steps).items():
+                result[f"{key}_{phase}"] = value
+            print(f"{lever} {phase}: {result[f'tok_s_{phase}']:,} tok/s, {result[f'ms_per_step_{phase}']} ms/step",
+                  flush=True)
+    except torch.OutOfMemoryError as err:  # a larger micro-batch may not fit this GPU: say so, go on
+        result["skipped"] = f"out of memory: {str(err).splitlines()[0]}"
     del runner
     torch._dynamo.reset()
     if device.type == "cuda":  # the next lever's compile and peak memory start from an empty device

@@ -21,13 +21,13 @@ def levers_bench(monkeypatch):
 def test_smoke_measures_each_lever_before_and_after_looping(monkeypatch, tmp_path):
     out = tmp_path / "levers.json"
     argv = ["--smoke", "--out", str(out), "--warmup", "1", "--steps", "1", "--models", "record",
-            "--levers", "bf16", "fp8_forward_dgrad", "fa4"]
+            "--levers", "bf16", "fp8_forward_dgrad", "fa4", "micro_x2"]
     assert levers_bench(monkeypatch).main(argv) == 0
     result = json.loads(out.read_text())
     assert result["gpu"] == "cpu" and result["smoke"] and result["tokens_per_step"] == 512
     levers = result["levers"]["record"]
     assert "fa4" in levers["fa4"]["skipped"] and "needs CUDA" in levers["fa4"]["skipped"]
-    for name in ("bf16", "fp8_forward_dgrad"):
+    for name in ("bf16", "fp8_forward_dgrad", "micro_x2"):
         lever = levers[name]
         for phase in ("before_loop", "after_loop"):
             assert lever[f"tok_s_{phase}"] > 0 and lever[f"ms_per_step_{phase}"] > 0
@@ -40,3 +40,6 @@ def test_smoke_measures_each_lever_before_and_after_looping(monkeypatch, tmp_pat
     assert "fp8_cast" not in levers["bf16"]["ms_per_kernel_class_before_loop"]
     assert levers["bf16"]["speedup_before_loop"] == 1.0 and levers["fp8_forward_dgrad"]["speedup_after_loop"] > 0
     assert levers["fp8_forward_dgrad"]["overrides"] == {"fp8_training": "forward_dgrad"}
+    # micro_x2: the same 512-token step in one micro-batch of 512 instead of two of 256: fewer kernels
+    assert levers["micro_x2"]["tokens_per_microbatch"] == 2 * levers["bf16"]["tokens_per_microbatch"] == 512
+    assert levers["micro_x2"]["kernels_per_step_before_loop"] < levers["bf16"]["kernels_per_step_before_loop"]
