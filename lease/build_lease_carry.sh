@@ -3,7 +3,7 @@
 #   .whl/                cp312 wheels the GPU box lacks (brotli, jsonargparse + its two, python-minifier, zpaq)
 #   .gpu/data/           the six enwiki2015 SP-8192 train shards (xz) + val cut to its first $VAL_DOCS documents
 #                        (default 1,000; 5000 = the whole val split, as the 600-s runs use) + tokenizer
-#   .gpu/more/           MORE_SHARDS=1: train shards 6-10 (the rest of the 109M-token train split, same stream:
+#   .gpu/more/           MORE_SHARDS=1: train shards 5-10 (5 moved out of .gpu/data) (the rest of the 109M-token train split, same stream:
 #                        shards 0-5 of a full re-tokenization equal the published ones) + the 11-shard manifest;
 #                        too big to travel with .gpu/data, so a second call carries it (lease/long_run_*.queue)
 #   .gpu/caseops/data/   the same documents as CaseOps (shard i = plain shard i's documents) + val + byte sidecar
@@ -47,6 +47,9 @@ if [ -n "${MORE_SHARDS:-}" ]; then  # the whole train split with the published t
   done
   for shard in "$full"/fineweb_train_0000{06..10}.bin; do xz -6 -T2 -c "$shard" > ".gpu/more/$(basename "$shard").xz"; done
   cp "$full/manifest.json" .gpu/data/
+  # Shard 5 travels with the second call too: with all five wheels' files, code.tar and the whole val split,
+  # the first call's carry would exceed 64 MiB (2026-12-07: 66.9 MB refused).
+  mv .gpu/data/fineweb_train_000005.bin.xz .gpu/more/
 fi
 
 enwiki_pack() {  # enwiki_pack NAME [--caseops]: re-tokenize with a tokenizer trained on 40,000 train documents
