@@ -54,6 +54,9 @@ def packed_batch(seed: int, device: torch.device, tokens: int = MICRO_TOKENS, se
     return ids[:, :-1].to(device), ids[:, 1:].to(device), cu.to(device)
 
 
+TOP_KERNELS = 15  # kernel names listed per profiled step, costliest first
+
+
 @functools.cache  # a step launches thousands of kernels under a few hundred names
 def kernel_class(name: str) -> str:
     return next((kind for kind, pattern in KERNEL_CLASSES if re.search(pattern, name, re.IGNORECASE)), "elementwise")
@@ -72,12 +75,20 @@ def kernel_classes(prof: torch.profiler.profile, device: torch.device) -> dict:
                    if e.device_type == DeviceType.CPU and e.name.startswith("aten::")]
     ms: dict[str, float] = {}
     count: dict[str, int] = {}
+    by_name: dict[str, list] = {}
     for name, us in kernels:
         kind = kernel_class(name)
         ms[kind] = ms.get(kind, 0.0) + us / 1e3
         count[kind] = count.get(kind, 0) + 1
+        entry = by_name.setdefault(name, [0.0, 0])
+        entry[0] += us / 1e3
+        entry[1] += 1
+    # the costliest names say what to fuse next: a class total alone does not
+    top = sorted(by_name.items(), key=lambda item: -item[1][0])[:TOP_KERNELS]
     return {"kernels": len(kernels), "ms": {k: round(v, 3) for k, v in sorted(ms.items())},
-            "count": dict(sorted(count.items()))}
+            "count": dict(sorted(count.items())),
+            "top": [{"name": name[:160], "class": kernel_class(name), "ms": round(t, 3), "count": n}
+                    for name, (t, n) in top]}
 
 
 def build_ours(attention: str = "auto"):

@@ -153,6 +153,7 @@ class StepRunner:
             "kernels_per_step": kernels["kernels"],
             "ms_per_kernel_class": kernels["ms"],
             "kernels_per_class": kernels["count"],
+            "top_kernels": kernels["top"],
         }
 
 
@@ -178,6 +179,9 @@ def measure_lever(layers: dict, lever: str, base_attention: str, device: torch.d
                   flush=True)
     except torch.OutOfMemoryError as err:  # a larger micro-batch may not fit this GPU: say so, go on
         result["skipped"] = f"out of memory: {str(err).splitlines()[0]}"
+    except Exception as err:  # a compiler crash in one lever (fp8_forward_dgrad, 2026-12-07) must not lose the rest
+        result["failed"] = f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[-1][:300]}"
+        print(f"{lever} failed: {result['failed']}", flush=True)
     del runner
     torch._dynamo.reset()
     if device.type == "cuda":  # the next lever's compile and peak memory start from an empty device

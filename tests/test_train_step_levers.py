@@ -43,3 +43,25 @@ def test_smoke_measures_each_lever_before_and_after_looping(monkeypatch, tmp_pat
     # micro_x2: the same 512-token step in one micro-batch of 512 instead of two of 256: fewer kernels
     assert levers["micro_x2"]["tokens_per_microbatch"] == 2 * levers["bf16"]["tokens_per_microbatch"] == 512
     assert levers["micro_x2"]["kernels_per_step_before_loop"] < levers["bf16"]["kernels_per_step_before_loop"]
+    top = levers["bf16"]["top_kernels_before_loop"]  # the costliest kernel names, costliest first
+    assert top and [k["ms"] for k in top] == sorted((k["ms"] for k in top), reverse=True)
+    assert sum(k["count"] for k in top) <= levers["bf16"]["kernels_per_step_before_loop"]
+
+
+def test_a_lever_that_crashes_is_recorded_and_the_rest_still_run(monkeypatch, tmp_path):
+    bench = levers_bench(monkeypatch)
+    measure = bench.StepRunner.measure
+
+    def crash_under_fp8(runner, warmup, steps):
+        if runner.model.config.fp8_training != "off":
+            raise AssertionError("assert not isinstance(node1, FusedMixOrderReductions)")
+        return measure(runner, warmup, steps)
+
+    monkeypatch.setattr(bench.StepRunner, "measure", crash_under_fp8)
+    out = tmp_path / "levers.json"
+    argv = ["--smoke", "--out", str(out), "--warmup", "1", "--steps", "1", "--models", "record",
+            "--levers", "fp8_forward", "bf16"]
+    assert bench.main(argv) == 0
+    levers = json.loads(out.read_text())["levers"]["record"]
+    assert levers["fp8_forward"]["failed"] == "AssertionError: assert not isinstance(node1, FusedMixOrderReductions)"
+    assert levers["bf16"]["tok_s_after_loop"] > 0
