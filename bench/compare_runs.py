@@ -18,6 +18,8 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lit_golf.submission.check import EVALUATION_LINE, EXPORT_LINE  # the lines `check` reads, read alike
+
 TOKENS_PER_STEP = 786_432
 STAMP = re.compile(r"^\[\s*(?P<t>[\d.]+)s\] ")
 LIT_STEP = re.compile(r"step (?P<step>\d+)/\d+ loss (?P<loss>[\d.]+) tok/s (?P<tps>[\d,]+) step (?P<ms>[\d.]+)ms")
@@ -26,11 +28,9 @@ LOOP_ON = re.compile(r"(layer looping on at step|layer_loop:enabled step:)\s*(?P
 VAL = re.compile(r"val_bpb:? (?P<bpb>[\d.]+)")
 WARMUP = re.compile(r"compile warm-up: (?P<s>[\d.]+)s")
 PEAK = re.compile(r"peak memory:? allocated:? (?P<mib>\d+) MiB")
-ARTIFACT = re.compile(r"artifact \S+: (?P<bytes>[\d,]+) bytes with code")
 POST_EMA = re.compile(r"pre-quantization post-ema val_loss:[\d.]+ val_bpb:(?P<bpb>[\d.]+)")
 EXPORT_GAP = re.compile(r"export: plain val bpb (?P<pre>[\d.]+) before quantization, (?P<post>[\d.]+) from the artifact")
 LOG_NAME = re.compile(r"^(?P<system>.+?)_(?:fit_)?seed(?P<seed>\d+)$")
-EVALUATION = re.compile(r"evaluation: (?P<pairs>(\w+=\S+ ?)+)")
 EVAL_KEYS = {"val_bpb": "post_quant_bpb", "sliding_bpb": "post_quant_sliding_bpb", "ttt_bpb": "post_quant_ttt_bpb",
              "ttt_gain": "ttt_gain_bpb", "ttt_tokens_per_second": "ttt_scored_tokens_per_s", "time_ttt_s": "ttt_seconds",
              "eval_seconds": "eval_seconds", "val_tokens": "eval_tokens"}
@@ -100,8 +100,8 @@ def parse(path: Path) -> Run:
                 run.compile_warmup_s = float(m["s"])
             if m := PEAK.search(piece):
                 run.peak_memory_mib = int(m["mib"])
-            if m := ARTIFACT.search(piece):
-                run.extra["artifact_total_bytes"] = int(m["bytes"].replace(",", ""))
+            if m := EXPORT_LINE.search(piece):
+                run.extra["artifact_total_bytes"] = int(m[1].replace(",", ""))
             if m := POST_EMA.search(piece):
                 run.val_bpb_post_ema = float(m["bpb"])
             if m := EXPORT_GAP.search(piece):  # lit_golf's EMA weights before and after quantization
@@ -116,8 +116,8 @@ def attach_evaluation(run: Run, logs_dir: Path) -> None:
     """Add the numbers of the system's test log for the run's seed, when that log exists."""
     test_log = logs_dir / f"{run.system}_test_seed{run.seed}.log"
     if test_log.is_file():
-        for m in EVALUATION.finditer(test_log.read_bytes().decode(errors="replace")):
-            values = dict(pair.split("=", 1) for pair in m["pairs"].split())
+        for m in EVALUATION_LINE.finditer(test_log.read_bytes().decode(errors="replace")):
+            values = dict(pair.split("=", 1) for pair in m[1].split())
             run.extra.update({name: float(values[key]) for key, name in EVAL_KEYS.items() if key in values})
 
 
