@@ -233,14 +233,11 @@ def resolve_last_checkpoint(subcommand: str, config) -> None:
     if config.get("ckpt_path") != "last":
         return
     dirpath, init = config.get("checkpoint.dirpath"), getattr(config.get("trainer.logger"), "init_args", None)
-    if dirpath:
-        where = Path(dirpath)
-        found = where / "last.ckpt" if (where / "last.ckpt").is_file() else None
-    elif getattr(init, "save_dir", None):
+    if getattr(init, "save_dir", None) and not dirpath:  # runs as version_N folders: the newest one's
         where = Path(init.save_dir) / (getattr(init, "name", None) or "")
         found = latest_run_checkpoint(where)
-    else:
-        where = Path(config.get("trainer.default_root_dir") or ".") / "checkpoints"
+    else:  # one checkpoint folder
+        where = Path(dirpath) if dirpath else Path(config.get("trainer.default_root_dir") or ".") / "checkpoints"
         found = where / "last.ckpt" if (where / "last.ckpt").is_file() else None
     if found is None:
         raise FileNotFoundError(f"--ckpt last: no last.ckpt under {where}; pass --ckpt PATH of a fit's checkpoint")
