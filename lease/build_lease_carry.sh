@@ -30,6 +30,9 @@ mkdir -p .whl .gpu/data
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_34_x86_64 --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
   --platform manylinux2014_x86_64 -d .whl brotli jsonargparse docstring-parser typeshed-client python-minifier zpaq==0.3.7
+for wheel in brotli jsonargparse docstring_parser typeshed_client python_minifier zpaq; do  # a lease without one fails late
+  compgen -G ".whl/$wheel-*.whl" > /dev/null || { echo "no $wheel wheel in .whl/ after pip download" >&2; exit 1; }
+done
 
 cp "$enwiki"/sp8192/fineweb_train_*.bin.xz .gpu/data/
 cp "$shared/tokenizers/fineweb_8192_bpe.model" .gpu/data/
