@@ -56,10 +56,11 @@ LEVERS = {
     "fp8_forward": {"fp8_training": "forward"},
     "fp8_forward_dgrad": {"fp8_training": "forward_dgrad"},
     "fa4": {"attention_backend": "fa4"},
+    "fused_qkv": {"fused_qkv": True},
     "micro_x2": {},
 }
 MICROBATCH_FACTORS = {"micro_x2": 2}  # levers that scale `data.tokens_per_microbatch` instead of the model
-DEFAULT_LEVERS = ["bf16", "fa4", "micro_x2", "fa4+micro_x2", "fp8_forward", "fp8_forward_dgrad", "fa4+fp8_forward"]
+DEFAULT_LEVERS = ["bf16", "fa4", "micro_x2", "fused_qkv", "fa4+micro_x2+fused_qkv", "fp8_forward", "fp8_forward_dgrad"]
 MODELS = {"record": ["record"], "frontier": ["record", "frontier"]}  # config layers, as `--config a --config b`
 SMOKE_BASE = "tiny_cpu"  # --smoke: this config's model replaces the record's ...
 SMOKE_DATA = {"tokens_per_microbatch": 256, "train_batch_tokens": 512}  # ... with 2 micro-batches of one row

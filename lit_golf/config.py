@@ -65,6 +65,10 @@ class GPTConfig:
     """Leading residual dimensions read by the SmearGate and the sparse attention gate."""
     fused_softcap_ce: bool = False
     """Training loss through the fused softcapped cross-entropy Triton kernel (CUDA); evaluation keeps the exact path."""
+    fused_qkv: bool = False
+    """q, k and v projections as one GEMM over the three bank slices stacked (the same products): the input is
+    read once, and the backward runs one input-gradient GEMM instead of three GEMMs and their sum. A speed
+    lever (`bench/train_step_levers.py` `fused_qkv`), off until a GPU measures it faster."""
     fp8_training: str = "off"
     """Bank matmuls of the training steps in FP8 e4m3 with rowwise scales (`lit_golf/kernels/fp8.py`; emulated
     off CUDA): 'forward' (forward GEMMs; backward in bf16), 'forward_dgrad' (the input gradients too; weight
@@ -133,8 +137,8 @@ class GPTConfig:
         return asdict(self)
 
     # Kernel choices: they change how the same weights are computed, not the model, so an artifact
-    # trained with FA4, the fused MLP, the fused loss or FP8 training steps evaluates on a box with none of them.
-    RUNTIME_FIELDS = ("attention_backend", "fused_mlp", "fused_softcap_ce", "fp8_training")
+    # trained with FA4, the fused MLP or QKV, the fused loss or FP8 training steps evaluates on a box with none of them.
+    RUNTIME_FIELDS = ("attention_backend", "fused_mlp", "fused_qkv", "fused_softcap_ce", "fp8_training")
 
     def architecture(self) -> dict:
         """The fields that define the weights and the function they compute (all but `RUNTIME_FIELDS`)."""

@@ -164,6 +164,7 @@ class CausalSelfAttention(nn.Module):
         self.num_heads, self.num_kv_heads, self.head_dim = config.num_heads, config.num_kv_heads, config.head_dim
         self.q_gain = nn.Parameter(torch.full((config.num_heads,), config.qk_gain_init, dtype=torch.float32))
         self.use_xsa = use_xsa
+        self.fused_qkv = config.fused_qkv
         # sparse attention gate: per head, from the first `gate_window` dims of the block input
         self.gate_weight = (
             nn.Parameter(torch.zeros(config.num_heads, config.gate_window, dtype=torch.float32))
@@ -177,9 +178,12 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, w: LayerWeights, ctx: StepContext, slot: int) -> torch.Tensor:
         batch, seq_len, _ = x.shape
         x = self.qkv_tap(x)
-        q = with_lora(bank_linear(x, w.q, ctx.fp8), ctx, "q", slot, x)
-        k = with_lora(bank_linear(x, w.k, ctx.fp8), ctx, "k", slot, x)
-        v = with_lora(bank_linear(x, w.v, ctx.fp8), ctx, "v", slot, x)
+        if self.fused_qkv:
+            qkv = bank_linear(x, torch.cat((w.q, w.k, w.v)), ctx.fp8)
+            q, k, v = qkv.split((w.q.size(0), w.k.size(0), w.v.size(0)), dim=-1)
+        else:
+            q, k, v = (bank_linear(x, weight, ctx.fp8) for weight in (w.q, w.k, w.v))
+        q, k, v = (with_lora(out, ctx, site, slot, x) for out, site in ((q, "q"), (k, "k"), (v, "v")))
         q = rms_norm(q.view(batch, seq_len, self.num_heads, self.head_dim))
         k = rms_norm(k.view(batch, seq_len, self.num_kv_heads, self.head_dim))
         v = v.view(batch, seq_len, self.num_kv_heads, self.head_dim)
