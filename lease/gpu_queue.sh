@@ -6,7 +6,7 @@
 # call) that runs the jobs of $LEASE/queue one after another; `collect` (every call, the next one made
 # within those 30 s) unpacks any newly carried data, waits until the queue is done or the call's time is
 # nearly spent, and copies each finished job's tarball (its log and run folder, no checkpoints or
-# artifacts) into $OUT. Jobs run in a snapshot of a commit, never in the working tree that later calls
+# artifacts) and one finished job's artifact (as <job>_artifact.ptz) into $OUT. Jobs run in a snapshot of a commit, never in the working tree that later calls
 # overwrite.
 #
 # Queue lines: `name|command` runs in order (timeout $JOB_TIMEOUT); `name&|command` starts in the
@@ -84,6 +84,14 @@ case ${1:-} in
     for f in "$lease"/done/*.tar.xz; do
       [ -e "$f" ] && [ ! -e "$f.sent" ] && [ $n -lt 6 ] || continue
       cp "$f" "$out/" && touch "$f.sent" && n=$((n + 1))
+    done
+    # A finished job's artifact (left out of its tarball), one a call (16 MB of the 64 MiB that come back):
+    # the next session's tests and submission need it, and a lease can end before anyone copies it by hand.
+    mkdir -p "$lease/sent"
+    for ptz in "$RUNS"/*/version_*/artifact/artifact.ptz "$RUNS"/*/*/version_*/artifact/artifact.ptz; do
+      job=${ptz#"$RUNS/"}; job=${job%%/*}
+      [ -e "$ptz" ] && [ ! -e "$lease/sent/$job" ] && grep -q "^$job rc " "$lease/status" || continue
+      cp "$ptz" "$out/${job}_artifact.ptz" && touch "$lease/sent/$job"; break
     done
     { cat "$lease/machine.txt"; echo "== status"; cat "$lease/status" 2>/dev/null; echo "== runner"; cat "$lease/runner.log"
       echo "== queue"; cat "$lease/queue"; nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader
