@@ -73,16 +73,17 @@ def kernel_classes(prof: torch.profiler.profile, device: torch.device) -> dict:
     else:
         kernels = [(e.name, e.self_cpu_time_total) for e in prof.events()
                    if e.device_type == DeviceType.CPU and e.name.startswith("aten::")]
-    ms: dict[str, float] = {}
-    count: dict[str, int] = {}
-    by_name: dict[str, list] = {}
+    by_name: dict[str, list] = {}  # name -> [ms, count]; the class totals are sums over names
     for name, us in kernels:
-        kind = kernel_class(name)
-        ms[kind] = ms.get(kind, 0.0) + us / 1e3
-        count[kind] = count.get(kind, 0) + 1
         entry = by_name.setdefault(name, [0.0, 0])
         entry[0] += us / 1e3
         entry[1] += 1
+    ms: dict[str, float] = {}
+    count: dict[str, int] = {}
+    for name, (t, n) in by_name.items():
+        kind = kernel_class(name)
+        ms[kind] = ms.get(kind, 0.0) + t
+        count[kind] = count.get(kind, 0) + n
     # the costliest names say what to fuse next: a class total alone does not
     top = sorted(by_name.items(), key=lambda item: -item[1][0])[:TOP_KERNELS]
     return {"kernels": len(kernels), "ms": {k: round(v, 3) for k, v in sorted(ms.items())},
