@@ -34,12 +34,17 @@ TINY_GPT = dict(
 def tiny_model(seed: int = 0, looping: bool = True) -> GPT:
     """4 layers (6 executed slots with looping), parallel lanes, XSA, random non-zero weights."""
     torch.manual_seed(seed)
-    model = GPT(GPTConfig(**TINY_GPT))
+    model = random_matrices(GPT(GPTConfig(**TINY_GPT)), std=0.3)
+    model.looping_active = looping
+    return model
+
+
+def random_matrices(model: GPT, std: float) -> GPT:
+    """Every matrix of `model` drawn from N(0, std) (the zero-initialised output projections included)."""
     with torch.no_grad():
         for p in model.parameters():
             if p.dim() >= 2:
-                p.normal_(0.0, 0.3)
-    model.looping_active = looping
+                p.normal_(0.0, std)
     return model
 
 

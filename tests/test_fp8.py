@@ -17,7 +17,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from test_eval_support import TINY_GPT, small_eval_config, synthetic_luts, synthetic_val
+from test_eval_support import TINY_GPT, random_matrices, small_eval_config, synthetic_luts, synthetic_val
 
 import lit_golf.model
 from lit_golf.config import GPTConfig
@@ -166,11 +166,8 @@ def test_fp8_linear_traces_into_one_graph_with_its_backward():
 def tiny_gpt(recipe: str = "off", seed: int = 0) -> GPT:
     """The suite's toy GPT at width 64 with random weights (std 0.05), looping on, the given FP8 recipe."""
     torch.manual_seed(seed)
-    model = GPT(GPTConfig(**{**TINY_GPT, "model_dim": 64, "num_heads": 4, "num_kv_heads": 2, "fp8_training": recipe}))
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() >= 2:
-                p.normal_(0.0, 0.05)
+    config = GPTConfig(**{**TINY_GPT, "model_dim": 64, "num_heads": 4, "num_kv_heads": 2, "fp8_training": recipe})
+    model = random_matrices(GPT(config), std=0.05)
     model.looping_active = True
     return model
 
