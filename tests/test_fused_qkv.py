@@ -31,14 +31,24 @@ def pair(seed: int = 0) -> tuple[GPT, GPT]:
     return separate, fused
 
 
-def test_training_step_loss_and_gradients_match_three_gemms():
+def test_training_step_loss_and_gradients_match_three_gemms(monkeypatch):
     tokens = torch.randint(2, TINY_GPT["vocab_size"], (1, 97), generator=torch.Generator().manual_seed(5))
     cu = torch.tensor([0, 40, 96, 96], dtype=torch.int32)
-    results = []
+    gemm_widths = []  # output width of every bank GEMM the forward runs
+    bank_linear = lit_golf.model.bank_linear
+    monkeypatch.setattr(lit_golf.model, "bank_linear",
+                        lambda x, weight, fp8: gemm_widths.append(weight.size(0)) or bank_linear(x, weight, fp8))
+    results, widths = [], []
     for model in pair():
+        gemm_widths.clear()
         loss = model.train()(tokens[:, :-1], tokens[:, 1:], cu_seqlens=cu, max_seqlen=96)
         loss.backward()
         results.append((loss.item(), {n: p.grad for n, p in model.named_parameters()}))
+        widths.append(list(gemm_widths))
+    # the switch reaches the model: q, k, v (widths 64, 32, 32) run as one GEMM of width 128 in every block
+    blocks = len(sum(model.config.layer_schedule(True), []))
+    assert widths[0][:3] == [64, 32, 32] and widths[1][0] == 128
+    assert len(widths[0]) - len(widths[1]) == 2 * blocks
     (loss, grads), (fused_loss, fused_grads) = results
     assert fused_loss == pytest.approx(loss, rel=1e-6)
     assert grads.keys() == fused_grads.keys()
