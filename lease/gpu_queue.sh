@@ -29,12 +29,17 @@ unpack_data() {  # unpack_data XZ_PARENT DEST: the carried xz shards into an ups
 }
 
 run_job() {  # run_job NAME COMMAND: log, status line, tarball of what it wrote
-  local name=$1 cmd=$2 started rc
-  started=$(date +%s); mkdir -p "$RUNS/$name"
+  local name=$1 cmd=$2 started rc touched
+  started=$(date +%s); mkdir -p "$RUNS/$name"; touch "$lease/logs/$name.started"
   (cd "$lease/code" && timeout "${JOB_TIMEOUT:-900}" bash -c "$cmd") > "$lease/logs/$name.log" 2>&1
   rc=$?
   echo "$name rc $rc $(( $(date +%s) - started ))s ended $(date -u +%H:%M:%S)" >> "$lease/status"
-  tar --exclude='*.ckpt' --exclude='*.ptz' -C "$lease" -cJf "$lease/done/$name.tar.xz" "logs/$name.log" "runs/$name"
+  # Every run folder the job wrote into, not only its own: a `test --artifact` adds its scores and its
+  # test_N folder to the fit's folder, and those came back with no tarball before.
+  touched=$(cd "$lease" && find runs -type f -newer "logs/$name.started" ! -name '*.ckpt' ! -name '*.ptz' \
+    | cut -d/ -f1-2 | sort -u | grep -vx "runs/$name")
+  # shellcheck disable=SC2086  # one run folder per word
+  tar --exclude='*.ckpt' --exclude='*.ptz' -C "$lease" -cJf "$lease/done/$name.tar.xz" "logs/$name.log" "runs/$name" $touched
 }
 
 runner() {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -109,7 +110,7 @@ def test_a_one_gpu_wall_clock_fit_rescales_and_records_what_it_used(tiny_data, t
     from test_resume import finish, fit_command, start
 
     overlay = tmp_path / "wall_clock.yaml"
-    overlay.write_text("wallclock: {budget_seconds: 4.0, reserve_seconds: 0.5, sync_every_steps: 1}\n"
+    overlay.write_text("wallclock: {budget_seconds: 6.0, reserve_seconds: 0.5, sync_every_steps: 1}\n"
                        "ema: {decay: 0.99}\ncheckpoint: {every_n_train_steps: 64, save_final: false}\n"
                        "model: {training: {recipe_world_size: 8}}\n")
     save_dir = tmp_path / "logs"
@@ -121,6 +122,36 @@ def test_a_one_gpu_wall_clock_fit_rescales_and_records_what_it_used(tiny_data, t
     assert "step scale 0.125, Muon momentum warm-up 20 -> 2 steps" in log  # tiny_cpu.yaml: 20
     assert f"ema: decay 0.9900 for the recipe's run length, {0.99 ** 8:.4f} for this run" in log
     assert "checkpoint: every 64 steps for the recipe's run length, every 8 for this run" in log
+    assert "GPTQ reserve 0.5 s for the recipe's calibration share per rank, 4.0 s for this run's" in log
+    results = json.loads((run / "results.json").read_text())
+    assert results["reserve_seconds"] == 4.0 and results["train_seconds"] <= 2.0 + 0.5  # stopped at 6 - 4 s
     hparams = yaml.safe_load((run / "hparams.yaml").read_text())
     assert hparams["run_length"] == {"step_scale": 0.125, "muon_momentum_warmup_steps": 2}
     assert hparams["callbacks"]["EMA"]["decay_in_use"] == pytest.approx(0.99**8)
+    assert hparams["callbacks"]["WallClockBudget"]["reserve_in_use"] == 4.0
+
+
+@pytest.mark.parametrize(("scale", "reserve", "stops_at"), [(1.0, 4.0, 596.0), (0.125, 32.0, 568.0), (2.0, 2.0, 598.0)])
+def test_gptq_reserve_follows_each_ranks_calibration_share(scale, reserve, stops_at):
+    """Each rank computes Hessians over 1/W of the calibration batches: one GPU does 8x the 8-GPU share."""
+    from lit_golf.callbacks.wallclock import WallClockBudget
+
+    budget = WallClockBudget(budget_seconds=600.0, reserve_seconds=4.0)
+    module = TinyGolfModule()
+    module.progress.step_scale = scale
+    budget.on_fit_start(None, module)
+    budget.on_train_start(SimpleNamespace(world_size=8 * scale), module)
+    assert (budget.reserve_seconds, budget.reserve_in_use, budget.effective_budget) == (4.0, reserve, stops_at)
+    assert module.progress.time_budget.reserve_seconds == reserve
+    assert module.progress.time_budget.effective_seconds == stops_at
+
+
+def test_a_reserve_that_would_eat_the_whole_budget_on_fewer_gpus_is_one_clear_error():
+    from lit_golf.callbacks.wallclock import WallClockBudget
+
+    budget = WallClockBudget(budget_seconds=20.0, reserve_seconds=4.0)
+    module = TinyGolfModule()
+    module.progress.step_scale = 0.125
+    budget.on_fit_start(None, module)
+    with pytest.raises(ValueError, match=r"reserve_seconds 4 .* is 32 s on 1 GPU\(s\).*budget_seconds 20: lower"):
+        budget.on_train_start(SimpleNamespace(world_size=1), module)

@@ -11,6 +11,7 @@ same numbers everywhere.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import lightning as L
@@ -19,6 +20,8 @@ from lightning.pytorch.callbacks import Callback
 
 from lit_golf.distributed import all_reduce_max
 from lit_golf.progress import TimeBudget, TrainingProgress, synchronize_device
+
+log = logging.getLogger("lit_golf")
 
 
 def log_to_loggers(trainer: L.Trainer, metrics: dict[str, float]) -> None:
@@ -64,7 +67,12 @@ class WallClockBudget(Callback):
     Args:
         budget_seconds: total training wall-clock allowed; None switches the budget off (a fixed-step
             run: `trainer.max_steps` ends training and the schedules follow steps).
-        reserve_seconds: kept back for GPTQ after training; the effective budget is the difference.
+        reserve_seconds: kept back for GPTQ calibration after training, on a run of the recipe's GPU count;
+            the effective budget is the difference. Each rank computes Hessians over its 1/W share of the
+            calibration batches, so a run on fewer GPUs than the recipe's does more of that work per rank
+            and reserves proportionally more (`reserve_in_use` = reserve_seconds / step scale: 4 s for 8
+            GPUs is 32 s on one, where the measured calibration took 7.3 s on an H200 and 604.2 s of
+            training + calibration broke the rule with 4 s).
         sync_every_steps: steps between agreement points (one device sync + one all-reduce each).
     """
 
@@ -79,6 +87,7 @@ class WallClockBudget(Callback):
             raise ValueError(f"WallClockBudget: sync_every_steps={sync_every_steps} must be at least 1")
         self.budget_seconds = budget_seconds
         self.reserve_seconds = reserve_seconds
+        self.reserve_in_use = reserve_seconds
         self.effective_budget = budget_seconds - reserve_seconds if budget_seconds is not None else float("inf")
         self._agreement = BudgetAgreement(sync_every_steps)
         self._steps = 0
@@ -110,6 +119,25 @@ class WallClockBudget(Callback):
         if self.active:
             self._publish(pl_module.progress)
 
+    def on_train_start(self, trainer, pl_module) -> None:
+        """Scale the reserve to this run's calibration share (the module has set the step scale at fit start)."""
+        if not self.active:
+            return
+        scale = pl_module.progress.step_scale
+        self.reserve_in_use = self.reserve_seconds / scale
+        if not self.reserve_in_use < self.budget_seconds:
+            raise ValueError(
+                f"wallclock.reserve_seconds {self.reserve_seconds:g} for the recipe's GPU count is "
+                f"{self.reserve_in_use:g} s on {trainer.world_size} GPU(s) (step scale {scale:g}), not below "
+                f"budget_seconds {self.budget_seconds:g}: lower reserve_seconds or raise budget_seconds"
+            )
+        self.effective_budget = self.budget_seconds - self.reserve_in_use
+        if self.reserve_in_use != self.reserve_seconds:
+            log.info("wallclock: GPTQ reserve %.1f s for the recipe's calibration share per rank, %.1f s for this "
+                     "run's (step scale %.4g): training stops at %.1f s", self.reserve_seconds, self.reserve_in_use,
+                     scale, self.effective_budget)
+        self._publish(pl_module.progress)
+
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self.active:
             self._publish(pl_module.progress)
@@ -129,7 +157,7 @@ class WallClockBudget(Callback):
     def _publish(self, progress: TrainingProgress) -> None:
         per_step = self._agreement.seconds_per_step
         progress.time_budget = TimeBudget(
-            self.budget_seconds, self.reserve_seconds, self.sync_every_steps, self._elapsed,
+            self.budget_seconds, self.reserve_in_use, self.sync_every_steps, self._elapsed,
             estimated_final_step(self._steps, self.remaining_seconds, per_step) if per_step > 0 else None,
         )
 
