@@ -15,8 +15,10 @@ with `--overwrite`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import importlib.metadata
+import io
 import json
 import math
 import shutil
@@ -52,7 +54,7 @@ TRACK = "10min_16mb"
 # calibration seeds too: they choose the export's batches) must be the same in every run.
 SEED_KEYS = ("seed_everything", "data.seed")
 MACHINE_PATHS = ("data.data_dir", "trainer.logger", "trainer.default_root_dir", "checkpoint.dirpath", "ckpt_path",
-                 "gptq.config.out_dir", "model.artifact")
+                 "gptq.config.out_dir", "model.artifact", "model.training.compile_cache")
 RESULTS_NEEDED = ("seed", "final_bpb", "final_loss", "model_bytes", "code_bytes")
 
 
@@ -127,9 +129,28 @@ def _flatten(tree, prefix: str = "") -> dict:
     return {prefix[:-1]: tree}
 
 
+def resolved_record_config() -> dict:
+    """The shipped record config as the CLI resolves it, every default filled in (`fit --print_config`).
+
+    record.yaml states only what differs from the code's defaults; compared with the file alone, a run's
+    table missed every switch that is off by default and on in the run (frontier.yaml's gates, LQER, ZPAQ).
+    """
+    # Imported here: Lightning and the model load only when a README is written.
+    from lit_golf.lightning_cli import run_lightning_cli
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        try:
+            run_lightning_cli(["fit", "--config", str(resolve_config("record")), "--print_config"])
+        except SystemExit as done:
+            if done.code:
+                raise
+    return _flatten(yaml.safe_load(printed.getvalue()))
+
+
 def config_differences(config_text: str) -> list[tuple[str, object, object]]:
-    """(key, record value, this run's value) where the run's config differs from the shipped record config."""
-    record = _flatten(yaml.safe_load(Path(resolve_config("record")).read_text()))
+    """(key, record value, this run's value) where the run's resolved config differs from the record's."""
+    record = resolved_record_config()
     run = _flatten(yaml.safe_load(config_text))
     return [(key, value, run.get(key)) for key, value in record.items()
             if key in run and run[key] != value and not key.startswith("trainer.callbacks") and not per_run_key(key)]
