@@ -1,0 +1,243 @@
+"""bench/ttt_budget_report.py on tests' records built here (no fit, no evaluation): the values come from each
+setting's results.json, the best setting is the best one within the eval budget, and settings that cannot be
+compared are refused in one line with nothing written."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lit_golf.eval.config import EvalConfig
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "ttt_budget_report.py"
+ARTIFACT = "/tmp/lease/runs/frontier_s1337/record/version_0/artifact/artifact.ptz"
+GPU = "1x NVIDIA H200"
+DOCS = 5000
+
+
+def load_report_module():
+    spec = importlib.util.spec_from_file_location("ttt_budget_report_bench", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclass looks its module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = load_report_module()
+
+
+def evaluation(ttt: dict | None = None, global_sgd: dict | None = None) -> dict:
+    """The frontier's evaluation settings (as the real test of issue 28 recorded them), with changes."""
+    settings = EvalConfig().to_dict()
+    settings["ttt"].update({"lora_rank": 80, "lora_alpha": 144.0, "beta2": 0.99, "warm_start_a": True, **(ttt or {})})
+    settings["global_sgd"].update({"prefix_docs": 250, **(global_sgd or {})})
+    return settings
+
+
+def ttt_test(bpb: float | None, projected: float, eval_s: float, tokens_per_s: float = 32069.4,
+                 docs: int = DOCS, hardware: str | None = GPU, **changes) -> dict:
+    """A results.json of `lit-golf test --artifact` with TTT, in the fields of a real one."""
+    results = {
+        "evaluated": "artifact", "eval_seconds": eval_s, "eval_load_seconds": 30.8, "evaluation": evaluation(**changes),
+        "final_bpb": bpb, "fineweb_8xh100_eval_s_projected": projected, "global_sgd_seconds": 6.66,
+        "fineweb_projection": {"eval_docs": docs, "eval_seconds": eval_s, "eval_tokens": 4583609, "world_size": 1,
+                               "hardware": hardware, "fineweb_prefix_docs": 250, "ttt_prefix_docs": 250},
+        "hardware": hardware, "seed": 1337, "ttt_bpb": bpb, "ttt_compile_seconds": 135.2, "val_bpb": 1.08188,
+        "ttt_positions_per_second_after_compile": tokens_per_s * 16.9,
+        "ttt_tokens_per_second_after_compile": tokens_per_s, "world_size": 1,
+    }
+    return {key: value for key, value in results.items() if value is not None}
+
+
+def write_test(folder: Path, results: dict, artifact: str | None = ARTIFACT) -> Path:
+    """`folder` as a test's record folder (or a fit's: no artifact scored): its results.json and config.yaml."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "results.json").write_text(json.dumps(results, indent=2))
+    (folder / "config.yaml").write_text(yaml.safe_dump({"seed_everything": 1337, "model": {"artifact": artifact}}))
+    return folder
+
+
+def job(runs: Path, name: str, results: dict, artifact: str = ARTIFACT) -> Path:
+    """A queue job's save_dir, `RUNS/<name>`, with the test in the logger's `record/version_0/`."""
+    write_test(runs / name / "record" / "version_0", results, artifact)
+    return runs / name
+
+
+def run_report(*argv, capsys) -> tuple[int, str, str]:
+    rc = bench.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def one_error_line(err: str) -> str:
+    assert "Traceback" not in err, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ttt_budget_report.py: error: "), err
+    return lines[0]
+
+
+SETTINGS = {  # name -> (ttt_bpb, projected 8xH100 s, measured eval s, tokens/s, changes)
+    "ttt_baseline": (1.06703, 358.1, 318.7, 32069.4, {}),
+    "ttt_chunk64": (1.06811, 301.0, 270.2, 38000.0, {"ttt": {"chunk_size": 64}}),  # faster, worse
+    "ttt_replay4": (1.05902, 612.5, 580.3, 16000.0, {"ttt": {"replay_chunks": 4}}),  # better, over the budget
+    "ttt_grad_steps2": (1.06311, 523.4, 470.9, 21000.0, {"ttt": {"grad_steps": 2}}),  # better, within it
+    "ttt_prefix500": (1.06588, 402.0, 350.0, 30000.0, {"global_sgd": {"prefix_docs": 500, "num_phases": 4}}),
+}
+
+
+def settings_runs(tmp_path: Path) -> list[Path]:
+    """The settings as the lease leaves them, one job folder each; one passed as the test's own folder."""
+    runs = tmp_path / "RUNS"
+    folders = []
+    for name, (bpb, projected, eval_s, tokens, changes) in SETTINGS.items():
+        results = ttt_test(bpb, projected, eval_s, tokens, **changes)
+        folders.append(write_test(runs / name, results) if name == "ttt_chunk64" else job(runs, name, results))
+    return folders
+
+
+def test_report_takes_each_settings_values_and_the_best_within_the_budget(tmp_path, capsys):
+    folders = settings_runs(tmp_path)
+    out = tmp_path / "ttt_budget.json"
+    rc, stdout, err = run_report(*folders, "--baseline", "ttt_baseline", "--commit", "1a2b3c4", "--artifact",
+                                 "sha256:ab12", "--out", out, capsys=capsys)
+    assert rc == 0, err
+    report = json.loads(out.read_text())
+    assert {k: report[k] for k in ("gpu", "commit", "artifact", "artifact_tested", "docs", "budget_s")} == {
+        "gpu": GPU, "commit": "1a2b3c4", "artifact": "sha256:ab12", "artifact_tested": ARTIFACT, "docs": DOCS,
+        "budget_s": 550}
+    assert [s["name"] for s in report["settings"]] == list(SETTINGS)
+    for entry, folder in zip(report["settings"], folders, strict=True):
+        (path,) = folder.rglob("results.json")
+        results = json.loads(path.read_text())
+        assert entry["ttt_bpb"] == results["ttt_bpb"] and entry["eval_s"] == results["eval_seconds"]
+        for key in ("fineweb_8xh100_eval_s_projected", "ttt_tokens_per_second_after_compile",
+                    "ttt_positions_per_second_after_compile", "ttt_compile_seconds", "hardware"):
+            assert entry[key] == results[key], key
+        assert entry["docs"] == results["fineweb_projection"]["eval_docs"]
+    by_name = {s["name"]: s for s in report["settings"]}
+    assert report["baseline"] == by_name["ttt_baseline"] and report["baseline"]["changed"] == {}
+    assert by_name["ttt_grad_steps2"]["changed"] == {"evaluation.ttt.grad_steps": [1, 2]}
+    assert by_name["ttt_prefix500"]["changed"] == {"evaluation.global_sgd.num_phases": [3, 4],
+                                                   "evaluation.global_sgd.prefix_docs": [250, 500]}
+    # ttt_replay4 scores best but its projected eval is over 550 s; ttt_chunk64 is faster but worse
+    assert report["best"] == by_name["ttt_grad_steps2"]
+    assert report["best_minus_baseline_bpb"] == pytest.approx(1.06311 - 1.06703)
+    assert report["target_met"] is True
+    lines = stdout.splitlines()
+    assert re.match(r"ttt_grad_steps2 +1\.06311 +-0\.00392 +470\.9 +523\.4 +21000  best$", lines[4]), stdout
+    assert lines[3].endswith("over budget") and lines[2].startswith("ttt_chunk64 ") and "+0.00108" in lines[2]
+    assert "target (best - baseline <= -0.003 bpb, projected <= 550 s): met" in stdout
+
+
+def test_no_setting_within_the_budget_has_no_best(tmp_path, capsys):
+    runs = tmp_path / "RUNS"
+    folders = [job(runs, "ttt_baseline", ttt_test(1.067, 560.0, 500.0)),
+               job(runs, "ttt_grad_steps3", ttt_test(1.060, 700.0, 640.0, ttt={"grad_steps": 3}))]
+    out = tmp_path / "ttt_budget.json"
+    rc, stdout, err = run_report(*folders, "--baseline", "ttt_baseline", "--commit", "x", "--artifact", "a",
+                                 "--out", out, capsys=capsys)
+    assert rc == 0, err
+    report = json.loads(out.read_text())
+    assert report["best"] is None and report["best_minus_baseline_bpb"] is None and report["target_met"] is False
+    assert "): not met" in stdout
+
+
+def test_a_fits_run_folder_with_its_test_reads_the_tests_own_record(tmp_path, capsys):
+    """`lit-golf test` of a fit's artifact records into RUN/test_N and copies its scores into RUN's results.json
+    (naming `test_dir`): the copy is not a second test."""
+    run = tmp_path / "frontier" / "version_0"
+    test = write_test(run / "test_0", ttt_test(1.067, 358.1, 318.7))
+    fit_record = {**json.loads((test / "results.json").read_text()), "steps": 639, "test_dir": "test_0"}
+    write_test(run, fit_record, artifact=None)
+    baseline = job(tmp_path / "RUNS", "ttt_baseline", ttt_test(1.068, 358.0, 318.0))
+    out = tmp_path / "ttt_budget.json"
+    rc, _, err = run_report(baseline, run, "--baseline", "ttt_baseline", "--commit", "x", "--artifact", "a",
+                            "--out", out, capsys=capsys)
+    assert rc == 0, err
+    assert json.loads(out.read_text())["settings"][1]["name"] == "version_0"
+
+
+def test_rerun_replaces_the_report_atomically(tmp_path, capsys):
+    runs = tmp_path / "RUNS"
+    folders = [job(runs, "ttt_baseline", ttt_test(1.067, 358.1, 318.7)),
+               job(runs, "ttt_grad_steps2", ttt_test(1.064, 500.0, 450.0, ttt={"grad_steps": 2}))]
+    out = tmp_path / "results" / "ttt_budget.json"
+    out.parent.mkdir()
+    argv = [*folders, "--baseline", "ttt_baseline", "--commit", "x", "--artifact", "a", "--out", out]
+    assert run_report(*argv, capsys=capsys)[0] == 0
+    first = out.read_text()
+    results = runs / "ttt_grad_steps2" / "record" / "version_0" / "results.json"
+    results.write_text(json.dumps(ttt_test(1.062, 510.0, 460.0, ttt={"grad_steps": 2})))
+    assert run_report(*argv, capsys=capsys)[0] == 0
+    assert out.read_text() != first and json.loads(out.read_text())["best"]["ttt_bpb"] == 1.062
+    assert sorted(p.name for p in out.parent.iterdir()) == ["ttt_budget.json"]  # no partial file left
+    second = out.read_text()
+    rc, _, err = run_report(*argv[:-2], "--out", out, "--baseline", "ttt_other", capsys=capsys)
+    assert rc == 1 and one_error_line(err) and out.read_text() == second  # a refused run leaves it as it was
+
+
+def refusal_cases() -> list:
+    """(id, [(name, results, artifact)], extra flags, the error's pattern; {runs}: the RUNS folder)."""
+    base = ("ttt_baseline", ttt_test(1.067, 358.1, 318.7), ARTIFACT)
+    return [
+        pytest.param([base, ("ttt_off", ttt_test(None, 200.0, 180.0, ttt={"enabled": False}), ARTIFACT)], [],
+                     r"{runs}/ttt_off/record/version_0/results\.json: no ttt_bpb; the test ran without TTT",
+                     id="no-ttt_bpb"),
+        pytest.param([base, ("ttt_x", ttt_test(1.06, 400.0, 350.0), "/tmp/other/artifact.ptz")], [],
+                     r"tested on different artifacts \(ttt_baseline: \S+, ttt_x: /tmp/other/artifact\.ptz\)",
+                     id="artifacts"),
+        pytest.param([base, ("ttt_x", ttt_test(1.06, 400.0, 350.0, docs=500), ARTIFACT)], [],
+                     r"different validation documents \(ttt_baseline: 5000, ttt_x: 500\); test every setting on "
+                     "the same val set", id="docs"),
+        pytest.param([base, ("ttt_x", ttt_test(1.06, 400.0, 350.0, hardware="1x NVIDIA H100"), ARTIFACT)], [],
+                     r"different hardware \(ttt_baseline: 1x NVIDIA H200, ttt_x: 1x NVIDIA H100\)", id="hardware"),
+        pytest.param([base], ["--gpu", "8x NVIDIA H100"],
+                     r"--gpu 8x NVIDIA H100: the tests record hardware 1x NVIDIA H200; leave --gpu out", id="gpu"),
+        pytest.param([("ttt_baseline", ttt_test(1.067, 358.1, 318.7, hardware=None), ARTIFACT)], [],
+                     r"{runs}/ttt_baseline/record/version_0/results\.json: no hardware; pass --gpu", id="no-gpu"),
+        pytest.param([base], ["--baseline", "ttt_other"],
+                     r"--baseline ttt_other: not among the settings \(ttt_baseline\)", id="baseline"),
+    ]
+
+
+@pytest.mark.parametrize(("tests", "extra", "expected"), refusal_cases())
+def test_settings_that_cannot_be_compared_are_one_line(tmp_path, capsys, tests, extra, expected):
+    runs = tmp_path / "RUNS"
+    folders = [job(runs, name, results, artifact) for name, results, artifact in tests]
+    out = tmp_path / "ttt_budget.json"
+    rc, _, err = run_report(*folders, "--baseline", "ttt_baseline", "--commit", "x", "--artifact", "a", "--out",
+                            out, *extra, capsys=capsys)
+    assert rc == 1 and re.search(expected.replace("{runs}", str(runs)), one_error_line(err)), err
+    assert not out.exists()
+
+
+def test_folders_without_one_test_and_repeated_names_are_one_line(tmp_path, capsys):
+    runs = tmp_path / "RUNS"
+    baseline = job(runs, "ttt_baseline", ttt_test(1.067, 358.1, 318.7))
+    twice = job(runs, "ttt_twice", ttt_test(1.066, 358.1, 318.7))
+    write_test(twice / "record" / "version_1", ttt_test(1.065, 358.1, 318.7))
+    (runs / "empty").mkdir()
+    again = job(tmp_path / "other", "ttt_baseline", ttt_test(1.066, 358.1, 318.7))
+    out = tmp_path / "ttt_budget.json"
+    for folders, expected in (
+            ([baseline, twice], f"{twice} holds 2 tests of an artifact ({twice}/record/version_0/results.json, "
+                                f"{twice}/record/version_1/results.json); pass the folder of this setting's one test"),
+            ([baseline, runs / "empty"], f"{runs / 'empty'}: no results.json of a test of an artifact"),
+            ([baseline, runs / "none"], f"{runs / 'none'}: no such folder; pass the save_dir"),
+            ([baseline, again], "the settings' folders repeat the name ttt_baseline")):
+        rc, _, err = run_report(*folders, "--baseline", "ttt_baseline", "--commit", "x", "--artifact", "a", "--out",
+                                out, capsys=capsys)
+        assert rc == 1 and expected in one_error_line(err), err
+    assert not out.exists()
+    (baseline / "record" / "version_0" / "config.yaml").unlink()
+    rc, _, err = run_report(baseline, "--baseline", "ttt_baseline", "--commit", "x", "--artifact", "a", "--out", out,
+                            capsys=capsys)
+    assert rc == 1 and "version_0/config.yaml is missing; it names the artifact the test scored" in one_error_line(err)
+    rc, _, err = run_report(baseline, "--baseline", "ttt_baseline", "--artifact", "a", capsys=capsys)
+    assert rc == 2 and "commit" in one_error_line(err)
