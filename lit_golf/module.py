@@ -116,6 +116,7 @@ class GolfLightningModule(L.LightningModule):
         self.test_results: dict = {}
         self._loss_check_every = 1  # steps between finite-loss checks; set at train start
         self._momentum_warmup_steps = self.optim_config.muon_momentum_warmup_steps  # rescaled at fit start
+        self._val_check_interval: int | float | None = None  # the trainer's, as rescaled at fit start
         self._last_val_bpb: float | None = None
         self.val_bpb = BitsPerByte()  # a submodule: follows the model's device, reduces across ranks
 
@@ -153,11 +154,18 @@ class GolfLightningModule(L.LightningModule):
         scale = recipe_step_scale(self.trainer.world_size, recipe, self.progress.time_budget is not None)
         self.progress.step_scale = scale
         self._momentum_warmup_steps = scaled_steps(self.optim_config.muon_momentum_warmup_steps, scale)
+        # Validation every N steps (an int `trainer.val_check_interval`) is step-counted too: 4,000 on 8 GPUs
+        # never came in a one-GPU run's ~600 steps. The fit loop reads it after on_fit_start.
+        validation = getattr(self.trainer, "val_check_interval", None)
+        if isinstance(validation, int) and scale != 1.0:
+            self.trainer.val_check_interval = scaled_steps(validation, scale)
+        self._val_check_interval = getattr(self.trainer, "val_check_interval", None)
         if scale != 1.0:
             log.info("run length: the recipe's step-counted knobs are tuned for %d GPUs, this wall-clock run has %d: "
-                     "step scale %.4g, Muon momentum warm-up %d -> %d steps (EMA decay: see the ema line)",
-                     recipe, self.trainer.world_size, scale, self.optim_config.muon_momentum_warmup_steps,
-                     self._momentum_warmup_steps)
+                     "step scale %.4g, Muon momentum warm-up %d -> %d steps, validation every %s -> %s steps "
+                     "(EMA decay: see the ema line)", recipe, self.trainer.world_size, scale,
+                     self.optim_config.muon_momentum_warmup_steps, self._momentum_warmup_steps, validation,
+                     self._val_check_interval)
 
     def _log_run_settings(self) -> None:
         """Evaluation config and every callback's settings into the loggers' hparams (not the checkpoint's)."""
@@ -168,7 +176,8 @@ class GolfLightningModule(L.LightningModule):
     def _run_settings(self) -> dict:
         settings = {type(cb).__name__: callback_settings(cb) for cb in self.trainer.callbacks}
         # Through JSON: plain lists and numbers, so hparams.yaml stays loadable with yaml.safe_load.
-        run_length = {"step_scale": self.progress.step_scale, "muon_momentum_warmup_steps": self._momentum_warmup_steps}
+        run_length = {"step_scale": self.progress.step_scale, "muon_momentum_warmup_steps": self._momentum_warmup_steps,
+                      "val_check_interval": self._val_check_interval}
         return json.loads(json.dumps({"evaluation": asdict(self.eval_config), "callbacks": settings,
                                       "run_length": run_length}, default=str))
 

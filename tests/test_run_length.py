@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -59,16 +60,26 @@ def test_momentum_warmup_completes_within_a_rescaled_run():
     assert muon_momentum(94, cfg, warmup_steps=188) == pytest.approx(0.945, abs=1e-3)
 
 
-@pytest.mark.parametrize(("recipe", "budget", "scale", "warmup"),
-                         [(8, True, 0.125, 188), (8, False, 1.0, 1500), (None, True, 1.0, 1500)])
-def test_module_rescales_only_a_wall_clock_run_with_a_recipe(recipe, budget, scale, warmup):
+@pytest.mark.parametrize(("recipe", "budget", "scale", "warmup", "validation"),
+                         [(8, True, 0.125, 188, 500), (8, False, 1.0, 1500, 4000), (None, True, 1.0, 1500, 4000)])
+def test_module_rescales_only_a_wall_clock_run_with_a_recipe(recipe, budget, scale, warmup, validation):
     module = GolfLightningModule(gpt=GPTConfig(**TINY_GPT), training=TrainingConfig(recipe_world_size=recipe, compile=False))
-    module._trainer = SimpleNamespace(world_size=1, callbacks=[])
+    module._trainer = SimpleNamespace(world_size=1, callbacks=[], val_check_interval=4000)
     module.progress.time_budget = TimeBudget(600.0, 4.0, 10) if budget else None
     module._rescale_to_run_length()
     assert module.progress.step_scale == scale
     assert module._momentum_warmup_steps == warmup
-    assert module._run_settings()["run_length"] == {"step_scale": scale, "muon_momentum_warmup_steps": warmup}
+    assert module.trainer.val_check_interval == validation  # the record's 4,000 never came in ~600 steps
+    assert module._run_settings()["run_length"] == {"step_scale": scale, "muon_momentum_warmup_steps": warmup,
+                                                    "val_check_interval": validation}
+
+
+def test_a_fractional_validation_interval_is_a_share_of_the_epoch_and_stays():
+    module = GolfLightningModule(gpt=GPTConfig(**TINY_GPT), training=TrainingConfig(recipe_world_size=8, compile=False))
+    module._trainer = SimpleNamespace(world_size=1, callbacks=[], val_check_interval=0.25)
+    module.progress.time_budget = TimeBudget(600.0, 4.0, 10)
+    module._rescale_to_run_length()
+    assert module.trainer.val_check_interval == 0.25
 
 
 def ema_lag(step_scale: float, steps: int) -> float:
@@ -115,20 +126,23 @@ def test_a_one_gpu_wall_clock_fit_rescales_and_records_what_it_used(tiny_data, t
                        "model: {training: {recipe_world_size: 8}}\n")
     save_dir = tmp_path / "logs"
     command = fit_command(tiny_data, save_dir, "--config", str(overlay), "--trainer.max_steps", "10000",
-                          "--trainer.val_check_interval", "10000")
+                          "--trainer.val_check_interval", "24")  # every 3 steps on one GPU
     finish(start(command, tmp_path / "fit.log"), tmp_path / "fit.log")
     run = save_dir / "tiny_cpu" / "version_0"
     log = (run / "train.log").read_text()
-    assert "step scale 0.125, Muon momentum warm-up 20 -> 2 steps" in log  # tiny_cpu.yaml: 20
+    assert "step scale 0.125, Muon momentum warm-up 20 -> 2 steps, validation every 24 -> 3 steps" in log
     assert f"ema: decay 0.9900 for the recipe's run length, {0.99 ** 8:.4f} for this run" in log
     assert "checkpoint: every 64 steps for the recipe's run length, every 8 for this run" in log
     assert "GPTQ reserve 0.5 s for the recipe's calibration share per rank, 4.0 s for this run's" in log
     results = json.loads((run / "results.json").read_text())
     assert results["reserve_seconds"] == 4.0 and results["train_seconds"] <= 2.0 + 0.5  # stopped at 6 - 4 s
     hparams = yaml.safe_load((run / "hparams.yaml").read_text())
-    assert hparams["run_length"] == {"step_scale": 0.125, "muon_momentum_warmup_steps": 2}
+    assert hparams["run_length"] == {"step_scale": 0.125, "muon_momentum_warmup_steps": 2, "val_check_interval": 3}
     assert hparams["callbacks"]["EMA"]["decay_in_use"] == pytest.approx(0.99**8)
     assert hparams["callbacks"]["WallClockBudget"]["reserve_in_use"] == 4.0
+    with open(run / "metrics.csv") as metrics:  # the fit loop validated at the rescaled cadence
+        validated = [int(row["step"]) for row in csv.DictReader(metrics) if row.get("val/bpb")]
+    assert validated[0] == 3 - 1  # Lightning logs an in-training validation at the steps before its trigger
 
 
 @pytest.mark.parametrize(("scale", "reserve", "stops_at"), [(1.0, 4.0, 596.0), (0.125, 32.0, 568.0), (2.0, 2.0, 598.0)])
