@@ -59,7 +59,7 @@ from lit_golf.submission.check import (  # noqa: E402
 )
 from lit_golf.submission.submit import read_config  # noqa: E402
 from lit_golf.tool_output import disk_errors_as_one_line  # noqa: E402
-from lit_golf.tool_parser import tool_parser  # noqa: E402
+from lit_golf.tool_parser import run_tool, tool_parser  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "bench" / "results" / "long_run.json"
@@ -391,17 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpu", default=None, help="the GPU, for runs whose results.json records no hardware")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help=f"the report to update (default: {DEFAULT_OUT})")
     parser.add_argument("--overwrite", action="store_true", help="replace receipts in --records that differ")
-    try:
-        args = parser.parse_args(argv)
-    except argparse.ArgumentError as exc:
-        print(f"long_run_report.py: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
-    try:
-        report(args)
-    except (ValueError, OSError) as exc:
-        print(f"long_run_report.py: error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return run_tool(parser, argv, report)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ from lit_golf.files import write_atomic  # noqa: E402
 from lit_golf.results import CONFIG_NAME, RESULTS_NAME, read_results  # noqa: E402
 from lit_golf.submission.submit import read_config  # noqa: E402
 from lit_golf.tool_output import disk_errors_as_one_line  # noqa: E402
-from lit_golf.tool_parser import tool_parser  # noqa: E402
+from lit_golf.tool_parser import run_tool, tool_parser  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "bench" / "results" / "ttt_budget.json"
@@ -220,23 +220,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--artifact", required=True, help="the artifact tested: its path or sha256")
     parser.add_argument("--gpu", default=None, help="the GPU, for tests whose results.json records no hardware")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help=f"the report to write (default: {DEFAULT_OUT})")
-    try:
-        args = parser.parse_args(argv)
-    except argparse.ArgumentError as exc:
-        print(f"ttt_budget_report.py: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
-    try:
-        settings = [read_setting(folder) for folder in args.settings]
-        report = budget_report(settings, args.baseline, args.gpu, args.commit, args.artifact)
-        out = Path(args.out)
-        with disk_errors_as_one_line("--out", out.parent, unchanged=f"{out} is unchanged"):
-            write_atomic(out, json.dumps(report, indent=2) + "\n")
-    except (ValueError, OSError) as exc:
-        print(f"ttt_budget_report.py: error: {exc}", file=sys.stderr)
-        return 1
+    return run_tool(parser, argv, write_report)
+
+
+def write_report(args: argparse.Namespace) -> None:
+    settings = [read_setting(folder) for folder in args.settings]
+    report = budget_report(settings, args.baseline, args.gpu, args.commit, args.artifact)
+    out = Path(args.out)
+    with disk_errors_as_one_line("--out", out.parent, unchanged=f"{out} is unchanged"):
+        write_atomic(out, json.dumps(report, indent=2) + "\n")
     print(table(report))
     print(f"{out}: {len(settings)} settings of {report['docs']} documents on {report['gpu']}")
-    return 0
 
 
 if __name__ == "__main__":

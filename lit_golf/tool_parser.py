@@ -9,7 +9,9 @@ loads without torch or Lightning, so every tool's `--help` still answers at once
 
 from __future__ import annotations
 
-from argparse import Action
+import sys
+from argparse import Action, ArgumentError, Namespace
+from collections.abc import Callable, Sequence
 
 from jsonargparse import ActionConfigFile, ArgumentParser, DefaultHelpFormatter
 
@@ -30,3 +32,19 @@ def tool_parser(prog: str, description: str, config_file: bool = True) -> Argume
     if config_file:
         parser.add_argument("--config", action=ActionConfigFile, help="YAML file with any of the options below")
     return parser
+
+
+def run_tool(parser: ArgumentParser, argv: Sequence[str] | None, body: Callable[[Namespace], object]) -> int:
+    """Run `body(parsed argv)`, exit code 0: a bad flag is one line and 2, bad input (ValueError, OSError)
+    one line and 1, for scripts run outside `lit_golf.cli` (bench/), which does the same for the tools."""
+    try:
+        args = parser.parse_args(argv)
+    except ArgumentError as exc:
+        print(f"{parser.prog}: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    try:
+        body(args)
+    except (ValueError, OSError) as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 1
+    return 0

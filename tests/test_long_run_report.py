@@ -5,31 +5,21 @@ its one-line refusals of bad input."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import re
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
+from script_output import error_line, load_bench_script, run_main
 
 from tests.test_run import QUICK_FIT, files_of, read_json, tiny_config
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "long_run_report.py"
 STEPS = 3
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def load_bench():
-    spec = importlib.util.spec_from_file_location("long_run_report_bench", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclass looks its module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-report = load_bench()
+report = load_bench_script("long_run_report")
 
 
 @pytest.fixture(scope="module")
@@ -55,17 +45,12 @@ def long_run(tiny_data, tmp_path_factory, one_torch_thread) -> dict[str, Path]:
     return {"root": root, "run": run, "records": records, "launch_log": launch_log}
 
 
-def run_report(*argv: str, capsys) -> tuple[int, str, str]:
-    rc = report.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
+def run_report(*argv, capsys) -> tuple[int, str, str]:
+    return run_main(report.main, argv, capsys)
 
 
 def one_error_line(err: str) -> str:
-    assert "Traceback" not in err, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("long_run_report.py: error: "), err
-    return lines[0]
+    return error_line(err, "long_run_report.py")
 
 
 def png_size(path: Path) -> tuple[int, int]:

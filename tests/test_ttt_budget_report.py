@@ -4,32 +4,22 @@ compared are refused in one line with nothing written."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from script_output import error_line, load_bench_script, run_main
 
 from lit_golf.eval.config import EvalConfig
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "ttt_budget_report.py"
 ARTIFACT = "/tmp/lease/runs/frontier_s1337/record/version_0/artifact/artifact.ptz"
 GPU = "1x NVIDIA H200"
 DOCS = 5000
 
 
-def load_report_module():
-    spec = importlib.util.spec_from_file_location("ttt_budget_report_bench", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclass looks its module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = load_report_module()
+bench = load_bench_script("ttt_budget_report")
 
 
 def evaluation(ttt: dict | None = None, global_sgd: dict | None = None) -> dict:
@@ -70,16 +60,11 @@ def job(runs: Path, name: str, results: dict, artifact: str = ARTIFACT) -> Path:
 
 
 def run_report(*argv, capsys) -> tuple[int, str, str]:
-    rc = bench.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
+    return run_main(bench.main, argv, capsys)
 
 
 def one_error_line(err: str) -> str:
-    assert "Traceback" not in err, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("ttt_budget_report.py: error: "), err
-    return lines[0]
+    return error_line(err, "ttt_budget_report.py")
 
 
 SETTINGS = {  # name -> (ttt_bpb, projected 8xH100 s, measured eval s, tokens/s, changes)
