@@ -4,24 +4,20 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
+from script_output import load_bench_script
 from test_export import SMALL_EXPORT, tiny_gpt
 
 from lit_golf.export.config import ExportConfig
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "export_schemes.py"
 pytestmark = [pytest.mark.usefixtures("one_torch_thread"),
               pytest.mark.skipif(importlib.util.find_spec("zpaq") is None, reason="needs `pip install zpaq`")]
 
 
 def load_bench():
-    spec = importlib.util.spec_from_file_location("export_schemes_bench", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script("export_schemes")
 
 
 def test_export_bench_measures_bytes_gaps_and_timings_on_cpu(tiny_data, tmp_path):

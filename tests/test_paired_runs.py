@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
-
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "paired_runs.py"
+from script_output import load_bench_script
 
 
 def load_bench():
-    spec = importlib.util.spec_from_file_location("paired_runs_bench", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script("paired_runs")
 
 
 def write_run(folder: Path, val_bpb: float, results: dict | None = None, ttt_s: float = 0.0, compile_s: float = 0.0):

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from script_output import load_bench_script
 
 ROOT = Path(__file__).resolve().parents[1]
 LOGS = ROOT / "bench" / "results" / "logs" / "lease_2026-12-02b"
 
 
 def load_bench():
-    spec = importlib.util.spec_from_file_location("seams_smoke_numbers", ROOT / "bench" / "seams_smoke_numbers.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script("seams_smoke_numbers")
 
 
 def test_the_committed_results_are_what_the_committed_logs_say(tmp_path):
