@@ -87,6 +87,22 @@ def test_every_scheme_round_trips_bit_exactly_through_every_compressor(compresso
 
 
 
+@needs_zpaq
+def test_zpaq_sections_cut_into_equal_pieces_decode_to_the_same_tensors():
+    """Pieces decompress in parallel at load time; the reader joins them, so the tensors cannot tell."""
+    tensors = one_of_each_scheme()  # attn.q codes: 2 x 128 x 256 = 65,536 B
+    whole, _ = pack({}, tensors, "brotli", 5, 1, ())
+    cut, _ = pack({}, tensors, "brotli", 5, 1, (), zpaq_chunk_bytes=20_000)
+    sections = {s["name"]: s for s in unpack(cut)[0]["sections"]}
+    assert len(next(s for s in unpack(whole)[0]["sections"] if s["name"] == "attn.q")["chunks"]) == 1
+    assert len(sections["attn.q"]["chunks"]) == 4  # ceil(65,536 / 20,000) pieces of 16,384 B, not 3 + a stub
+    assert len(sections["attn"]["chunks"]) == 1  # brotli sections keep their own cut
+    assert cut == pack({}, tensors, "brotli", 5, 1, (), zpaq_chunk_bytes=20_000)[0]  # still deterministic
+    loaded, expected = dequantize_tensors(unpack(cut)[1]), dequantize_tensors(tensors)
+    assert all(torch.equal(loaded[name], expected[name]) for name in tensors)
+    assert serialize._piece_bytes(65_536, 20_000) == 16_384 and serialize._piece_bytes(65_536, None) == 65_536
+    assert serialize._piece_bytes(10, 20_000) == 10 and serialize._piece_bytes(0, 5) == 1
+
 def test_lqer_lowers_weight_and_output_error_versus_gptq_alone_on_a_correlated_layer():
     cfg = ExportConfig()  # the frontier's rank 4, INT2 A, INT4 B in groups of 64
     for seed in range(4):
@@ -262,6 +278,7 @@ def test_config_defaults_reproduce_the_record_and_bad_fields_are_one_line(export
     for bad, message in [({"schemes": {"attn": "nf4"}}, r"schemes\.attn='nf4' must be one of"),
                          ({"schemes": {"gates": "gptq"}}, r"schemes\.gates='gptq' must be one of"),
                          ({"lqer": {"a_bits": 1}}, r"lqer\.a_bits=1 must be in 2\.\.8"),
-                         ({"per_group": {"zpaq_level": 9}}, r"per_group\.zpaq_level=9 must be in 1\.\.5")]:
+                         ({"per_group": {"zpaq_level": 9}}, r"per_group\.zpaq_level=9 must be in 1\.\.5"),
+                         ({"per_group": {"zpaq_chunk_bytes": 0}}, r"per_group\.zpaq_chunk_bytes=0 must be at least 1")]:
         with pytest.raises(ValueError, match=message):
             ExportConfig(**bad)

@@ -71,15 +71,24 @@ class PerGroupCompression:
     stored). On a trained record-size artifact only tok_emb pays: its section shrank by 120,663 B, more
     than all permutations cost (50,844 B); attn.q and mlp.up shrank by 2,527 and 17,351 B, less than their
     int16 indices (11,264 and 45,056 B raw), so the frontier's three roles are not the default (bench/NOTES.md).
+    `zpaq_chunk_bytes`: a code section longer than this is cut into equal pieces, each its own ZPAQ stream, so
+    the pieces decompress in parallel (the frontier compresses each group whole: not in upstream). ZPAQ
+    decompresses ~0.5 MB/s per core, so the whole 11.5-MB mlp.up section alone took 23 s of the evaluation's
+    artifact load; in four pieces the longest takes 5.7 s, for +3,074 B (2-core dev box, bench/NOTES.md).
+    None: whole sections.
     """
 
     enabled: bool = False
     zpaq_level: int = 5
     reorder_roles: list[str] = field(default_factory=lambda: ["tok_emb"])
+    zpaq_chunk_bytes: int | None = 3_000_000
 
     def __post_init__(self) -> None:
         if not 1 <= self.zpaq_level <= 5:
             raise ValueError(f"invalid ExportConfig: per_group.zpaq_level={self.zpaq_level} must be in 1..5")
+        if self.zpaq_chunk_bytes is not None and self.zpaq_chunk_bytes < 1:
+            raise ValueError(f"invalid ExportConfig: per_group.zpaq_chunk_bytes={self.zpaq_chunk_bytes} must be "
+                             "at least 1 (or null: whole sections)")
 
 
 @dataclass

@@ -185,7 +185,7 @@ def pack_stored(header: dict, stored: dict[str, StoredTensor], cfg: ExportConfig
     per_group = cfg.per_group
     return pack(header, stored, cfg.compressor, cfg.brotli_quality,
                 zpaq_level=per_group.zpaq_level if per_group.enabled else None,
-                reorder_roles=tuple(per_group.reorder_roles))
+                reorder_roles=tuple(per_group.reorder_roles), zpaq_chunk_bytes=per_group.zpaq_chunk_bytes)
 
 
 def build_artifact(

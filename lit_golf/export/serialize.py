@@ -263,13 +263,23 @@ def _shuffle_stride(compressor: str) -> int:
     return 1 if compressor == "zpaq" else SHUFFLE_STRIDE  # zpaq sections hold int8 codes only
 
 
+def _piece_bytes(size: int, limit: int | None) -> int:
+    """Length of the equal pieces (the last one shorter) that cut `size` bytes into as few as `limit` allows."""
+    if limit is None or size <= limit:
+        return size or 1
+    pieces = -(-size // limit)
+    return -(-size // pieces)
+
+
 def _compress_sections(
-    raws: dict[str, bytes], compressors: dict[str, str], brotli_quality: int, zpaq_level: int | None
+    raws: dict[str, bytes], compressors: dict[str, str], brotli_quality: int, zpaq_level: int | None,
+    zpaq_chunk_bytes: int | None = None,
 ) -> dict[str, list[bytes]]:
-    """Brotli/lzma sections cut into `CHUNK_BYTES` pieces, ZPAQ sections whole; all compressed in one pool."""
+    """Brotli/lzma sections cut into `CHUNK_BYTES` pieces, ZPAQ sections into pieces of at most
+    `zpaq_chunk_bytes` (None: whole); all compressed in one pool, and decompressed in one (`_read_sections`)."""
     pieces = []
     for name, raw in raws.items():
-        step = (len(raw) or 1) if compressors[name] == "zpaq" else CHUNK_BYTES
+        step = _piece_bytes(len(raw), zpaq_chunk_bytes) if compressors[name] == "zpaq" else CHUNK_BYTES
         pieces += [(name, raw[i:i + step]) for i in range(0, len(raw), step)]
 
     def work(piece: tuple[str, bytes]) -> bytes:
@@ -298,12 +308,13 @@ class PartSize:
 
 def pack(
     header: dict, tensors: dict[str, StoredTensor], compressor: str = "brotli", brotli_quality: int = 11,
-    zpaq_level: int | None = None, reorder_roles: tuple[str, ...] = (),
+    zpaq_level: int | None = None, reorder_roles: tuple[str, ...] = (), zpaq_chunk_bytes: int | None = None,
 ) -> tuple[bytes, dict[str, PartSize]]:
     """Artifact bytes for `tensors` plus JSON-able `header` metadata, and the size of each part.
 
     `compressor` compresses the header and every section but the code sections; `zpaq_level` (None: off)
-    turns on per-group ZPAQ code sections, `reorder_roles` names the roles whose rows are reordered.
+    turns on per-group ZPAQ code sections, `reorder_roles` names the roles whose rows are reordered, and
+    `zpaq_chunk_bytes` (None: whole) cuts longer code sections into separately compressed pieces.
     The parts are 'header' (preamble + compressed header) and one per section; their compressed sizes
     add up to the length of the artifact. Output is deterministic for the same inputs.
     """
@@ -312,7 +323,8 @@ def pack(
     layout, index = _section_layout(tensors, compressor, zpaq_level, tuple(reorder_roles))
     raws = {name: buf.getvalue() for name, buf in layout.buffers.items()}
     sections, blobs = [], []
-    for name, chunks in _compress_sections(raws, layout.compressors, brotli_quality, zpaq_level).items():
+    compressed = _compress_sections(raws, layout.compressors, brotli_quality, zpaq_level, zpaq_chunk_bytes)
+    for name, chunks in compressed.items():
         codec = layout.compressors[name]
         sections.append({"name": name, "compressor": codec, "shuffle": _shuffle_stride(codec),
                          "raw_bytes": len(raws[name]), "chunks": [[len(c), zlib.crc32(c)] for c in chunks]})
