@@ -3,8 +3,9 @@
 ZPAQ decompresses at ~0.5 MB/s per core and `serialize._read_sections` decompresses every piece in one
 thread pool, so with as many cores as pieces (16 on the H200 box) the evaluation's artifact load waits for
 the longest piece. This repacks an artifact's stored tensors both ways (per-group ZPAQ, its level and
-reordered roles as given), checks that both decode to the artifact's tensors bit for bit, and times every
-ZPAQ piece's decompression alone (serially, so the numbers do not depend on this box's core count).
+reordered roles as given; `whole_is_the_artifact` says whether that reproduces its bytes), checks that both
+decode to the artifact's tensors bit for bit, and times every ZPAQ piece's decompression alone (serially, so
+the numbers do not depend on this box's core count). `--write-pieces` keeps the repacked artifact.
 
     .venv/bin/python bench/zpaq_pieces.py .gpu/artifact/artifact.ptz --out bench/results/zpaq_pieces.json
 """
@@ -25,7 +26,7 @@ from provenance import commit  # noqa: E402  (bench/)
 
 from lit_golf.export.config import PerGroupCompression  # noqa: E402
 from lit_golf.export.schemes.registry import dequantize_tensors  # noqa: E402
-from lit_golf.export.serialize import decompress, pack, read_artifact, unpack  # noqa: E402
+from lit_golf.export.serialize import decompress, pack, read_artifact, unpack, write_artifact  # noqa: E402
 from lit_golf.files import write_atomic  # noqa: E402
 from lit_golf.tool_parser import run_tool, tool_parser  # noqa: E402
 
@@ -42,9 +43,18 @@ def zpaq_pieces(blob: bytes, header: dict) -> dict[str, list[bytes]]:
     return pieces
 
 
-def variant(stored: dict, expected: dict, per_group: PerGroupCompression) -> dict:
-    blob, _ = pack({}, stored, "brotli", 11, per_group.zpaq_level, tuple(per_group.reorder_roles),
-                   per_group.zpaq_chunk_bytes)
+LAYOUT_KEYS = ("format_version", "compressor", "sections", "tensors")  # what `pack` writes itself
+
+
+def repack(header: dict, stored: dict, per_group: PerGroupCompression) -> bytes:
+    """The artifact's tensors and header metadata, packed again with `per_group`'s ZPAQ settings."""
+    metadata = {key: value for key, value in header.items() if key not in LAYOUT_KEYS}
+    return pack(metadata, stored, header["compressor"], 11, per_group.zpaq_level, tuple(per_group.reorder_roles),
+                per_group.zpaq_chunk_bytes)[0]
+
+
+def variant(blob: bytes, expected: dict, per_group: PerGroupCompression) -> dict:
+    """Bytes, and the decompression seconds of each ZPAQ piece alone, of one packing (checked bit-exact)."""
     header, loaded = unpack(blob)
     restored = dequantize_tensors(loaded)
     wrong = [name for name, t in expected.items() if not torch.equal(restored[name], t)]
@@ -63,14 +73,19 @@ def variant(stored: dict, expected: dict, per_group: PerGroupCompression) -> dic
 
 
 def measure(args: argparse.Namespace) -> None:
-    _, stored = read_artifact(args.artifact)
+    header, stored = read_artifact(args.artifact)
     expected = dequantize_tensors(stored)
     whole = PerGroupCompression(True, args.zpaq_level, args.reorder_roles, None)
     pieces = PerGroupCompression(True, args.zpaq_level, args.reorder_roles, args.chunk_bytes)
+    blobs = {"whole": repack(header, stored, whole), "pieces": repack(header, stored, pieces)}
     report = {"artifact": str(args.artifact), "artifact_bytes": Path(args.artifact).stat().st_size,
               "commit": commit() or "unknown", "zpaq_level": args.zpaq_level, "reorder_roles": args.reorder_roles,
-              "whole": variant(stored, expected, whole), "pieces": variant(stored, expected, pieces)}
+              "whole": variant(blobs["whole"], expected, whole), "pieces": variant(blobs["pieces"], expected, pieces)}
     report["extra_bytes"] = report["pieces"]["bytes"] - report["whole"]["bytes"]
+    report["whole_is_the_artifact"] = blobs["whole"] == Path(args.artifact).read_bytes()
+    if args.write_pieces:  # the same model in the current export's layout, for an evaluation to load
+        write_artifact(args.write_pieces, blobs["pieces"])
+        report["pieces_artifact"] = str(args.write_pieces)
     write_atomic(Path(args.out), json.dumps(report, indent=2) + "\n")
     for name in ("whole", "pieces"):
         v = report[name]
@@ -86,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--zpaq-level", type=int, default=5)
     parser.add_argument("--reorder-roles", nargs="*", default=["tok_emb"], help="as the artifact was written")
     parser.add_argument("--out", default="bench/results/zpaq_pieces.json")
+    parser.add_argument("--write-pieces", type=Path, default=None, help="also write the artifact repacked in pieces")
     return run_tool(parser, argv, measure)
 
 

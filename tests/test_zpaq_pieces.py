@@ -19,10 +19,11 @@ def test_pieces_report_bytes_counts_and_times_from_the_artifact(tmp_path, capsys
     artifact = write_artifact(tmp_path / "artifact.ptz", pack({}, one_of_each_scheme(), "brotli", 11, 1, ())[0])
     out = tmp_path / "zpaq_pieces.json"
     rc, printed, _ = run_main(bench.main, [artifact, "--chunk-bytes", 20_000, "--zpaq-level", 1, "--reorder-roles",
-                                           "--out", out], capsys)
+                                           "--out", out, "--write-pieces", tmp_path / "pieces.ptz"], capsys)
     assert rc == 0
     report = json.loads(out.read_text())
-    assert report["whole"]["bytes"] == artifact.stat().st_size == report["artifact_bytes"]  # the same packing
+    assert report["whole_is_the_artifact"] and report["whole"]["bytes"] == report["artifact_bytes"]
+    assert (tmp_path / "pieces.ptz").stat().st_size == report["pieces"]["bytes"]
     assert report["whole"]["pieces"] == 1 and report["pieces"]["pieces"] == 4  # attn.q: 65,536 B in 4
     assert report["extra_bytes"] == report["pieces"]["bytes"] - report["whole"]["bytes"] > 0
     assert len(report["pieces"]["piece_s"]["attn.q"]) == 4
