@@ -1,0 +1,31 @@
+"""lease/preflight.sh: a queue's lit_golf.cli commands parse here before a lease runs them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def preflight(*queues: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(ROOT / "lease" / "preflight.sh"), *map(str, queues)], cwd=ROOT,
+                          capture_output=True, text=True, env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin"})
+
+
+def test_a_misspelt_flag_fails_the_queue_and_a_good_one_parses(tmp_path):
+    queue = tmp_path / "lease.queue"
+    queue.write_text(
+        "good|python3 -m lit_golf.cli test --config configs/record.yaml --data.data_dir $DATA --artifact $ART "
+        "--trainer.logger.init_args.save_dir $RUNS/good\n"
+        "typo|python3 -m lit_golf.cli fit --config configs/record.yaml --model.evaluation.ttt.grad_stepz 2\n"
+        "shell|nvidia-smi\n"
+    )
+    done = preflight(queue, tmp_path / "missing.queue")
+    assert done.returncode == 1
+    lines = done.stdout.splitlines()
+    assert f"{queue} good: parses" in lines
+    assert any(line.startswith(f"{queue} typo: FAILS: ") and "grad_stepz" in line for line in lines)
+    assert f"{queue} shell: no lit_golf.cli command (not checked)" in lines
+    assert "missing.queue: no such queue file" in done.stderr
