@@ -161,11 +161,12 @@ class GolfLightningModule(L.LightningModule):
             self.trainer.val_check_interval = scaled_steps(validation, scale)
         self._val_check_interval = getattr(self.trainer, "val_check_interval", None)
         if scale != 1.0:
+            cadence = (f", validation every {validation} -> {self._val_check_interval} steps"
+                       if isinstance(validation, int) else "")
             log.info("run length: the recipe's step-counted knobs are tuned for %d GPUs, this wall-clock run has %d: "
-                     "step scale %.4g, Muon momentum warm-up %d -> %d steps, validation every %s -> %s steps "
-                     "(EMA decay: see the ema line)", recipe, self.trainer.world_size, scale,
-                     self.optim_config.muon_momentum_warmup_steps, self._momentum_warmup_steps, validation,
-                     self._val_check_interval)
+                     "step scale %.4g, Muon momentum warm-up %d -> %d steps%s (EMA decay: see the ema line)",
+                     recipe, self.trainer.world_size, scale, self.optim_config.muon_momentum_warmup_steps,
+                     self._momentum_warmup_steps, cadence)
 
     def _log_run_settings(self) -> None:
         """Evaluation config and every callback's settings into the loggers' hparams (not the checkpoint's)."""
