@@ -19,7 +19,8 @@
 set -uo pipefail
 lease=${LEASE:-/tmp/lease}; out=${OUT:-/tmp/out}
 export LEASE=$lease DATA=/tmp/data CASEOPS=/tmp/data_caseops RUNS=$lease/runs PYTHONUNBUFFERED=1
-export PYTHONPATH=/tmp/site:$lease/code
+# FA4 (lease/install_fa4.sh into /tmp/site) needs its DSL packages folder too, which a .pth would add in site-packages
+export PYTHONPATH=/tmp/site:/tmp/site/nvidia_cutlass_dsl/dsl_packages:$lease/code
 repo=$PWD
 
 unpack_data() {  # unpack_data XZ_PARENT DEST: the carried xz shards into an upstream-layout data dir
