@@ -14,10 +14,21 @@
 # Each enwiki pack needs ~6 minutes of a 2-core box (tokenizer + 71,000 documents); SKIP_CASEOPS=1 skips CaseOps.
 # Usage (repo root, ../shared beside it):
 #   [BEFORE=b926105] [SKIP_CASEOPS=1] [ENWIKI_PLAIN=1] [VAL_DOCS=5000] [MORE_SHARDS=1] bash lease/build_lease_carry.sh
+#   CODE_ONLY=1 bash lease/build_lease_carry.sh   # only .gpu/code.tar, a snapshot of HEAD
 set -euo pipefail
 shared=${SHARED:-$(cd .. && pwd)/shared}; enwiki=$shared/corpora/enwiki2015; py=${PYTHON:-.venv/bin/python}
 val_docs=${VAL_DOCS:-1000}
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT  # this build's own scratch: two builds never share it
+
+snapshot() {  # snapshot REV TAR: git archive of REV with a COMMIT file naming it
+  mkdir -p "$(dirname "$2")"
+  git archive "$1" > "$2"
+  echo "commit $(git rev-parse "$1") $(git log -1 --format=%s "$1" | cut -c1-80)" > "$work/COMMIT"
+  tar -rf "$2" -C "$work" COMMIT
+}
+if [ -n "${CODE_ONLY:-}" ]; then  # a lease of new code on packs already built: the snapshot alone (seconds)
+  snapshot HEAD .gpu/code.tar && tar -xOf .gpu/code.tar COMMIT && exit 0
+fi
 
 pack_val() {  # pack_val SHARD PACK: its first $val_docs documents (and byte sidecar) as xz into PACK
   local cut; cut=$(mktemp -d)
@@ -72,11 +83,6 @@ if [ -z "${SKIP_CASEOPS:-}" ]; then enwiki_pack caseops --caseops; fi
 # The CaseOps control: the same documents and tokenizer recipe without the case transform (~6 minutes).
 if [ -n "${ENWIKI_PLAIN:-}" ]; then enwiki_pack enwiki_plain; fi
 
-snapshot() {  # snapshot REV TAR: git archive of REV with a COMMIT file naming it
-  git archive "$1" > "$2"
-  echo "commit $(git rev-parse "$1") $(git log -1 --format=%s "$1" | cut -c1-80)" > "$work/COMMIT"
-  tar -rf "$2" -C "$work" COMMIT
-}
 snapshot HEAD .gpu/code.tar
 if [ -n "${BEFORE:-}" ]; then snapshot "$BEFORE" .gpu/code_before.tar; fi
 du -sh .whl .gpu/*  # each pack (.gpu/NAME) and snapshot that a lease carries
