@@ -382,6 +382,11 @@ def _expand_aliases(argv: list[str]) -> list[str]:
 def run_lightning_cli(argv: list[str]) -> GolfCLI:
     for message in QUIET_WARNINGS:
         warnings.filterwarnings("ignore", message=message)
+    if torch.cuda.is_available():
+        # As the record's script: fp32 matmuls (GPTQ's Hessians and updates, LQER) on TF32 tensor cores. The
+        # training step's matmuls are bf16 under autocast either way. CUDA only: on a CPU with AMX it would
+        # change the CPU results the tests compare.
+        torch.set_float32_matmul_precision("high")
     return GolfCLI(
         GolfLightningModule,
         GolfDataModule,

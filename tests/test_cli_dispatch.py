@@ -257,3 +257,21 @@ def test_a_tool_s_unknown_flag_is_one_line(capsys):
     assert main(["download", "--bogus"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("lit-golf download: error:") and "--bogus" in err and "\n" not in err
+
+
+@pytest.mark.parametrize("cuda", [True, False])
+def test_lightning_commands_run_fp32_matmuls_on_tf32_on_cuda_only(cuda, monkeypatch, capsys):
+    """The record's script sets matmul precision "high"; on a CPU (AMX) it would change what the tests compare."""
+    import torch
+
+    from lit_golf.cli import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    before = torch.get_float32_matmul_precision()
+    try:
+        with pytest.raises(SystemExit):
+            main(["fit", "--config", "tiny_cpu", "--print_config"])
+        assert torch.get_float32_matmul_precision() == ("high" if cuda else before)
+    finally:
+        torch.set_float32_matmul_precision(before)
+    capsys.readouterr()
