@@ -8,6 +8,8 @@ adding a subcommand; `GolfCLI` checks inputs before anything is built.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import itertools
 import logging
 import re
@@ -16,6 +18,7 @@ import warnings
 from pathlib import Path
 
 import torch
+import yaml
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
@@ -25,7 +28,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lit_golf import strategy  # noqa: F401  (registers the golf_ddp strategy name)
 from lit_golf.callbacks import NAMED_CALLBACKS
 from lit_golf.callbacks.checkpoint import check_resume, latest_run_checkpoint
-from lit_golf.config_files import config_names
+from lit_golf.config_files import config_names, resolve_config_args
 from lit_golf.data.datamodule import GolfDataModule
 from lit_golf.data.vocab import check_data_for_vocab
 from lit_golf.eval.config import LEGACY_FIELDS
@@ -401,3 +404,17 @@ def run_lightning_cli(argv: list[str]) -> GolfCLI:
             "num_sanity_val_steps": 0,
         },
     )
+
+
+def printed_config(argv: list[str]) -> dict:
+    """The config `lit-golf <argv>` resolves to, every default filled in (`--print_config`, parsed in this
+    process: nothing is built). For a sweep's grid keys and a submission's differences from the record."""
+    argv = resolve_config_args([*argv, "--print_config"])
+    check_config_files(argv)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed), contextlib.suppress(SystemExit):
+        run_lightning_cli(argv)
+    config = yaml.safe_load(printed.getvalue())
+    if not isinstance(config, dict):
+        raise ValueError(f"`lit-golf {' '.join(argv)}` printed no config: drop --help or --print_config after --")
+    return config

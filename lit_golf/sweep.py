@@ -13,7 +13,6 @@ again (resumable); a failed one is retried. At the end every trial's `results.js
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import difflib
 import io
@@ -131,24 +130,6 @@ def check_plan(grid: list[tuple[str, list[str]]], seeds: list[int], extra: list[
     return planned
 
 
-def _printed_config(argv: list[str]) -> dict:
-    """The config `lit-golf <argv>` resolves to (`--print_config`, parsed in this process: nothing is built)."""
-    import yaml
-
-    from lit_golf.config_files import resolve_config_args
-    from lit_golf.lightning_cli import check_config_files, run_lightning_cli
-
-    argv = resolve_config_args([*argv, "--print_config"])
-    check_config_files(argv)
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed), contextlib.suppress(SystemExit):
-        run_lightning_cli(argv)
-    config = yaml.safe_load(printed.getvalue())
-    if not isinstance(config, dict):
-        raise ValueError(f"`lit-golf {' '.join(argv)}` printed no config: drop --help or --print_config after --")
-    return config
-
-
 def _dotted_keys(config: dict, prefix: str = "") -> list[str]:
     keys = []
     for key, value in config.items():
@@ -163,11 +144,11 @@ def check_against_config(command: str, configs: list[str], grid: list[tuple[str,
     misspelled key or a value of the wrong type is one line here (with the closest key) instead of a failure
     of every trial, told only in its launch log."""
     from lit_golf.cli import one_line
-    from lit_golf.lightning_cli import ALIASES, LINKED
+    from lit_golf.lightning_cli import ALIASES, LINKED, printed_config
 
     base = [command, *(arg for config in configs for arg in ("--config", config)), *extra]
     try:
-        keys = _dotted_keys(_printed_config(base))
+        keys = _dotted_keys(printed_config(base))
     except argparse.ArgumentError as err:
         raise ValueError(f"the trials' configs and arguments after -- do not parse: {one_line(str(err))}") from None
     # jsonargparse also takes a class's arguments without `init_args`; derived keys and aliases fail with their own line
@@ -179,7 +160,7 @@ def check_against_config(command: str, configs: list[str], grid: list[tuple[str,
             raise ValueError(f"--grid {key}: `lit-golf {command}` has no such key{hint}")
         for value in values:
             try:
-                _printed_config([*base, f"--{key}", value])
+                printed_config([*base, f"--{key}", value])
             except (argparse.ArgumentError, ValueError) as err:
                 raise ValueError(f"--grid {key}={value}: {one_line(str(err))}") from None
 

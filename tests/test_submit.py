@@ -186,19 +186,14 @@ def test_each_seed_counts_its_own_script_and_seeds_may_differ_in_seed_and_paths(
 
 def test_the_readme_table_names_every_switch_the_run_turns_on_not_only_those_record_yaml_states():
     """The frontier's gates, LQER and ZPAQ are off by default, so record.yaml never mentions them."""
-    import contextlib
-    import io
+    import yaml
 
-    from lit_golf.config_files import resolve_config
-    from lit_golf.lightning_cli import run_lightning_cli
+    from lit_golf.lightning_cli import printed_config
     from lit_golf.submission.submit import config_differences
 
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed), pytest.raises(SystemExit):
-        run_lightning_cli(["fit", "--config", str(resolve_config("record")), "--config", str(resolve_config("frontier")),
-                           "--data.data_dir", "/elsewhere", "--model.training.compile_cache", "/tmp/cache.bin",
-                           "--print_config"])
-    differences = {key: (record, run) for key, record, run in config_differences(printed.getvalue())}
+    run_config = printed_config(["fit", "--config", "record", "--config", "frontier", "--data.data_dir", "/elsewhere",
+                                 "--model.training.compile_cache", "/tmp/cache.bin"])
+    differences = {key: (record, run) for key, record, run in config_differences(yaml.safe_dump(run_config))}
     assert differences["model.gpt.smear_gate"] == (False, True)
     assert differences["gptq.config.schemes.attn"] == ("gptq", "lqer_asym")
     assert differences["gptq.config.per_group.enabled"] == (False, True)

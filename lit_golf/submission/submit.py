@@ -15,10 +15,8 @@ with `--overwrite`.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import importlib.metadata
-import io
 import json
 import math
 import shutil
@@ -27,7 +25,6 @@ from pathlib import Path
 
 import yaml
 
-from lit_golf.config_files import resolve_config
 from lit_golf.results import CONFIG_NAME, TRAIN_LOG_NAME
 from lit_golf.submission.check import (
     LIMIT_BYTES,
@@ -129,28 +126,16 @@ def _flatten(tree, prefix: str = "") -> dict:
     return {prefix[:-1]: tree}
 
 
-def resolved_record_config() -> dict:
-    """The shipped record config as the CLI resolves it, every default filled in (`fit --print_config`).
-
-    record.yaml states only what differs from the code's defaults; compared with the file alone, a run's
-    table missed every switch that is off by default and on in the run (frontier.yaml's gates, LQER, ZPAQ).
-    """
-    # Imported here: Lightning and the model load only when a README is written.
-    from lit_golf.lightning_cli import run_lightning_cli
-
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        try:
-            run_lightning_cli(["fit", "--config", str(resolve_config("record")), "--print_config"])
-        except SystemExit as done:
-            if done.code:
-                raise
-    return _flatten(yaml.safe_load(printed.getvalue()))
-
-
 def config_differences(config_text: str) -> list[tuple[str, object, object]]:
-    """(key, record value, this run's value) where the run's resolved config differs from the record's."""
-    record = resolved_record_config()
+    """(key, record value, this run's value) where the run's resolved config differs from the record's.
+
+    The record's as the CLI resolves it, every default filled in: record.yaml states only what differs from the
+    code's defaults, so the file alone missed every switch that is off by default and on in the run (frontier.yaml's
+    gates, LQER, ZPAQ). Imported here: Lightning and the model load only when a README is written.
+    """
+    from lit_golf.lightning_cli import printed_config
+
+    record = _flatten(printed_config(["fit", "--config", "record"]))
     run = _flatten(yaml.safe_load(config_text))
     return [(key, value, run.get(key)) for key, value in record.items()
             if key in run and run[key] != value and not key.startswith("trainer.callbacks") and not per_run_key(key)]
