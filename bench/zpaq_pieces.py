@@ -26,22 +26,16 @@ from provenance import commit  # noqa: E402  (bench/)
 
 from lit_golf.export.config import PerGroupCompression  # noqa: E402
 from lit_golf.export.schemes.registry import dequantize_tensors  # noqa: E402
-from lit_golf.export.serialize import decompress, pack, read_artifact, unpack, write_artifact  # noqa: E402
+from lit_golf.export.serialize import (  # noqa: E402
+    decompress,
+    pack,
+    read_artifact,
+    section_chunks,
+    unpack,
+    write_artifact,
+)
 from lit_golf.files import write_atomic  # noqa: E402
 from lit_golf.tool_parser import run_tool, tool_parser  # noqa: E402
-
-
-def zpaq_pieces(blob: bytes, header: dict) -> dict[str, list[bytes]]:
-    """The compressed pieces of each ZPAQ section, in file order (the layout `unpack` reads)."""
-    pos = len(blob) - sum(length for s in header["sections"] for length, _ in s["chunks"])
-    pieces: dict[str, list[bytes]] = {}
-    for section in header["sections"]:
-        for length, _ in section["chunks"]:
-            if section["compressor"] == "zpaq":
-                pieces.setdefault(section["name"], []).append(blob[pos:pos + length])
-            pos += length
-    return pieces
-
 
 LAYOUT_KEYS = ("format_version", "compressor", "sections", "tensors")  # what `pack` writes itself
 
@@ -60,13 +54,12 @@ def variant(blob: bytes, expected: dict, per_group: PerGroupCompression) -> dict
     wrong = [name for name, t in expected.items() if not torch.equal(restored[name], t)]
     if wrong:
         raise ValueError(f"repacked tensors differ from the artifact's, e.g. {wrong[0]}")
-    seconds = {}
-    for name, pieces in zpaq_pieces(blob, header).items():
-        seconds[name] = []
-        for piece in pieces:
+    seconds: dict[str, list[float]] = {}
+    for section, piece, _ in section_chunks(blob, header):
+        if section["compressor"] == "zpaq":
             started = time.perf_counter()
             decompress(piece, "zpaq")
-            seconds[name].append(round(time.perf_counter() - started, 2))
+            seconds.setdefault(section["name"], []).append(round(time.perf_counter() - started, 2))
     every = [s for per_section in seconds.values() for s in per_section]
     return {"zpaq_chunk_bytes": per_group.zpaq_chunk_bytes, "bytes": len(blob), "pieces": len(every),
             "longest_piece_s": max(every), "all_pieces_s": round(sum(every), 1), "piece_s": seconds}

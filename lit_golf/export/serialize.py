@@ -38,6 +38,7 @@ import os
 import re
 import struct
 import zlib
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -386,26 +387,32 @@ def _from_format_1(meta: dict) -> dict:
     return {**meta, "tensors": tensors}
 
 
+def section_chunks(blob: bytes, meta: dict) -> Iterator[tuple[dict, bytes, int]]:
+    """(section, compressed chunk, its crc32) for every chunk of artifact `blob`, in file order: the chunks fill
+    the file after the header (`_read_sections` checks that the lengths add up first)."""
+    pos = len(blob) - sum(length for section in meta["sections"] for length, _ in section["chunks"])
+    for section in meta["sections"]:
+        for length, crc in section["chunks"]:
+            yield section, blob[pos:pos + length], crc
+            pos += length
+
+
 def _read_sections(blob: bytes, start: int, meta: dict, source: str) -> dict[str, bytes]:
     expected = start + sum(c[0] for s in meta["sections"] for c in s["chunks"])
     if len(blob) != expected:
         state = "truncated" if len(blob) < expected else "corrupt"
         raise ArtifactFormatError(f"{source}: {state} artifact ({len(blob)} bytes, expected {expected})")
-    pieces, pos = [], start
     for section in meta["sections"]:
         if section["compressor"] not in SECTION_COMPRESSORS:
             raise ArtifactFormatError(
                 f"{source}: section {section['name']!r} uses unknown compressor {section['compressor']!r}; this "
                 f"lit_golf reads {', '.join(SECTION_COMPRESSORS)}"
             )
-        for length, crc in section["chunks"]:
-            chunk = blob[pos:pos + length]
-            pos += length
-            if zlib.crc32(chunk) != crc:
-                raise ArtifactFormatError(
-                    f"{source}: corrupt artifact (checksum mismatch in section {section['name']!r})"
-                )
-            pieces.append((section, chunk))
+    pieces = []
+    for section, chunk, crc in section_chunks(blob, meta):
+        if zlib.crc32(chunk) != crc:
+            raise ArtifactFormatError(f"{source}: corrupt artifact (checksum mismatch in section {section['name']!r})")
+        pieces.append((section, chunk))
 
     def work(piece: tuple[dict, bytes]) -> bytes:
         section, chunk = piece
