@@ -116,7 +116,6 @@ class GolfLightningModule(L.LightningModule):
         self.test_results: dict = {}
         self._loss_check_every = 1  # steps between finite-loss checks; set at train start
         self._momentum_warmup_steps = self.optim_config.muon_momentum_warmup_steps  # rescaled at fit start
-        self._val_check_interval: int | float | None = None  # the trainer's, as rescaled at fit start
         self._last_val_bpb: float | None = None
         self.val_bpb = BitsPerByte()  # a submodule: follows the model's device, reduces across ranks
 
@@ -159,9 +158,8 @@ class GolfLightningModule(L.LightningModule):
         validation = getattr(self.trainer, "val_check_interval", None)
         if isinstance(validation, int) and scale != 1.0:
             self.trainer.val_check_interval = scaled_steps(validation, scale)
-        self._val_check_interval = getattr(self.trainer, "val_check_interval", None)
         if scale != 1.0:
-            cadence = (f", validation every {validation} -> {self._val_check_interval} steps"
+            cadence = (f", validation every {validation} -> {self.trainer.val_check_interval} steps"
                        if isinstance(validation, int) else "")
             log.info("run length: the recipe's step-counted knobs are tuned for %d GPUs, this wall-clock run has %d: "
                      "step scale %.4g, Muon momentum warm-up %d -> %d steps%s (EMA decay: see the ema line)",
@@ -178,7 +176,7 @@ class GolfLightningModule(L.LightningModule):
         settings = {type(cb).__name__: callback_settings(cb) for cb in self.trainer.callbacks}
         # Through JSON: plain lists and numbers, so hparams.yaml stays loadable with yaml.safe_load.
         run_length = {"step_scale": self.progress.step_scale, "muon_momentum_warmup_steps": self._momentum_warmup_steps,
-                      "val_check_interval": self._val_check_interval}
+                      "val_check_interval": getattr(self.trainer, "val_check_interval", None)}
         return json.loads(json.dumps({"evaluation": asdict(self.eval_config), "callbacks": settings,
                                       "run_length": run_length}, default=str))
 
