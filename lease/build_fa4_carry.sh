@@ -6,10 +6,7 @@
 # Usage (repo root; needs the package index): bash lease/build_fa4_carry.sh
 set -euo pipefail
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
-platforms=(--platform manylinux_2_28_x86_64 --platform manylinux_2_34_x86_64 --platform manylinux_2_17_x86_64
-           --platform manylinux2014_x86_64 --platform any)
-download() { python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-  "${platforms[@]}" -d "$work/wheels" "$@"; }
+download() { bash lease/download_wheels.sh "$work/wheels" "$@"; }
 download --pre flash-attn-4==4.0.0b40  # FA4 is only published as betas
 download nvidia-cutlass-dsl==4.8.1 nvidia-cutlass-dsl-libs-base==4.8.1 nvidia-cutlass-dsl-libs-core==4.8.1 \
   nvidia-cutlass-dsl-libs-cu13==4.8.1 "apache-tvm-ffi>=0.1.11,<0.2" torch-c-dlpack-ext "quack-kernels>=0.5.3" \

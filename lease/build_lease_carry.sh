@@ -39,9 +39,7 @@ pack_val() {  # pack_val SHARD PACK: its first $val_docs documents (and byte sid
 
 mkdir -p .whl .gpu/data
 wheels=(brotli jsonargparse docstring-parser typeshed-client python-minifier zpaq==0.3.7)
-python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-  --platform manylinux_2_34_x86_64 --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
-  --platform manylinux2014_x86_64 -d .whl "${wheels[@]}"
+bash lease/download_wheels.sh .whl "${wheels[@]}"
 for wheel in "${wheels[@]}"; do  # a lease without one fails late; a wheel file spells '-' as '_'
   name=${wheel%%==*}; name=${name//-/_}
   compgen -G ".whl/$name-*.whl" > /dev/null || { echo "no $name wheel in .whl/ after pip download" >&2; exit 1; }
