@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lit_golf.files import write_atomic  # noqa: E402
 from lit_golf.results import CONFIG_NAME, RESULTS_NAME, read_results  # noqa: E402
-from lit_golf.submission.submit import read_config  # noqa: E402
+from lit_golf.submission.submit import flatten, read_config  # noqa: E402
 from lit_golf.tool_output import disk_errors_as_one_line  # noqa: E402
 from lit_golf.tool_parser import run_tool, tool_parser  # noqa: E402
 
@@ -110,21 +110,10 @@ def read_setting(folder: Path) -> Setting:
     return Setting(folder.resolve().name, path, read_results(path), artifact)
 
 
-def flat(tree: dict, prefix: str) -> dict:
-    """`tree`'s leaves under dotted keys (lists are leaves)."""
-    leaves = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            leaves.update(flat(value, f"{prefix}{key}."))
-        else:
-            leaves[f"{prefix}{key}"] = value
-    return leaves
-
-
 def changed(setting: Setting, baseline: Setting) -> dict[str, list]:
     """The evaluation settings in which `setting` differs from `baseline`: key -> [baseline's, setting's]."""
-    ours = flat(setting.results.get("evaluation", {}), "evaluation.")
-    theirs = flat(baseline.results.get("evaluation", {}), "evaluation.")
+    ours = flatten(setting.results.get("evaluation", {}), "evaluation.")
+    theirs = flatten(baseline.results.get("evaluation", {}), "evaluation.")
     return {key: [theirs.get(key), ours.get(key)] for key in sorted(ours.keys() | theirs.keys())
             if ours.get(key) != theirs.get(key)}
 

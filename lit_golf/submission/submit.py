@@ -79,7 +79,7 @@ def verified_run(run_dir: Path) -> Seed:
 
 def read_config(run_dir: Path) -> dict:
     """A run's `config.yaml` as flat dotted keys; a broken file is one line."""
-    return _flatten(read_mapping(run_dir / CONFIG_NAME, yaml.safe_load, yaml.YAMLError, "restore the run's config"))
+    return flatten(read_mapping(run_dir / CONFIG_NAME, yaml.safe_load, yaml.YAMLError, "restore the run's config"))
 
 
 def check_one_config(run_dirs: list[Path]) -> None:
@@ -96,7 +96,7 @@ def check_one_config(run_dirs: list[Path]) -> None:
 
 def config_extras(config_text: str) -> set[str]:
     """The optional extras a resolved config needs at run time: per-group ZPAQ export needs `zpaq`."""
-    flat = _flatten(yaml.safe_load(config_text) or {})
+    flat = flatten(yaml.safe_load(config_text) or {})
     return {"zpaq"} if flat.get("gptq.config.per_group.enabled") else set()
 
 
@@ -117,11 +117,12 @@ def requirements(extras: set[str] = frozenset()) -> list[str]:
     return list(dict.fromkeys(wanted))
 
 
-def _flatten(tree, prefix: str = "") -> dict:
+def flatten(tree, prefix: str = "") -> dict:
+    """A config's leaves under dotted keys (`{"model.gpt.vocab_size": 8192}`; lists are leaves), each after `prefix`."""
     if isinstance(tree, dict):
         flat = {}
         for key, value in tree.items():
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            flat.update(flatten(value, f"{prefix}{key}."))
         return flat
     return {prefix[:-1]: tree}
 
@@ -135,8 +136,8 @@ def config_differences(config_text: str) -> list[tuple[str, object, object]]:
     """
     from lit_golf.lightning_cli import printed_config
 
-    record = _flatten(printed_config(["fit", "--config", "record"]))
-    run = _flatten(yaml.safe_load(config_text))
+    record = flatten(printed_config(["fit", "--config", "record"]))
+    run = flatten(yaml.safe_load(config_text))
     return [(key, value, run.get(key)) for key, value in record.items()
             if key in run and run[key] != value and not key.startswith("trainer.callbacks") and not per_run_key(key)]
 
