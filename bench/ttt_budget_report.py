@@ -8,9 +8,12 @@ with `evaluated: artifact`, the test's own: not the copy of its scores in a fit'
 Per setting, from its test's results.json: `ttt_bpb`, `eval_s` (`eval_seconds`: launch to final bpb, load,
 decompression and compile included), `fineweb_8xh100_eval_s_projected`, TTT's throughput and compile seconds,
 `docs` (`fineweb_projection.eval_docs`), `hardware`, and `changed`: each `evaluation.*` setting that differs
-from the baseline's, as [baseline, this]. `best` is the lowest ttt_bpb among the settings whose projected
-FineWeb 8xH100 eval fits the issue's budget (`budget_s`, 550 s; null when none does); `target_met` when it beats
-the baseline by at least 0.003 bpb. The settings must be comparable, else one line (exit 1) and nothing
+from the baseline's, as [baseline, this]. Tests queued one after another share an Inductor cache, so only the
+first compiles TTT cold (the settings change no compiled graph: `tests/test_eval_ttt_settings.py`), while the
+challenge's eval box starts cold: `fineweb_8xh100_eval_s_projected_cold_compile` is each projection with its
+TTT compile replaced by the longest one measured (`ttt_compile_seconds_cold`). `best` is the lowest ttt_bpb
+among the settings whose cold-compile projection fits the issue's budget (`budget_s`, 550 s; null when none
+does); `target_met` when it beats the baseline by at least 0.003 bpb. The settings must be comparable, else one line (exit 1) and nothing
 written: every test scored with TTT, the same artifact (config.yaml's `model.artifact`), the same validation
 documents, on the same hardware (`--gpu` where results.json records none), under distinct names, one of them
 `--baseline`. `commit` and `artifact` are the flags': no test records its code's commit or the artifact's hash.
@@ -41,6 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "bench" / "results" / "ttt_budget.json"
 BUDGET_SECONDS = 550  # the issue's legal budget for the projected FineWeb 8xH100 eval (of the rules' 600 s)
 TARGET_BPB_DELTA = -0.003  # best - baseline the issue asks for
+COLD_PROJECTED = "fineweb_8xh100_eval_s_projected_cold_compile"  # the budget's measure
 ARTIFACT_KEY = "model.artifact"  # config.yaml: the artifact a test scored
 TEST_FIX = "pass the save_dir of this setting's `lit-golf test --artifact ART ...` (or the test's own folder)"
 # results.json key -> the report's name for it; each a test with TTT records
@@ -118,10 +122,15 @@ def changed(setting: Setting, baseline: Setting) -> dict[str, list]:
             if ours.get(key) != theirs.get(key)}
 
 
-def setting_record(setting: Setting, baseline: Setting) -> dict:
+def setting_record(setting: Setting, baseline: Setting, cold_compile: float) -> dict:
+    """One setting's entry; `cold_compile` = the TTT compile seconds of a cold Inductor cache."""
+    measured = {name: setting.measured(key) for key, name in MEASURED.items()}
+    cold = measured["fineweb_8xh100_eval_s_projected"] + cold_compile - measured["ttt_compile_seconds"]
     return {
         "name": setting.name,
-        **{name: setting.measured(key) for key, name in MEASURED.items()},
+        **measured,
+        "ttt_compile_seconds_cold": cold_compile,
+        COLD_PROJECTED: cold,
         "docs": setting.docs,
         "hardware": setting.results.get("hardware"),
         "changed": changed(setting, baseline),
@@ -160,11 +169,12 @@ def budget_report(settings: list[Setting], baseline_name: str, gpu_flag: str | N
     if baseline_name not in names:
         raise ValueError(f"--baseline {baseline_name}: not among the settings ({', '.join(names)}); name one of them")
     baseline = settings[names.index(baseline_name)]
-    records = [setting_record(setting, baseline) for setting in settings]
+    cold_compile = max(setting.measured("ttt_compile_seconds") for setting in settings)
+    records = [setting_record(setting, baseline, cold_compile) for setting in settings]
     gpu = machine(settings, gpu_flag)
     tested = agreed(settings, "artifacts", lambda s: s.artifact, "compare settings of one artifact's tests")
     docs = agreed(settings, "validation documents", lambda s: s.docs, "test every setting on the same val set")
-    legal = [r for r in records if r["fineweb_8xh100_eval_s_projected"] <= BUDGET_SECONDS]
+    legal = [r for r in records if r[COLD_PROJECTED] <= BUDGET_SECONDS]
     best = min(legal, key=lambda r: r["ttt_bpb"], default=None)
     base = records[names.index(baseline_name)]
     delta = None if best is None else best["ttt_bpb"] - base["ttt_bpb"]
@@ -188,16 +198,18 @@ def table(report: dict) -> str:
     """The settings, one line each: bpb, its change from the baseline, measured and projected eval, throughput."""
     base = report["baseline"]["ttt_bpb"]
     best = (report["best"] or {}).get("name")
-    lines = [f"{'setting':<24} {'ttt_bpb':>8} {'vs base':>8} {'eval_s':>7} {'8xH100 s':>8} {'tokens/s':>9}"]
+    lines = [f"{'setting':<24} {'ttt_bpb':>8} {'vs base':>8} {'eval_s':>7} {'8xH100 s':>8} {'cold s':>7} "
+             f"{'tokens/s':>9}"]
     for r in report["settings"]:
         marks = (["best"] if r["name"] == best else []) + \
-            (["over budget"] if r["fineweb_8xh100_eval_s_projected"] > report["budget_s"] else [])
+            (["over budget"] if r[COLD_PROJECTED] > report["budget_s"] else [])
         lines.append(f"{r['name']:<24} {r['ttt_bpb']:8.5f} {r['ttt_bpb'] - base:+8.5f} {r['eval_s']:7.1f} "
-                     f"{r['fineweb_8xh100_eval_s_projected']:8.1f} {r['ttt_tokens_per_second_after_compile']:9.0f}"
+                     f"{r['fineweb_8xh100_eval_s_projected']:8.1f} {r[COLD_PROJECTED]:7.1f} "
+                     f"{r['ttt_tokens_per_second_after_compile']:9.0f}"
                      f"{'  ' + ', '.join(marks) if marks else ''}")
     verdict = "met" if report["target_met"] else "not met"
-    lines.append(f"target (best - baseline <= {report['target_bpb_delta']} bpb, projected <= {report['budget_s']:.0f} "
-                 f"s): {verdict}")
+    lines.append(f"target (best - baseline <= {report['target_bpb_delta']} bpb, projected with a cold compile <= "
+                 f"{report['budget_s']:.0f} s): {verdict}")
     return "\n".join(lines)
 
 

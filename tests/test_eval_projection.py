@@ -34,14 +34,14 @@ def test_projection_by_hand():
     """fixed as measured; scoring x tokens / 8 GPUs / H100 speed; SGD x prefix tokens (docs x mean doc) the same."""
     projection = project(H200_RUN, 2000)
     fixed = 184.9 - 148.65 - 5.45
-    scoring = 148.65 * (40_540_160 / 4_583_609) / 8 / 0.84
-    sgd = 5.45 * (2000 * 40_540_160 / 50_000) / (200 * 4_583_609 / 5000) / 8 / 0.84
+    scoring = 148.65 * (40_540_160 / 4_583_609) / 8 / 0.97
+    sgd = 5.45 * (2000 * 40_540_160 / 50_000) / (200 * 4_583_609 / 5000) / 8 / 0.97
     assert projection.fixed_seconds == pytest.approx(fixed, rel=1e-12)
     assert projection.scoring_seconds == pytest.approx(scoring, rel=1e-12)
     assert projection.global_sgd_seconds == pytest.approx(sgd, rel=1e-12)
     assert projection.seconds == pytest.approx(fixed + scoring + sgd, rel=1e-12)
     assert projection.h100_speed == H100_PER_H200_THROUGHPUT and projection.estimate
-    assert "on 8xH100 (from 1x NVIDIA H200; an H100 at 0.84x its speed)" in projection.describe()
+    assert "on 8xH100 (from 1x NVIDIA H200; an H100 at 0.97x its speed)" in projection.describe()
 
 
 def test_the_fineweb_evaluation_itself_projects_to_its_own_seconds():

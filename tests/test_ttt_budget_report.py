@@ -31,14 +31,14 @@ def evaluation(ttt: dict | None = None, global_sgd: dict | None = None) -> dict:
 
 
 def ttt_test(bpb: float | None, projected: float, eval_s: float, tokens_per_s: float = 32069.4,
-                 docs: int = DOCS, hardware: str | None = GPU, **changes) -> dict:
+                 docs: int = DOCS, hardware: str | None = GPU, compile_s: float = 135.2, **changes) -> dict:
     """A results.json of `lit-golf test --artifact` with TTT, in the fields of a real one."""
     results = {
         "evaluated": "artifact", "eval_seconds": eval_s, "eval_load_seconds": 30.8, "evaluation": evaluation(**changes),
         "final_bpb": bpb, "fineweb_8xh100_eval_s_projected": projected, "global_sgd_seconds": 6.66,
         "fineweb_projection": {"eval_docs": docs, "eval_seconds": eval_s, "eval_tokens": 4583609, "world_size": 1,
                                "hardware": hardware, "fineweb_prefix_docs": 250, "ttt_prefix_docs": 250},
-        "hardware": hardware, "seed": 1337, "ttt_bpb": bpb, "ttt_compile_seconds": 135.2, "val_bpb": 1.08188,
+        "hardware": hardware, "seed": 1337, "ttt_bpb": bpb, "ttt_compile_seconds": compile_s, "val_bpb": 1.08188,
         "ttt_positions_per_second_after_compile": tokens_per_s * 16.9,
         "ttt_tokens_per_second_after_compile": tokens_per_s, "world_size": 1,
     }
@@ -115,9 +115,28 @@ def test_report_takes_each_settings_values_and_the_best_within_the_budget(tmp_pa
     assert report["best_minus_baseline_bpb"] == pytest.approx(1.06311 - 1.06703)
     assert report["target_met"] is True
     lines = stdout.splitlines()
-    assert re.match(r"ttt_grad_steps2 +1\.06311 +-0\.00392 +470\.9 +523\.4 +21000  best$", lines[4]), stdout
+    assert re.match(r"ttt_grad_steps2 +1\.06311 +-0\.00392 +470\.9 +523\.4 +523\.4 +21000  best$", lines[4]), stdout
     assert lines[3].endswith("over budget") and lines[2].startswith("ttt_chunk64 ") and "+0.00108" in lines[2]
-    assert "target (best - baseline <= -0.003 bpb, projected <= 550 s): met" in stdout
+    assert "target (best - baseline <= -0.003 bpb, projected with a cold compile <= 550 s): met" in stdout
+
+
+def test_a_setting_that_compiled_warm_is_budgeted_with_the_cold_compile(tmp_path, capsys):
+    """The second test of a lease found TTT's graph in the Inductor cache (12 s, not 135 s): its projection
+    within the budget is not, once the cold compile the challenge's box would pay is put back."""
+    runs = tmp_path / "RUNS"
+    folders = [job(runs, "ttt_baseline", ttt_test(1.067, 358.1, 318.7)),
+               job(runs, "ttt_replay2", ttt_test(1.060, 540.0, 510.0, compile_s=12.1, ttt={"replay_chunks": 2})),
+               job(runs, "ttt_chunk40", ttt_test(1.066, 400.0, 360.0, compile_s=12.1, ttt={"chunk_size": 40}))]
+    out = tmp_path / "ttt_budget.json"
+    rc, stdout, err = run_report(*folders, "--baseline", "ttt_baseline", "--commit", "x", "--artifact", "a",
+                                 "--out", out, capsys=capsys)
+    assert rc == 0, err
+    by_name = {s["name"]: s for s in json.loads(out.read_text())["settings"]}
+    assert by_name["ttt_replay2"]["ttt_compile_seconds_cold"] == 135.2
+    assert by_name["ttt_replay2"]["fineweb_8xh100_eval_s_projected_cold_compile"] == pytest.approx(540.0 + 135.2 - 12.1)
+    assert by_name["ttt_baseline"]["fineweb_8xh100_eval_s_projected_cold_compile"] == pytest.approx(358.1)
+    assert json.loads(out.read_text())["best"]["name"] == "ttt_chunk40"  # replay2 scores better, over budget cold
+    assert "over budget" in next(line for line in stdout.splitlines() if line.startswith("ttt_replay2 "))
 
 
 def test_no_setting_within_the_budget_has_no_best(tmp_path, capsys):

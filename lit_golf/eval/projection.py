@@ -33,12 +33,12 @@ FINEWEB_VAL_TOKENS = 40_540_160
 FINEWEB_VAL_DOCS = 50_000
 FINEWEB_GPUS = 8
 
-H100_PER_H200_THROUGHPUT = 0.84
-"""An H100's TTT throughput as a fraction of an H200's: an assumption from two eager-path measurements of
-different runs, not a same-run comparison. 7.3k scored tokens/s on 1×H100 (2026-11-24 rounds, record config,
-100-step artifact, first 1,000 enwiki val docs: 7.2k–7.6k with FA2) over 8.7k on 1×H200 (issue 14, first
-1,000 docs, random weights); bench/NOTES.md. The compiled path has never been timed on an H100: replace
-this once `bench/ttt_throughput.py` runs there. (For reference: equal bf16 peak, memory bandwidth 0.70x.)"""
+H100_PER_H200_THROUGHPUT = 0.97
+"""An H100's compiled-TTT throughput as a fraction of an H200's, measured: the frontier's 600-s artifacts (same
+model shape, settings and 5,000 enwiki2015 val docs; two runs, so two weight sets) scored 31,250 TTT tokens/s
+after compile on 1xH100 80GB HBM3 (eighth session, commit 4fd98ce) and 32,069 on 1xH200 (seventh, 365ec6b):
+0.974, positions/s alike (527k / 541k); bench/NOTES.md. The compiled step is compute-bound (equal bf16 peak),
+which the 0.84 of two eager measurements used before did not show."""
 
 # The device names whose speed relative to an H100 is known (the first match in a `hardware` string counts).
 H100_SPEED = {"H200": H100_PER_H200_THROUGHPUT, "H100": 1.0}
