@@ -93,6 +93,7 @@ case ${1:-} in
     done
     # A finished job's artifact (left out of its tarball), one a call (16 MB of the 64 MiB that come back):
     # the next session's tests and submission need it, and a lease can end before anyone copies it by hand.
+    # Back on the dev box, `lease/keep_artifact.sh` keeps it in git history (scratch does not outlive a session).
     mkdir -p "$lease/sent"
     for ptz in "$RUNS"/*/version_*/artifact/artifact.ptz "$RUNS"/*/*/version_*/artifact/artifact.ptz; do
       job=${ptz#"$RUNS/"}; job=${job%%/*}
