@@ -29,3 +29,11 @@ def test_a_misspelt_flag_fails_the_queue_and_a_good_one_parses(tmp_path):
     assert any(line.startswith(f"{queue} typo: FAILS: ") and "grad_stepz" in line for line in lines)
     assert f"{queue} shell: no lit_golf.cli command (not checked)" in lines
     assert "missing.queue: no such queue file" in done.stderr
+
+
+def test_every_committed_queue_parses():
+    """The queues a later session leases with: a renamed flag or config key shows here, not on the GPU box."""
+    queues = sorted((ROOT / "lease").glob("*.queue"))
+    done = preflight(*queues)
+    assert done.returncode == 0, "\n".join(line for line in done.stdout.splitlines() if "FAILS" in line)
+    assert sum(line.endswith(": parses") for line in done.stdout.splitlines()) >= 30
