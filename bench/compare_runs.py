@@ -22,7 +22,8 @@ from lit_golf.submission.check import EVALUATION_LINE, EXPORT_LINE  # the lines 
 
 TOKENS_PER_STEP = 786_432
 STAMP = re.compile(r"^\[\s*(?P<t>[\d.]+)s\] ")
-LIT_STEP = re.compile(r"step (?P<step>\d+)/\d+ loss (?P<loss>[\d.]+) tok/s (?P<tps>[\d,]+) step (?P<ms>[\d.]+)ms")
+LIT_STEP = re.compile(r"step (?P<step>\d+)/\d+ loss (?P<loss>[\d.]+) tok/s (?P<tps>[\d,]+) step (?P<ms>[\d.]+)ms"
+                      r"(?: mfu (?P<mfu>[\d.]+)%)?")
 UP_STEP = re.compile(r"(?P<step>\d+)/\d+ train_loss: (?P<loss>[\d.]+) train_time")
 LOOP_ON = re.compile(r"(layer looping on at step|layer_loop:enabled step:)\s*(?P<step>\d+)")
 VAL = re.compile(r"val_bpb:? (?P<bpb>[\d.]+)")
@@ -42,6 +43,7 @@ class Run:
     system: str
     seed: int
     points: list[tuple[float, int, float]] = field(default_factory=list)  # (seconds since launch, step, loss)
+    mfu: dict[int, float] = field(default_factory=dict)  # step -> model FLOPs utilization logged with it (lit_golf)
     loop_step: int | None = None
     val_bpb: float | None = None
     compile_warmup_s: float | None = None
@@ -92,6 +94,8 @@ def parse(path: Path) -> Run:
         for piece in line[stamp.end():].split("\r"):
             if m := pattern.search(piece):
                 run.points.append((seconds, int(m["step"]), float(m["loss"])))
+                if m.groupdict().get("mfu"):
+                    run.mfu[int(m["step"])] = float(m["mfu"]) / 100
             elif m := LOOP_ON.search(piece):
                 run.loop_step = int(m["step"])
             elif m := VAL.search(piece):

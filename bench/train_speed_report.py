@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import statistics
 import sys
 from pathlib import Path
@@ -33,7 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from compare_runs import STAMP, Run, parse  # noqa: E402
+from compare_runs import Run, parse  # noqa: E402
 from long_run_report import raw_bpb, read_run  # noqa: E402
 
 from lit_golf.files import write_atomic  # noqa: E402
@@ -44,7 +43,6 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "bench" / "results" / "train_speed.json"
 TARGETS = {"before_loop": 1.35, "after_loop": 1.30}  # issue 27: lit_golf's fastest over upstream, same GPU
 UPSTREAM = "upstream"
-MFU = re.compile(r"step (?P<step>\d+)/\S+ loss \S+ tok/s \S+ step \S+ms mfu (?P<mfu>[\d.]+)%")
 FIT_FIX = "pass the side-by-side folder whose logs/ holds <system>_fit_seed<N>.log and upstream_seed<N>.log"
 
 
@@ -84,16 +82,13 @@ def paired(fast: list[Run], base: list[Run], key: str) -> dict | None:
     return {"mean": statistics.mean(per_seed.values()), "per_seed": per_seed}
 
 
-def logged_mfu(runs: list[Run], logs: Path) -> dict[str, float | None]:
-    """Median MFU of the runs' step lines before and after their loop switch."""
+def logged_mfu(runs: list[Run]) -> dict[str, float | None]:
+    """Median MFU of the runs' logged steps before and after their loop switch."""
     before, after = [], []
     for run in runs:
         loop = run.loop_step or 10**9
-        for line in (logs / f"{run.name}.log").read_bytes().decode(errors="replace").split("\n"):
-            if STAMP.match(line):
-                for m in MFU.finditer(line):
-                    step = int(m["step"])
-                    (before if 5 <= step <= loop else after if step >= loop + 5 else []).append(float(m["mfu"]) / 100)
+        before += [mfu for step, mfu in run.mfu.items() if 5 <= step <= loop]
+        after += [mfu for step, mfu in run.mfu.items() if step >= loop + 5]
     return {"before_loop": statistics.median(before) if before else None,
             "after_loop": statistics.median(after) if after else None}
 
@@ -151,7 +146,7 @@ def speed_report(args: argparse.Namespace) -> dict:
         "target_met": all(speedup[phase] >= TARGETS[phase] for phase in TARGETS),
         "systems": {system: {phase: mean_of(items, f"tokens_per_s_{phase}") for phase in TARGETS}
                     | {"seeds": sorted(run.seed for run in items)} for system, items in runs.items()},
-        "mfu": logged_mfu(ours[fastest], Path(args.side_by_side) / "logs"),
+        "mfu": logged_mfu(ours[fastest]),
         "levers": levers,
         "paired_raw_bpb_delta": None if raw is None else raw["mean"],
         "paired_raw_bpb_delta_per_seed": None if raw is None else raw["per_seed"],
