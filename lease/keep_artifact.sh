@@ -9,8 +9,7 @@ ptz=$1 name=$2 what=$3
 [ -f "$ptz" ] || { echo "$ptz: no such file; pass the artifact the lease brought back" >&2; exit 1; }
 [[ $name =~ ^[A-Za-z0-9_.-]+\.ptz$ ]] || { echo "$name: name it <words>.ptz (letters, digits, . _ -)" >&2; exit 1; }
 path=bench/artifacts/$name
-[ -e "$path" ] || ! git cat-file -e "HEAD:$path" 2>/dev/null || { echo "$path is in the tree already" >&2; exit 1; }
-if git log --all --format=%h -- "$path" | grep -q .; then
+if git log --all --format=%h -- "$path" | grep -q .; then  # in the tree now or ever: one name, one artifact
   echo "$path was kept before (git log -- $path); choose another name" >&2; exit 1
 fi
 git diff --cached --quiet || { echo "the index holds staged changes; commit or unstage them first" >&2; exit 1; }
