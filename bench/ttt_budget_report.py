@@ -9,11 +9,12 @@ Per setting, from its test's results.json: `ttt_bpb`, `eval_s` (`eval_seconds`: 
 decompression and compile included), `fineweb_8xh100_eval_s_projected`, TTT's throughput and compile seconds,
 `docs` (`fineweb_projection.eval_docs`), `hardware`, and `changed`: each `evaluation.*` setting that differs
 from the baseline's, as [baseline, this]. Tests queued one after another share an Inductor cache, so only the
-first compiles TTT cold (the settings change no compiled graph: `tests/test_eval_ttt_settings.py`), while the
-challenge's eval box starts cold: `fineweb_8xh100_eval_s_projected_cold_compile` is each projection with its
-TTT compile replaced by the longest one measured (`ttt_compile_seconds_cold`). `best` is the lowest ttt_bpb
-among the settings whose cold-compile projection fits the issue's budget (`budget_s`, 550 s; null when none
-does); `target_met` when it beats the baseline by at least 0.003 bpb. The settings must be comparable, else one line (exit 1) and nothing
+first compiles TTT cold (steps, replay and schedule settings run the same graph: `tests/test_eval_ttt_settings.py`;
+a setting of other shapes finds part of its kernels cached), while the challenge's eval box starts cold:
+`fineweb_8xh100_eval_s_projected_cold_compile` is each projection with its TTT compile replaced by the longest
+one measured (`ttt_compile_seconds_cold`). `best` is the lowest ttt_bpb among the settings whose cold-compile
+projection fits the issue's budget (`budget_s`, 550 s; null when none does); `target_met` when it beats the
+baseline by at least 0.003 bpb. The settings must be comparable, else one line (exit 1) and nothing
 written: every test scored with TTT, the same artifact (config.yaml's `model.artifact`), the same validation
 documents, on the same hardware (`--gpu` where results.json records none), under distinct names, one of them
 `--baseline`. `commit` and `artifact` are the flags': no test records its code's commit or the artifact's hash.

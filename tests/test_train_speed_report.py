@@ -98,13 +98,14 @@ def test_the_report_holds_issue_27s_fields_from_the_logs(tmp_path, capsys):
 
 def test_levers_come_from_the_benchmarks_json(tmp_path, capsys):
     levers = tmp_path / "levers.json"
-    levers.write_text(json.dumps({"gpu": GPU, "commit": "abc1234", "levers": {"record": {"bf16": {"tok_s_before_loop": 1}}}}))
+    record = {"bf16": {"tok_s_before_loop": 1}}
+    levers.write_text(json.dumps({"gpu": GPU, "commit": "abc1234", "levers": {"record": record}}))
     out = tmp_path / "train_speed.json"
     rc, _, err = run_report(side_by_side(tmp_path), "--gpu", GPU, "--commit", "c", "--levers", levers, "--out", out,
                             capsys=capsys)
     assert rc == 0, err
     report = json.loads(out.read_text())
-    assert report["levers"]["record"] == {"bf16": {"tok_s_before_loop": 1}} and report["equal_time_bpb_delta"] is None
+    assert report["levers"]["record"] == record and report["equal_time_bpb_delta"] is None
 
 
 @pytest.mark.parametrize("change, expected", [
@@ -112,8 +113,8 @@ def test_levers_come_from_the_benchmarks_json(tmp_path, capsys):
      "no upstream_seed<N>.log; run `lease/run_upstream.sh`"),
     (lambda sbs: [p.unlink() for p in (sbs / "logs").glob("lit_golf_*")],
      "no lit_golf <system>_fit_seed<N>.log beside upstream's"),
-    (lambda sbs: (sbs / "logs" / "lit_golf_fa4_fit_seed1.log").write_text("[   1.0s] 12:00:00 step 5/100 loss 4.0 "
-                                                                          "tok/s 1 step 1.0ms\n"),
+    (lambda sbs: (sbs / "logs" / "lit_golf_fa4_fit_seed1.log").write_text(
+        "[   1.0s] 12:00:00 step 5/100 loss 4.0 tok/s 1 step 1.0ms\n"),
      "lit_golf_fa4_fit_seed1: no tokens_per_s_before_loop"),
 ])
 def test_logs_that_cannot_give_the_numbers_are_one_line(tmp_path, capsys, change, expected):
