@@ -23,8 +23,9 @@ raw weights' validation after the last step (metrics.csv `val/bpb`); `ema_bpb` /
 plain bpb of the EMA average before quantization / of the artifact (`val_bpb_pre_quant` / `val_bpb_post_quant`,
 the fit's validation documents); `quant_gap` = metrics.csv `export/quant_gap_bpb`; `ttt_bpb` = the test's TTT
 score; `tokens_per_second` = steps x `data.train_batch_tokens` / train_seconds (as the throughput log counts).
-`gpu` is results.json's `hardware` (`--gpu` where a run has none); `commit` is `--commit`: no run file names
-the commit its code came from (the lease's `COMMIT` file does). A value the run was set to measure but did not
+`gpu` is results.json's `hardware` (`--gpu` where a run has none); each run's `commit` is `--commit`: no run
+file names the commit its code came from (the lease's `COMMIT` file does). The file's `commit` is its runs'
+one commit, or the list of their commits where they differ. A value the run was set to measure but did not
 record is an error naming the file and the field; one it was not set to measure is null: `ttt_bpb` when the
 test ran without TTT, the export's three with `gptq.measure_quant_gap: false`, `raw_bpb` when no validation
 ran after the last step. Bad input is one line naming the path or flag and the fix, exit code 1 (2: flags).
@@ -325,8 +326,11 @@ def one_of(runs: list[Run], key: str, flag_value: str | None, flag: str) -> str:
 
 
 def merged_report(out: Path, gpu: str, commit: str, records: list[dict]) -> dict:
-    """`out`'s runs with `records` in place of those of the same config and seed. The file's gpu and commit
-    describe every run in it: runs of another machine or commit are refused while any of its own remain."""
+    """`out`'s runs with `records` in place of those of the same config and seed. One file holds one machine
+    (runs of another GPU are refused while any of its own remain) but may hold several commits: a record
+    run made a lease after its frontier run must sit beside it. So each run names its `commit` (a run of a
+    file from before runs named theirs takes the file's), and the file's `commit` is the one they share, or
+    the list of them in run order where they differ."""
     report = read_mapping(out, json.loads, json.JSONDecodeError, "restore it or pass another --out") \
         if out.is_file() else {"runs": []}
     runs = report.get("runs")
@@ -334,14 +338,17 @@ def merged_report(out: Path, gpu: str, commit: str, records: list[dict]) -> dict
             isinstance(r, dict) and isinstance(r.get("config"), str) and isinstance(r.get("seed"), int) for r in runs):
         raise ValueError(f"--out {out}: `runs` is not a list of runs with a config and seed each; restore it or "
                          "pass another --out")
-    new = {(r["config"], r["seed"]): r for r in records}
+    new = {(r["config"], r["seed"]): {**r, "commit": commit} for r in records}
     kept = [r for r in runs if (r.get("config"), r["seed"]) not in new]
-    for key, value in (("gpu", gpu), ("commit", commit)):
-        if kept and report.get(key) != value:
-            raise ValueError(f"--out {out} holds runs of {key} {report.get(key)} (this report: {value}); one file "
-                             "holds one machine and commit: pass another --out")
-    replaced = [new.pop((r.get("config"), r["seed"]), r) for r in runs]  # in place
-    return {"gpu": gpu, "commit": commit, "runs": [*replaced, *new.values()]}
+    if kept and report.get("gpu") != gpu:
+        raise ValueError(f"--out {out} holds runs of gpu {report.get('gpu')} (this report: {gpu}); one file "
+                         "holds one machine: pass another --out")
+    file_commit = report.get("commit")
+    replaced = [new.pop((r["config"], r["seed"]), None) or {**r, "commit": r.get("commit", file_commit)}
+                for r in runs]  # in place
+    merged = [*replaced, *new.values()]
+    commits = list(dict.fromkeys(r["commit"] for r in merged))
+    return {"gpu": gpu, "commit": commits[0] if len(commits) == 1 else commits, "runs": merged}
 
 
 def report(args: argparse.Namespace) -> dict:

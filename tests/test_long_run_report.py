@@ -86,7 +86,7 @@ def test_report_writes_plots_receipts_and_the_runs_own_numbers(long_run, tmp_pat
     written = read_json(out)
     assert written["gpu"] == results["hardware"] and written["commit"] == "1a2b3c4"
     (entry,) = written["runs"]
-    assert entry["config"] == "record"
+    assert entry["config"] == "record" and entry["commit"] == "1a2b3c4"
     for key in ("seed", "steps", "train_seconds", "artifact_bytes"):
         assert entry[key] == results[key], key
     for key in ("eval_seconds", "ttt_bpb"):  # the test's, as its own record and the run's state them
@@ -111,6 +111,26 @@ def test_report_writes_plots_receipts_and_the_runs_own_numbers(long_run, tmp_pat
     assert rc == 0, err
     assert "receipts copied: none (all there)" in stdout
     assert read_json(out)["runs"] == [frontier, entry]
+
+
+def test_runs_of_another_commit_are_kept_and_each_names_its_own(long_run, tmp_path, capsys):
+    """A record run made a lease after the frontier's joins its file; the older run keeps its commit."""
+    out = tmp_path / "long_run.json"
+    gpu = read_json(long_run["run"] / "results.json")["hardware"]
+    frontier = {"config": "frontier", "seed": 1337, "steps": 548}  # a file from before runs named their commit
+    out.write_text(json.dumps({"gpu": gpu, "commit": "4fd98ce", "runs": [frontier]}))
+    rc, _, err = run_report(long_run["run"], "--config-name", "record", "--commit", "9745296", "--out", out,
+                            capsys=capsys)
+    assert rc == 0, err
+    written = read_json(out)
+    assert written["commit"] == ["4fd98ce", "9745296"]
+    assert [(r["config"], r["commit"]) for r in written["runs"]] == [("frontier", "4fd98ce"), ("record", "9745296")]
+    assert written["runs"][0] == {**frontier, "commit": "4fd98ce"}
+
+    rc, _, err = run_report(long_run["run"], "--config-name", "frontier", "--commit", "9745296", "--out", out,
+                            capsys=capsys)  # the frontier again at the newer commit: one commit left
+    assert rc == 0, err
+    assert read_json(out)["commit"] == "9745296"
 
 
 def test_without_records_each_run_folder_is_checked(long_run, tmp_path, capsys):
