@@ -79,6 +79,26 @@ def test_a_test_with_the_logger_off_says_where_it_records(finished, tiny_data, t
     assert read_json(tmp_path / "test_1" / "results.json")["final_bpb"] > 0 and not list((tmp_path / "test_0").iterdir())
 
 
+def test_a_test_on_a_data_dir_without_train_shards_keeps_its_scores(finished, tiny_data, tmp_path, capsys):
+    """An eval-only box carries val shards and the tokenizer only: the test's record lists what is there (no
+    train files) instead of failing after the evaluation and losing its scores (the ninth session's lease)."""
+    data = tmp_path / "eval_only"
+    shutil.copytree(tiny_data.data_dir, data)
+    shards = data / "datasets" / f"fineweb10B_sp{tiny_data.vocab_size}"
+    for train in shards.glob("fineweb_train_*.bin"):
+        train.unlink()
+    artifact = tmp_path / "artifact.ptz"
+    shutil.copyfile(finished / "artifact" / "artifact.ptz", artifact)
+    config = tiny_config(tiny_data, tmp_path / "logs")
+    config[config.index(str(tiny_data.data_dir))] = str(data)
+    rc, err = run_cli(["test", *config, "--artifact", str(artifact), "--model.evaluation.ttt.enabled", "false"], capsys)
+    assert rc == 0, err
+    (record,) = (tmp_path / "logs").rglob("results.json")
+    results = read_json(record)
+    assert results["final_bpb"] > 0 and results.get("train_files", []) == []
+    assert [Path(f).name for f in results["val_files"]] == ["fineweb_val_000000.bin"]
+
+
 def test_resuming_a_finished_run_stops_and_leaves_it_as_it_was(finished, tiny_data, capsys):
     before = files_of(finished)
     rc, err = run_cli(["fit", *tiny_config(tiny_data, finished.parent.parent), "--ckpt_path", "last"], capsys)
