@@ -188,14 +188,13 @@ class RecordResults(Callback):
         )
         dm = trainer.datamodule
         if hasattr(dm, "data_dir") and hasattr(dm, "vocab_size"):
-            from lit_golf.data.shards import dataset_dir, shard_glob
+            from lit_golf.data.shards import present_shards
 
             # The shards that are there, never an error: this runs after the work it records, and a test on an
             # eval-only box (val shards, no train split) must keep its scores. A fit cannot start without
             # train shards; a test's record with none is what `check` reports as "train/val files not recorded".
-            shards = dataset_dir(dm.data_dir, dm.vocab_size)
-            results.train_files = [str(p.resolve()) for p in sorted(shards.glob(shard_glob("train")))]
-            results.val_files = [str(p.resolve()) for p in sorted(shards.glob(shard_glob("val")))]
+            results.train_files = [str(p.resolve()) for p in present_shards(dm.data_dir, "train", dm.vocab_size)]
+            results.val_files = [str(p.resolve()) for p in present_shards(dm.data_dir, "val", dm.vocab_size)]
         return results
 
 

@@ -124,12 +124,18 @@ def read_sidecar(shard: str | Path) -> np.ndarray | None:
     return counts
 
 
-def find_shards(data_dir: str | Path, split: str, vocab_size: int) -> list[Path]:
-    """All shards of one split, sorted by name; an error suggests how to get data when none exist."""
+def present_shards(data_dir: str | Path, split: str, vocab_size: int) -> list[Path]:
+    """The shards of one split that are there, sorted by name; none is an empty list, not an error (a record
+    written after the work must not fail on an eval-only data dir)."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    return sorted(dataset_dir(data_dir, vocab_size).glob(shard_glob(split)))
+
+
+def find_shards(data_dir: str | Path, split: str, vocab_size: int) -> list[Path]:
+    """All shards of one split, sorted by name; an error suggests how to get data when none exist."""
+    files = present_shards(data_dir, split, vocab_size)
     directory = dataset_dir(data_dir, vocab_size)
-    files = sorted(directory.glob(shard_glob(split)))
     pattern = directory / f"fineweb_{split}_*.bin"  # as messages show it
     if not files and any(directory.glob(shard_glob("train" if split == "val" else "val"))):
         if split == "val":
