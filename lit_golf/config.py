@@ -13,6 +13,9 @@ ConfigT = TypeVar("ConfigT")
 
 FP8_RECIPES = ("off", "forward", "forward_dgrad")
 FP8_ALIGNMENT = 16  # torch._scaled_mm wants both matmul widths (K and N) divisible by 16
+# The linears whose outputs a test-time-training adapter can add to: what the model's forward offers and the
+# TTT settings choose from.
+LORA_SITES = ("q", "k", "v", "o", "mlp", "head")
 
 
 def config_from_dict(cls: type[ConfigT], values: dict) -> ConfigT:

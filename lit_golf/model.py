@@ -33,8 +33,6 @@ from lit_golf.config import GPTConfig
 from lit_golf.data.shards import BOS_ID
 from lit_golf.kernels.fp8 import fp8_linear
 
-LORA_SITES = ("q", "k", "v", "o", "mlp", "head")
-
 FusedMLPFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, str | None], torch.Tensor]
 FusedLossFn = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
 

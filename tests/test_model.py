@@ -9,10 +9,9 @@ import pytest
 import torch
 from test_eval_support import TINY_GPT
 
-from lit_golf.config import GPTConfig
+from lit_golf.config import LORA_SITES, GPTConfig
 from lit_golf.model import (
     GPT,
-    LORA_SITES,
     quantized_matrices,
     rebank_state_dict,
     unbank_state_dict,

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
-from lit_golf.config import config_from_dict
+from lit_golf.config import LORA_SITES, config_from_dict
 
-LORA_SITES = ("q", "k", "v", "o", "mlp", "head")
 PREFIX_ORDERS = ("longest_first", "stream")
 LR_SCHEDULES = ("constant", "warmup", "inverse_sqrt")
 
