@@ -9,7 +9,9 @@ ptz=$1 name=$2 what=$3
 [ -f "$ptz" ] || { echo "$ptz: no such file; pass the artifact the lease brought back" >&2; exit 1; }
 [[ $name =~ ^[A-Za-z0-9_.-]+\.ptz$ ]] || { echo "$name: name it <words>.ptz (letters, digits, . _ -)" >&2; exit 1; }
 path=bench/artifacts/$name
-if git log --all --format=%h -- "$path" | grep -q .; then  # in the tree now or ever: one name, one artifact
+# In the tree now or ever: one name, one artifact. Captured, not piped into `grep -q`: grep quits at the first
+# line, git log can then die of SIGPIPE, and under pipefail that made the test false (a name kept twice, seen in CI).
+if [ -n "$(git log --all --format=%h -- "$path")" ]; then
   echo "$path was kept before (git log -- $path); choose another name" >&2; exit 1
 fi
 git diff --cached --quiet || { echo "the index holds staged changes; commit or unstage them first" >&2; exit 1; }
