@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 from itertools import pairwise
 from types import SimpleNamespace
 
@@ -200,6 +201,32 @@ def test_cu_min_len_gives_ordinary_packs_one_compiled_shape(synthetic):
     steps = iter(dm.train_dataloader())
     lengths = {cu.numel() for _ in range(5) for _, _, cu in next(steps)}
     assert lengths == {48}
+
+
+def test_an_iterator_closed_on_its_own_prefetch_thread_does_not_wait_for_itself(synthetic):
+    """The garbage collector can finalize an abandoned iterator on the thread building its next step."""
+    stream = make_stream(find_shards(synthetic.data_dir, "train", VOCAB))
+    it = iter(stream)
+    build, calls, closed = stream.next_step, [], []
+
+    def next_step_that_closes_the_iterator(shard_stream):
+        calls.append(shard_stream)
+        if len(calls) == 2:  # step 1 is out and the generator waits at its yield: close it from this thread
+            try:
+                it.close()
+                closed.append("closed")
+            except RuntimeError as err:
+                closed.append(str(err))
+        return build(shard_stream)
+
+    stream.next_step = next_step_that_closes_the_iterator
+    next(it)
+    deadline = time.monotonic() + 30
+    while not closed and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert closed == ["closed"]
+    with pytest.raises(StopIteration):
+        next(it)
 
 
 def test_test_dataloader_is_one_item_per_rank(synthetic):

@@ -21,6 +21,7 @@ This module has no Lightning dependency so benchmarks and tools can drive `Train
 from __future__ import annotations
 
 import itertools
+import threading
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -30,6 +31,8 @@ import numpy as np
 import torch
 
 from lit_golf.data.shards import BOS_ID, ShardError, read_header, read_shard
+
+PREFETCH_THREAD = "step-prefetch"  # the name prefix of the thread that builds the next step
 
 MicroBatch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -262,7 +265,7 @@ class TrainStream:
 
     def __iter__(self) -> Iterator[list[MicroBatch]]:
         stream = ShardStream(self.files, self.seed, self.vocab_size, position=self.start_position)
-        builder = ThreadPoolExecutor(1, thread_name_prefix="step-prefetch")
+        builder = ThreadPoolExecutor(1, thread_name_prefix=PREFETCH_THREAD)
         try:
             pending = builder.submit(self.next_step, stream)
             while True:
@@ -270,7 +273,10 @@ class TrainStream:
                 pending = builder.submit(self.next_step, stream)
                 yield step
         finally:
-            builder.shutdown(wait=True, cancel_futures=True)
+            # An abandoned iterator is closed by the garbage collector on whichever thread allocates, which can be
+            # the builder's own, and a thread cannot wait for itself ("cannot join current thread").
+            on_builder = threading.current_thread().name.startswith(PREFETCH_THREAD)
+            builder.shutdown(wait=not on_builder, cancel_futures=True)
             stream.close()
 
 
