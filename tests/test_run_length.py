@@ -116,20 +116,25 @@ def test_checkpoint_cadence_follows_the_run_length(tmp_path):
     assert saver.every_n_train_steps == 16  # the configured value stays what the config says
 
 
-def test_a_one_gpu_wall_clock_fit_rescales_and_records_what_it_used(tiny_data, tmp_path):
-    """Through the CLI: config -> module -> EMA/checkpoint at train start, in train.log and hparams."""
+def one_gpu_wall_clock_fit(tiny_data, tmp_path: Path, budget_seconds: float, max_steps: int) -> Path:
+    """A tiny fit through the CLI under the 8-GPU recipe on one process (step scale 0.125); its run folder."""
     from test_resume import finish, fit_command, start
 
     overlay = tmp_path / "wall_clock.yaml"
-    overlay.write_text("wallclock: {budget_seconds: 600.0, reserve_seconds: 0.5, sync_every_steps: 1}\n"
+    overlay.write_text(f"wallclock: {{budget_seconds: {budget_seconds}, reserve_seconds: 0.5, sync_every_steps: 1}}\n"
                        "ema: {decay: 0.99}\ncheckpoint: {every_n_train_steps: 64, save_final: false}\n"
                        "model: {training: {recipe_world_size: 8}}\n")
     save_dir = tmp_path / "logs"
-    # The step cap, not the clock, ends the run: how many steps fit in a time depends on the box's speed.
-    command = fit_command(tiny_data, save_dir, "--config", str(overlay), "--trainer.max_steps", "4",
+    command = fit_command(tiny_data, save_dir, "--config", str(overlay), "--trainer.max_steps", str(max_steps),
                           "--trainer.val_check_interval", "24")  # every 3 steps on one GPU
     finish(start(command, tmp_path / "fit.log"), tmp_path / "fit.log")
-    run = save_dir / "tiny_cpu" / "version_0"
+    return save_dir / "tiny_cpu" / "version_0"
+
+
+def test_a_one_gpu_wall_clock_fit_rescales_and_records_what_it_used(tiny_data, tmp_path):
+    """Through the CLI: config -> module -> EMA/checkpoint at train start, in train.log and hparams."""
+    # The step cap, not the clock, ends the run: how many steps fit in a time depends on the box's speed.
+    run = one_gpu_wall_clock_fit(tiny_data, tmp_path, budget_seconds=600.0, max_steps=4)
     log = (run / "train.log").read_text()
     assert "step scale 0.125, Muon momentum warm-up 20 -> 2 steps, validation every 24 -> 3 steps" in log
     assert f"ema: decay 0.9900 for the recipe's run length, {0.99 ** 8:.4f} for this run" in log
@@ -145,6 +150,18 @@ def test_a_one_gpu_wall_clock_fit_rescales_and_records_what_it_used(tiny_data, t
     with open(run / "metrics.csv") as metrics:  # the fit loop validated at the rescaled cadence
         validated = [int(row["step"]) for row in csv.DictReader(metrics) if row.get("val/bpb")]
     assert validated == [3 - 1]  # Lightning logs an in-training validation at the step before its trigger
+
+
+def test_a_one_gpu_wall_clock_fit_stops_at_the_budget_less_the_rescaled_reserve(tiny_data, tmp_path):
+    """The clock ends this one: 6 s less the 4-s reserve (0.5 s x 8) leaves 2 s of training. How far past 2 s the
+    last step ends depends on the box's step time, so the bound is in this box's steps (the exact stop at the
+    first step reaching the budget is test_callbacks' on simulated times)."""
+    run = one_gpu_wall_clock_fit(tiny_data, tmp_path, budget_seconds=6.0, max_steps=10000)
+    assert "training stops at 2.0 s" in (run / "train.log").read_text()
+    results = json.loads((run / "results.json").read_text())
+    assert results["reserve_seconds"] == 4.0 and results["train_seconds"] >= 2.0 and results["steps"] < 10000
+    step_seconds = results["train_seconds"] / results["steps"]  # this box's, for the bound (as test_resume's)
+    assert results["train_seconds"] < 2.0 + 2 * step_seconds + 1.0  # past 2 s by at most the step that reached it
 
 
 @pytest.mark.parametrize(("scale", "reserve", "stops_at"), [(1.0, 4.0, 596.0), (0.125, 32.0, 568.0), (2.0, 2.0, 598.0)])
