@@ -78,3 +78,39 @@ def test_stamped_keeps_the_commands_exit_status(tmp_path):
                            "import sys; print('hi'); sys.exit(5)"], capture_output=True, text=True)
     assert done.returncode == 5
     assert log.read_text().endswith("s] hi\n")
+
+
+def test_the_fa2_stand_in_traces_inside_a_fullgraph_compile_like_upstreams_forward(tmp_path):
+    """Upstream calls flash_attn_varlen_func inside `torch.compile(fullgraph=True)`: the stand-in that
+    lease/build_upstream_harness.sh writes must trace there (on the 2026-12-07 lease it chose its kernel on the
+    first call, inside the graph, and its log call broke the compile), and compute causal document attention."""
+    import torch
+
+    mirror = tmp_path / "mirror"
+    record = mirror / "records/track_10min_16mb/2026-04-14_MultiPhaseGlobalSGD_PhasedTTT/train_gpt.py"
+    record.parent.mkdir(parents=True)
+    record.write_text("# upstream's script\n")
+    git = ["git", "-C", str(mirror), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q", str(mirror)], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "x"], check=True)
+    work = tmp_path / "work"
+    (work / "lease").mkdir(parents=True)
+    (work / "lease" / "build_upstream_harness.sh").write_text((ROOT / "lease/build_upstream_harness.sh").read_text())
+    subprocess.run(["bash", "lease/build_upstream_harness.sh", str(mirror / ".git")], cwd=work, check=True,
+                   capture_output=True)
+    code = f"""
+import sys, torch
+sys.path[:0] = [{str(work / '.gpu/upstream')!r}, {str(ROOT)!r}]
+from flash_attn_interface import flash_attn_varlen_func
+from lit_golf.attention import attend
+torch.manual_seed(0)
+q, k, v = torch.randn(12, 4, 8), torch.randn(12, 2, 8), torch.randn(12, 2, 8)
+cu = torch.tensor([0, 5, 12, 12], dtype=torch.int32)
+fn = torch.compile(lambda q, k, v, cu: flash_attn_varlen_func(q, k, v, cu, cu, 12, 12, causal=True), fullgraph=True)
+want = attend(q[None], k[None], v[None], cu_seqlens=cu, max_seqlen=12, backend="pure")[0]
+torch.testing.assert_close(fn(q, k, v, cu), want, atol=1e-5, rtol=1e-5)
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]
