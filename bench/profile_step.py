@@ -55,6 +55,8 @@ def packed_batch(seed: int, device: torch.device, tokens: int = MICRO_TOKENS, se
 
 
 TOP_KERNELS = 15  # kernel names listed per profiled step, costliest first
+TOP_PER_CLASS = 12  # ... and per kernel class: what an elementwise fusion changes hides below the GEMMs otherwise
+KERNEL_NAME_CHARS = 300  # Inductor names a kernel after the ops it fused: keep enough of the list to read it
 
 
 @functools.cache  # a step launches thousands of kernels under a few hundred names
@@ -63,7 +65,8 @@ def kernel_class(name: str) -> str:
 
 
 def kernel_classes(prof: torch.profiler.profile, device: torch.device) -> dict:
-    """Kernels of a profiled span and their time per class: `{"kernels": n, "ms": {class: ms}, "count": {class: n}}`.
+    """Kernels of a profiled span and their time per class: `{"kernels": n, "ms": {class: ms}, "count": {class: n}}`,
+    with the costliest names overall (`top`) and in each class (`top_per_class`).
 
     CUDA: every device kernel and its GPU time (busy time, not wall time). CPU, the nearest analog: every
     aten op and its self time.
@@ -85,11 +88,20 @@ def kernel_classes(prof: torch.profiler.profile, device: torch.device) -> dict:
         ms[kind] = ms.get(kind, 0.0) + t
         count[kind] = count.get(kind, 0) + n
     # the costliest names say what to fuse next: a class total alone does not
-    top = sorted(by_name.items(), key=lambda item: -item[1][0])[:TOP_KERNELS]
+    ranked = sorted(by_name.items(), key=lambda item: -item[1][0])
+
+    def entry(name: str, t: float, n: int) -> dict:
+        return {"name": name[:KERNEL_NAME_CHARS], "class": kernel_class(name), "ms": round(t, 3), "count": n}
+
+    per_class: dict[str, list[dict]] = {}
+    for name, (t, n) in ranked:
+        kind = per_class.setdefault(kernel_class(name), [])
+        if len(kind) < TOP_PER_CLASS:
+            kind.append(entry(name, t, n))
     return {"kernels": len(kernels), "ms": {k: round(v, 3) for k, v in sorted(ms.items())},
             "count": dict(sorted(count.items())),
-            "top": [{"name": name[:160], "class": kernel_class(name), "ms": round(t, 3), "count": n}
-                    for name, (t, n) in top]}
+            "top": [entry(name, t, n) for name, (t, n) in ranked[:TOP_KERNELS]],
+            "top_per_class": dict(sorted(per_class.items()))}
 
 
 def build_ours(attention: str = "auto"):

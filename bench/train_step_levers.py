@@ -155,6 +155,7 @@ class StepRunner:
             "ms_per_kernel_class": kernels["ms"],
             "kernels_per_class": kernels["count"],
             "top_kernels": kernels["top"],
+            "top_kernels_per_class": kernels["top_per_class"],
         }
 
 

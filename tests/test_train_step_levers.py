@@ -46,6 +46,13 @@ def test_smoke_measures_each_lever_before_and_after_looping(monkeypatch, tmp_pat
     top = levers["bf16"]["top_kernels_before_loop"]  # the costliest kernel names, costliest first
     assert top and [k["ms"] for k in top] == sorted((k["ms"] for k in top), reverse=True)
     assert sum(k["count"] for k in top) <= levers["bf16"]["kernels_per_step_before_loop"]
+    # and per class: each class's costliest names, costliest first, adding up to no more than the class total
+    per_class = levers["bf16"]["top_kernels_per_class_before_loop"]
+    assert per_class.keys() == levers["bf16"]["ms_per_kernel_class_before_loop"].keys()
+    for kind, names in per_class.items():
+        assert names and all(k["class"] == kind for k in names)
+        assert [k["ms"] for k in names] == sorted((k["ms"] for k in names), reverse=True)
+        assert sum(k["count"] for k in names) <= levers["bf16"]["kernels_per_class_before_loop"][kind]
 
 
 def test_a_lever_that_crashes_is_recorded_and_the_rest_still_run(monkeypatch, tmp_path):
