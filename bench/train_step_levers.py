@@ -58,6 +58,7 @@ LEVERS = {
     "fa4": {"attention_backend": "fa4"},
     "fused_qkv": {"fused_qkv": True},
     "micro_x2": {},
+    "rope_per_call": {"rope_table_positions": 0},  # the rotary tables computed in every forward, as before 2026-12-07
 }
 MICROBATCH_FACTORS = {"micro_x2": 2}  # levers that scale `data.tokens_per_microbatch` instead of the model
 DEFAULT_LEVERS = ["bf16", "fa4", "micro_x2", "fused_qkv", "fa4+micro_x2+fused_qkv", "fp8_forward", "fp8_forward_dgrad"]

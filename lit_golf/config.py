@@ -72,6 +72,12 @@ class GPTConfig:
     """q, k and v projections as one GEMM over the three bank slices stacked (the same products): the input is
     read once, and the backward runs one input-gradient GEMM instead of three GEMMs and their sum. A speed
     lever (`bench/train_step_levers.py` `fused_qkv`), off until a GPU measures it faster."""
+    rope_table_positions: int = 262144
+    """Positions whose rotary cos/sin tables are computed once, at construction (buffers that move with the model
+    and are not saved). A forward over rows of at most this many positions slices them; Inductor would otherwise
+    recompute `pow`, `cos` and `sin` per element inside every layer's q/k kernels, forward and backward (a 46-ms
+    kernel of the FA4 step, bench/NOTES.md, 2026-12-07). Longer rows compute theirs per call, as 0 always does.
+    The default holds twice the record's 98,304-token packed micro-batch (fp32: 16.8 MB at rope_dims 16)."""
     fp8_training: str = "off"
     """Bank matmuls of the training steps in FP8 e4m3 with rowwise scales (`lit_golf/kernels/fp8.py`; emulated
     off CUDA): 'forward' (forward GEMMs; backward in bf16), 'forward_dgrad' (the input gradients too; weight
@@ -79,7 +85,7 @@ class GPTConfig:
 
     def __post_init__(self) -> None:
         least = dict(vocab_size=1, num_layers=1, model_dim=1, num_heads=1, num_kv_heads=1, rope_dims=0,
-                     num_loops=0, xsa_last_n=0, parallel_start_layer=0)
+                     num_loops=0, xsa_last_n=0, parallel_start_layer=0, rope_table_positions=0)
         problems = [f"{k}={getattr(self, k)} must be >= {n}" for k, n in least.items() if getattr(self, k) < n]
         problems += [f"{k}={getattr(self, k)} must be positive"
                      for k in ("mlp_mult", "rope_base", "logit_softcap", "sparse_attn_gate_scale")

@@ -287,11 +287,26 @@ class GPT(nn.Module):
         self.parallel_post_lambdas = nn.Parameter(torch.ones(layers, 2, 2, dtype=torch.float32))
         self.parallel_resid_lambdas = nn.Parameter(torch.full((layers, 2), 1.1, dtype=torch.float32))
         self.head_tap = nn.Identity()
+        cos, sin = rotary_tables(config.rope_table_positions, self.rope_dims, config.rope_base, torch.device("cpu"),
+                                 torch.float32)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
         self.reset_parameters()
 
     @property
     def attention_backend_name(self) -> str:
         return self.attention.name
+
+    @property
+    def rope_dims(self) -> int:
+        return self.config.rope_dims or self.config.head_dim
+
+    def rotary(self, seq_len: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin `[1, seq_len, 1, rope_dims/2]` in `dtype`: slices of the tables built at construction, or
+        computed here for rows longer than `rope_table_positions`."""
+        if seq_len <= self.rope_cos.size(1):
+            return self.rope_cos[:, :seq_len].to(dtype), self.rope_sin[:, :seq_len].to(dtype)
+        return rotary_tables(seq_len, self.rope_dims, self.config.rope_base, self.rope_cos.device, dtype)
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -346,8 +361,7 @@ class GPT(nn.Module):
         if self.smear is not None:
             x = self.smear(x, input_ids, cu_seqlens)
         x = rms_norm(x)
-        rope_dims = self.config.rope_dims or self.config.head_dim
-        cos, sin = rotary_tables(input_ids.size(1), rope_dims, self.config.rope_base, x.device, x.dtype)
+        cos, sin = self.rotary(input_ids.size(1), x.dtype)
         fp8 = self.config.fp8_training if self.training and self.config.fp8_training != "off" else None
         ctx = StepContext(cos, sin, cu_seqlens, int(max_seqlen), lora, fp8)
         x = self._run_blocks(x, ctx)

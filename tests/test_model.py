@@ -331,3 +331,55 @@ def test_forward_traces_as_one_graph():
     cu = cu_seqlens([5, 11], pad_to=4)
     torch.testing.assert_close(compiled(tokens, targets, cu_seqlens=cu, max_seqlen=11),
                                model(tokens, targets, cu_seqlens=cu, max_seqlen=11))
+
+
+# ----------------------------------------------------------------------------- rotary tables
+
+
+def test_rotary_tables_built_once_equal_the_per_call_tables_and_are_not_saved():
+    from lit_golf.model import rotary_tables
+
+    model = tiny_model(rope_table_positions=64)
+    cos, sin = model.rotary(40, torch.float32)
+    want_cos, want_sin = rotary_tables(40, model.rope_dims, model.config.rope_base, torch.device("cpu"), torch.float32)
+    torch.testing.assert_close(cos, want_cos)
+    torch.testing.assert_close(sin, want_sin)
+    assert cos.shape == (1, 40, 1, model.rope_dims // 2)
+    # rows longer than the tables compute theirs; the dtype is the caller's
+    cos, _ = model.rotary(100, torch.bfloat16)
+    assert cos.shape[1] == 100 and cos.dtype == torch.bfloat16
+    # buffers that move with the model but never reach a checkpoint or an artifact
+    assert not {"rope_cos", "rope_sin"} & model.state_dict().keys()
+    assert model.double().rope_cos.dtype == torch.float64
+
+
+@pytest.mark.parametrize("positions", [0, 12, 4096])
+def test_the_forward_is_the_same_with_or_without_the_built_tables(positions):
+    """0: every forward computes its tables; 12: a 16-token row is longer than the tables; 4096: sliced."""
+    tokens, targets = random_tokens((1, 16), 256, 0), random_tokens((1, 16), 256, 1)
+    cu = cu_seqlens([5, 11], pad_to=4)
+    loss = tiny_model(rope_table_positions=positions)(tokens, targets, cu_seqlens=cu, max_seqlen=11)
+    reference = tiny_model()(tokens, targets, cu_seqlens=cu, max_seqlen=11)
+    torch.testing.assert_close(loss, reference, rtol=1e-6, atol=1e-6)
+
+
+def test_the_compiled_step_reads_the_tables_instead_of_recomputing_them():
+    """The lever itself: Inductor inlines the per-call tables (`arange` -> `pow` -> `cos`/`sin`) into every q/k
+    kernel, forward and backward; with the tables built at construction no generated kernel computes a sine."""
+    from torch._inductor.utils import run_and_get_code
+
+    def generated_code(positions: int) -> str:
+        torch._dynamo.reset()
+        model = tiny_model(rope_table_positions=positions, num_layers=2, xsa_last_n=1, loop_start=0, loop_end=0,
+                           num_loops=0, parallel_start_layer=0).train()
+        compiled = torch.compile(model, fullgraph=True, dynamic=False)
+        tokens, targets = random_tokens((1, 32), 256, 0), random_tokens((1, 32), 256, 1)
+
+        def step():
+            compiled(tokens, targets, cu_seqlens=cu_seqlens([9, 23], pad_to=4), max_seqlen=23).backward()
+
+        return "\n".join(run_and_get_code(step)[1])
+
+    assert ".sin()" in generated_code(0)  # the probe sees the recomputation where it happens
+    with_tables = generated_code(4096)
+    assert ".sin()" not in with_tables and "sin(" not in with_tables
