@@ -51,6 +51,7 @@ def parse_error(args: list[str]) -> str | None:
 
 def check(queues: list[str]) -> int:
     failed = 0
+    errors: dict[tuple[str, ...], str | None] = {}  # a command that several queues repeat is parsed once
     with tempfile.TemporaryDirectory() as scratch:
         for queue in queues:
             path = Path(queue)
@@ -65,10 +66,13 @@ def check(queues: list[str]) -> int:
                 args = cli_args(command, Path(scratch))
                 if args is None:
                     print(f"{queue} {name}: no lit_golf.cli command (not checked)")
-                elif (error := parse_error(args)) is None:
+                    continue
+                if tuple(args) not in errors:
+                    errors[tuple(args)] = parse_error(args)
+                if errors[tuple(args)] is None:
                     print(f"{queue} {name}: parses")
                 else:
-                    print(f"{queue} {name}: FAILS: {error}")
+                    print(f"{queue} {name}: FAILS: {errors[tuple(args)]}")
                     failed = 1
     return failed
 
