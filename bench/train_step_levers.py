@@ -21,9 +21,10 @@ the step shape, and `levers[model][lever]` with `tok_s_`, `ms_per_step_`, `peak_
 `kernels_per_step_`, `ms_per_kernel_class_`, `kernels_per_class_` and `speedup_` (over the same model's
 `bf16` lever) `before_loop` / `after_loop`, issue 27's `levers` fields.
 
-Each lever compiles twice (before and after looping: about 1-2 minutes on an H100 with a cold cache), so
-all 12 (model, lever) pairs take about half an hour: under a per-command limit, run a few per command
-with `--models` / `--levers`, each into its own `--out` file.
+Each lever compiles twice (before and after looping), and on an H100 with a cold cache a lever takes about 4
+minutes (2026-12-07: 70-90 s a compile, plus the timed and profiled steps), so all 12 (model, lever) pairs do
+not fit one device call: run a few per command with `--models` / `--levers`, each into its own `--out` file,
+and screen levers with `--phases before_loop` (one compile each).
 
     python bench/train_step_levers.py --out bench/results/levers_h100.json                         # GPU, all
     python bench/train_step_levers.py --out /tmp/l.json --models record --levers bf16 fp8_forward fa4+fp8_forward
@@ -160,9 +161,12 @@ class StepRunner:
         }
 
 
+PHASES = {"before_loop": False, "after_loop": True}  # result-key suffix -> the model's looping state
+
+
 def measure_lever(layers: dict, lever: str, base_attention: str, device: torch.device, warmup: int,
-                  steps: int) -> dict:
-    """One lever on one model, before and after layer looping (or why it cannot run here)."""
+                  steps: int, phases: list[str]) -> dict:
+    """One lever on one model in each of `phases` (before / after layer looping), or why it cannot run here."""
     overrides, data = lever_overrides(lever), lever_data(layers, lever)
     result: dict = {"overrides": overrides, "tokens_per_microbatch": data["tokens_per_microbatch"]}
     if data["train_batch_tokens"] % data["tokens_per_microbatch"]:
@@ -174,8 +178,8 @@ def measure_lever(layers: dict, lever: str, base_attention: str, device: torch.d
         return {**result, "skipped": str(err)}
     result["attention_backend"] = runner.model.attention_backend_name
     try:
-        for phase, looping in (("before_loop", False), ("after_loop", True)):
-            runner.model.looping_active = looping
+        for phase in phases:
+            runner.model.looping_active = PHASES[phase]
             for key, value in runner.measure(warmup, steps).items():
                 result[f"{key}_{phase}"] = value
             print(f"{lever} {phase}: {result[f'tok_s_{phase}']:,} tok/s, {result[f'ms_per_step_{phase}']} ms/step",
@@ -215,6 +219,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
     parser.add_argument("--levers", nargs="+", default=DEFAULT_LEVERS,
                         help=f"levers or '+'-joined combinations of {list(LEVERS)} (default: %(default)s)")
+    parser.add_argument("--phases", nargs="+", choices=list(PHASES), default=list(PHASES),
+                        help="looping states to measure (default both); one alone halves a lever's compile time, "
+                             "for screening levers")
     parser.add_argument("--warmup", type=int, default=5, help="steps before timing; the first compiles (default 5)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per looping state (default 10)")
     parser.add_argument("--base-attention", help="attention backend of every lever but fa4 "
@@ -243,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "commit": commit(), "torch": torch.__version__, "smoke": args.smoke,
-        "base_attention": base_attention, "warmup_steps": args.warmup, "timed_steps": args.steps, "levers": {},
+        "base_attention": base_attention, "warmup_steps": args.warmup, "timed_steps": args.steps,
+        "phases": args.phases, "levers": {},
     }
     for model in args.models:
         layers = config_layers([SMOKE_BASE if name == "record" and args.smoke else name for name in MODELS[model]])
@@ -253,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
         levers = results["levers"].setdefault(model, {})
         for lever in args.levers:
             print(f"--- {model} / {lever}", flush=True)
-            levers[lever] = measure_lever(layers, lever, base_attention, device, args.warmup, args.steps)
+            levers[lever] = measure_lever(layers, lever, base_attention, device, args.warmup, args.steps,
+                                          args.phases)
             add_speedups(levers)
             write_atomic(args.out, json.dumps(results, indent=1) + "\n")
     print(f"wrote {args.out}")

@@ -72,3 +72,16 @@ def test_a_lever_that_crashes_is_recorded_and_the_rest_still_run(monkeypatch, tm
     levers = json.loads(out.read_text())["levers"]["record"]
     assert levers["fp8_forward"]["failed"] == "AssertionError: assert not isinstance(node1, FusedMixOrderReductions)"
     assert levers["bf16"]["tok_s_after_loop"] > 0
+
+
+def test_one_phase_screens_a_lever_with_one_compile(monkeypatch, tmp_path):
+    out = tmp_path / "levers.json"
+    argv = ["--smoke", "--out", str(out), "--warmup", "1", "--steps", "1", "--models", "record",
+            "--levers", "bf16", "rope_per_call", "--phases", "before_loop"]
+    assert levers_bench(monkeypatch).main(argv) == 0
+    result = json.loads(out.read_text())
+    assert result["phases"] == ["before_loop"]
+    for lever in result["levers"]["record"].values():
+        assert lever["tok_s_before_loop"] > 0 and not any(key.endswith("_after_loop") for key in lever)
+    assert result["levers"]["record"]["rope_per_call"]["overrides"] == {"rope_table_positions": 0}
+    assert result["levers"]["record"]["rope_per_call"]["speedup_before_loop"] > 0
