@@ -59,6 +59,7 @@ LEVERS = {
     "fa4": {"attention_backend": "fa4"},
     "fused_qkv": {"fused_qkv": True},
     "micro_x2": {},
+    "fused_ce": {"fused_softcap_ce": True},  # the frontier's fused softcapped cross-entropy kernel on the record model
     "rope_per_call": {"rope_table_positions": 0},  # the rotary tables computed in every forward, as before 2026-12-07
 }
 MICROBATCH_FACTORS = {"micro_x2": 2}  # levers that scale `data.tokens_per_microbatch` instead of the model
