@@ -15,6 +15,8 @@
 # unpacked to /tmp/data_NAME ($CASEOPS for .gpu/caseops), with a READY file a job can wait for.
 #   bash lease/gpu_queue.sh start QUEUE_FILE   # carry .gpu/code.tar (git archive + COMMIT), .gpu/data, .whl
 #   bash lease/gpu_queue.sh add 'name|command'  # append a job (a later call)
+#   bash lease/gpu_queue.sh next 'name|command' # run this job as soon as the running one ends
+#   bash lease/gpu_queue.sh stop                # end the running job now (status rc 143); the queue goes on
 #   bash lease/gpu_queue.sh collect [SECONDS]   # SECONDS: this call's time left (default 570)
 set -uo pipefail
 lease=${LEASE:-/tmp/lease}; out=${OUT:-/tmp/out}
@@ -30,10 +32,15 @@ unpack_data() {  # unpack_data XZ_PARENT DEST: the carried xz shards into an ups
 }
 
 run_job() {  # run_job NAME COMMAND: log, status line, tarball of what it wrote
-  local name=$1 cmd=$2 started rc touched
+  local name=$1 cmd=$2 started rc touched pid
   started=$(date +%s); mkdir -p "$RUNS/$name"; touch "$lease/logs/$name.started"
-  (cd "$lease/code" && timeout "${JOB_TIMEOUT:-900}" bash -c "$cmd") > "$lease/logs/$name.log" 2>&1
+  # timeout in the background, its pid kept: `stop` ends this job and no other process (a `pkill -f` from a
+  # device call matches that call's own command line too, and ended it, 2026-12-07)
+  (cd "$lease/code" && exec timeout "${JOB_TIMEOUT:-900}" bash -c "$cmd") > "$lease/logs/$name.log" 2>&1 &
+  pid=$!; echo "$pid" > "$lease/running.pid"
+  wait "$pid"
   rc=$?
+  [ "$(cat "$lease/running.pid" 2>/dev/null)" = "$pid" ] && rm -f "$lease/running.pid"
   echo "$name rc $rc $(( $(date +%s) - started ))s ended $(date -u +%H:%M:%S)" >> "$lease/status"
   # Every run folder the job wrote into, not only its own: a `test --artifact` adds its scores and its
   # test_N folder to the fit's folder, and those came back with no tarball before.
@@ -73,6 +80,12 @@ case ${1:-} in
     ;;
   runner) runner ;;
   add) echo "$2" >> "$lease/queue" ;;
+  next)  # after the jobs already started (one "start" line each in runner.log), before the rest
+    started=$(grep -c ' start ' "$lease/runner.log" 2>/dev/null); started=${started:-0}
+    if [ "$started" -eq 0 ]; then sed -i "1i $2" "$lease/queue"; else sed -i "${started}a $2" "$lease/queue"; fi ;;
+  stop)
+    [ -e "$lease/running.pid" ] && kill -TERM "$(cat "$lease/running.pid")" 2>/dev/null \
+      || { echo "no running job to stop" >&2; exit 1; } ;;
   collect)
     mkdir -p "$out"; begun=$SECONDS; budget=${2:-570}
     for snapshot in .gpu/code_*.tar; do
@@ -105,5 +118,6 @@ case ${1:-} in
       for log in "$lease"/logs/*.log; do echo "== tail $log"; tail -c 1500 "$log"; echo; done; } > "$out/lease.txt" 2>&1
     tail -c 6000 "$out/lease.txt"
     ;;
-  *) echo "usage: bash lease/gpu_queue.sh start QUEUE | add 'name|cmd' | collect [SECONDS]" >&2; exit 2 ;;
+  *) echo "usage: bash lease/gpu_queue.sh start QUEUE | add 'name|cmd' | next 'name|cmd' | stop | collect [SECONDS]" >&2
+     exit 2 ;;
 esac

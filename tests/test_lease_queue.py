@@ -1,0 +1,55 @@
+"""lease/gpu_queue.sh's runner on the CPU: jobs run in queue order, `next` puts a job right after the running
+one, and `stop` ends the running job alone, leaving the queue going (a `pkill -f` from a device call once matched
+that call's own command line and ended it, 2026-12-07)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+QUEUE = ROOT / "lease" / "gpu_queue.sh"
+
+
+def wait_for(predicate, seconds: float = 60.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def test_next_runs_a_job_after_the_running_one_and_stop_ends_only_that_job(tmp_path):
+    lease = tmp_path / "lease"
+    for sub in ("logs", "done", "runs", "code"):
+        (lease / sub).mkdir(parents=True)
+    (lease / "status").touch()
+    (lease / "queue").write_text("slow|echo started; sleep 120; echo not stopped\nlast|echo last\n")
+    env = {**os.environ, "LEASE": str(lease), "OUT": str(tmp_path / "out"), "JOB_TIMEOUT": "300"}
+    runner = subprocess.Popen(["bash", str(QUEUE), "runner"], cwd=ROOT, env=env, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: "started" in (lease / "logs" / "slow.log").read_text()
+                 if (lease / "logs" / "slow.log").exists() else False)
+        queue_cmd = lambda *args: subprocess.run(["bash", str(QUEUE), *args], cwd=ROOT, env=env,  # noqa: E731
+                                                 capture_output=True, text=True)
+        assert queue_cmd("next", "urgent|echo urgent $RUNS").returncode == 0
+        assert (lease / "queue").read_text().splitlines()[1] == "urgent|echo urgent $RUNS"
+        started = time.monotonic()
+        assert queue_cmd("stop").returncode == 0
+        wait_for(lambda: len((lease / "status").read_text().splitlines()) == 3)
+        assert time.monotonic() - started < 30  # the sleep was ended, not waited for
+        status = [line.split()[:3] for line in (lease / "status").read_text().splitlines()]
+        assert status == [["slow", "rc", "143"], ["urgent", "rc", "0"], ["last", "rc", "0"]]
+        assert "not stopped" not in (lease / "logs" / "slow.log").read_text()
+        assert (lease / "logs" / "urgent.log").read_text().strip() == f"urgent {lease / 'runs'}"
+        assert {p.name for p in (lease / "done").iterdir()} == {"slow.tar.xz", "urgent.tar.xz", "last.tar.xz"}
+        # the runner itself lives on (it waits for more jobs), and nothing is running to stop
+        assert runner.poll() is None
+        done = queue_cmd("stop")
+        assert done.returncode == 1 and "no running job to stop" in done.stderr
+    finally:
+        os.killpg(runner.pid, signal.SIGTERM)
+        runner.wait(timeout=30)
