@@ -146,6 +146,10 @@ class GolfLightningModule(L.LightningModule):
             f"{n_params:,}", self.gpt.attention_backend_name, f"{dm.train_batch_tokens:,}",
             dm.grad_accum_steps, dm.tokens_per_microbatch, self.trainer.world_size,
         )
+        if dm.tokens_per_microbatch > self.gpt.rope_cos.size(1):
+            log.info("rotary tables: %s positions built, a micro-batch row has %s: each step computes its own "
+                     "(slower; model.gpt.rope_table_positions %d or more builds them once)",
+                     f"{self.gpt.rope_cos.size(1):,}", f"{dm.tokens_per_microbatch:,}", dm.tokens_per_microbatch)
 
     def _rescale_to_run_length(self) -> None:
         """Fit the step-counted knobs to this run's length (the wall-clock budget publishes itself first)."""

@@ -3,7 +3,9 @@ warm-up, and DDP on two gloo processes against one process with the same global 
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 from pathlib import Path
 
 import lightning as L
@@ -35,10 +37,11 @@ def datamodule(tiny_data, tokens_per_microbatch: int) -> GolfDataModule:
 
 def fit_weights(tiny_data, *, steps: int, warmup: bool = False, devices: int = 1, tokens_per_microbatch=512,
                 out: Path | None = None, optim: OptimConfig | None = None,
-                callbacks: list[L.Callback] | None = None) -> dict[str, torch.Tensor]:
+                callbacks: list[L.Callback] | None = None, **gpt_overrides) -> dict[str, torch.Tensor]:
     """Fit a small GPT for `steps` steps; returns rank 0's final weights (also saved to `out` per rank)."""
     L.seed_everything(0)
-    module = GolfLightningModule(gpt=small_gpt(tiny_data.vocab_size), optim=optim,
+    gpt = dataclasses.replace(small_gpt(tiny_data.vocab_size), **gpt_overrides)
+    module = GolfLightningModule(gpt=gpt, optim=optim,
                                  training=TrainingConfig(compile=False, compile_warmup=False))
     callbacks = [*(callbacks or []), *([WarmupNow()] if warmup else [])]
     # One process runs without a process group (a leftover one would hold the port the spawn needs).
@@ -119,6 +122,22 @@ def test_two_process_gloo_ddp_matches_one_process_with_the_same_global_batch(tin
         # Both ranks hold exactly the same weights: the optimizer all-gathers one update for everyone.
         assert torch.equal(rank0[name], rank1[name]), name
         assert torch.equal(rank0[name], one[name]), (name, (rank0[name].float() - one[name].float()).abs().max())
+
+
+def test_a_micro_batch_longer_than_the_rotary_tables_trains_the_same_and_says_so(tiny_data, caplog):
+    """Rows longer than `rope_table_positions` compute their tables per step: the same weights, and one log line
+    naming the setting that would build them once."""
+    with caplog.at_level(logging.INFO, logger="lit_golf"):
+        short = fit_weights(tiny_data, steps=2, rope_table_positions=256)
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("rotary tables:")]
+    assert said == ["rotary tables: 256 positions built, a micro-batch row has 512: each step computes its own "
+                    "(slower; model.gpt.rope_table_positions 512 or more builds them once)"]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="lit_golf"):
+        built = fit_weights(tiny_data, steps=2)
+    assert not [r for r in caplog.records if r.getMessage().startswith("rotary tables:")]
+    for name, weight in built.items():
+        torch.testing.assert_close(short[name], weight, rtol=1e-5, atol=1e-6, msg=name)
 
 
 def test_lr_schedule_is_constant_then_linear_warmdown():
