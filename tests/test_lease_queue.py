@@ -53,3 +53,27 @@ def test_next_runs_a_job_after_the_running_one_and_stop_ends_only_that_job(tmp_p
     finally:
         os.killpg(runner.pid, signal.SIGTERM)
         runner.wait(timeout=30)
+
+
+def test_carry_size_counts_the_tree_with_the_carry_against_64_mib(tmp_path):
+    """The device tool refuses a call whose tree plus carry exceed 64 MiB; say so before the call."""
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / "tracked.bin").write_bytes(b"x" * 2**20)
+    subprocess.run(["git", "-C", str(tmp_path), "add", "tracked.bin"], check=True)
+    (tmp_path / ".gitignore").write_text(".gpu/\n")
+    (tmp_path / ".gpu").mkdir()
+    carry = tmp_path / ".gpu" / "data.bin"
+
+    def size_check(carry_bytes: int, *paths: str) -> subprocess.CompletedProcess:
+        with open(carry, "wb") as f:
+            f.truncate(carry_bytes)  # sparse: the apparent size is what counts
+        return subprocess.run(["bash", str(ROOT / "lease" / "carry_size.sh"), *paths], cwd=tmp_path,
+                              capture_output=True, text=True)
+
+    tree = 2**20 + len(".gpu/\n")  # the untracked, unignored .gitignore travels too
+    fits = size_check(62 * 2**20, ".gpu/data.bin")
+    assert fits.returncode == 0 and fits.stdout.startswith(f"tree {tree} B + carry {62 * 2**20} B") and "fits" in fits.stdout
+    over = size_check(63 * 2**20, ".gpu/data.bin")
+    assert over.returncode == 1 and over.stdout.rstrip().endswith(f"too big by {tree + 63 * 2**20 - 64 * 2**20} B")
+    missing = size_check(0, ".gpu/data.bin", ".whl")
+    assert missing.returncode == 2 and ".whl: no such file or folder to carry" in missing.stderr
