@@ -84,3 +84,5 @@ if [ -n "${ENWIKI_PLAIN:-}" ]; then enwiki_pack enwiki_plain; fi
 snapshot HEAD .gpu/code.tar
 if [ -n "${BEFORE:-}" ]; then snapshot "$BEFORE" .gpu/code_before.tar; fi
 du -sh .whl .gpu/*  # each pack (.gpu/NAME) and snapshot that a lease carries
+bash lease/carry_size.sh .gpu/data .gpu/code.tar .whl \
+  || echo "the first call's carry is over 64 MiB with the tree: move a train shard of .gpu/data to a later call" >&2
