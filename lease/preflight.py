@@ -67,12 +67,13 @@ def check(queues: list[str]) -> int:
                 if args is None:
                     print(f"{queue} {name}: no lit_golf.cli command (not checked)")
                     continue
-                if tuple(args) not in errors:
-                    errors[tuple(args)] = parse_error(args)
-                if errors[tuple(args)] is None:
+                key = tuple(args)
+                if key not in errors:
+                    errors[key] = parse_error(args)
+                if errors[key] is None:
                     print(f"{queue} {name}: parses")
                 else:
-                    print(f"{queue} {name}: FAILS: {errors[tuple(args)]}")
+                    print(f"{queue} {name}: FAILS: {errors[key]}")
                     failed = 1
     return failed
 

@@ -18,12 +18,16 @@ def levers_bench(monkeypatch):
     return importlib.import_module("train_step_levers")
 
 
-def test_smoke_measures_each_lever_before_and_after_looping(monkeypatch, tmp_path):
+def smoke_run(bench, tmp_path: Path, *args: str) -> dict:
+    """`train_step_levers.py --smoke` of the record model, one warm-up and one timed step, with `args`: its JSON."""
     out = tmp_path / "levers.json"
-    argv = ["--smoke", "--out", str(out), "--warmup", "1", "--steps", "1", "--models", "record",
-            "--levers", "bf16", "fp8_forward_dgrad", "fa4", "micro_x2"]
-    assert levers_bench(monkeypatch).main(argv) == 0
-    result = json.loads(out.read_text())
+    argv = ["--smoke", "--out", str(out), "--warmup", "1", "--steps", "1", "--models", "record", *args]
+    assert bench.main(argv) == 0
+    return json.loads(out.read_text())
+
+
+def test_smoke_measures_each_lever_before_and_after_looping(monkeypatch, tmp_path):
+    result = smoke_run(levers_bench(monkeypatch), tmp_path, "--levers", "bf16", "fp8_forward_dgrad", "fa4", "micro_x2")
     assert result["gpu"] == "cpu" and result["smoke"] and result["tokens_per_step"] == 512
     levers = result["levers"]["record"]
     assert "fa4" in levers["fa4"]["skipped"] and "needs CUDA" in levers["fa4"]["skipped"]
@@ -65,21 +69,14 @@ def test_a_lever_that_crashes_is_recorded_and_the_rest_still_run(monkeypatch, tm
         return measure(runner, warmup, steps)
 
     monkeypatch.setattr(bench.StepRunner, "measure", crash_under_fp8)
-    out = tmp_path / "levers.json"
-    argv = ["--smoke", "--out", str(out), "--warmup", "1", "--steps", "1", "--models", "record",
-            "--levers", "fp8_forward", "bf16"]
-    assert bench.main(argv) == 0
-    levers = json.loads(out.read_text())["levers"]["record"]
+    levers = smoke_run(bench, tmp_path, "--levers", "fp8_forward", "bf16")["levers"]["record"]
     assert levers["fp8_forward"]["failed"] == "AssertionError: assert not isinstance(node1, FusedMixOrderReductions)"
     assert levers["bf16"]["tok_s_after_loop"] > 0
 
 
 def test_one_phase_screens_a_lever_with_one_compile(monkeypatch, tmp_path):
-    out = tmp_path / "levers.json"
-    argv = ["--smoke", "--out", str(out), "--warmup", "1", "--steps", "1", "--models", "record",
-            "--levers", "bf16", "rope_per_call", "--phases", "before_loop"]
-    assert levers_bench(monkeypatch).main(argv) == 0
-    result = json.loads(out.read_text())
+    result = smoke_run(levers_bench(monkeypatch), tmp_path, "--levers", "bf16", "rope_per_call",
+                       "--phases", "before_loop")
     assert result["phases"] == ["before_loop"]
     for lever in result["levers"]["record"].values():
         assert lever["tok_s_before_loop"] > 0 and not any(key.endswith("_after_loop") for key in lever)
