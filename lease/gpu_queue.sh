@@ -17,6 +17,9 @@
 #   bash lease/gpu_queue.sh add 'name|command'  # append a job (a later call)
 #   bash lease/gpu_queue.sh next 'name|command' # run this job as soon as the running one ends
 #   bash lease/gpu_queue.sh stop                # end the running job now (status rc 143); the queue goes on
+#   bash lease/gpu_queue.sh halt                # start no further job and end the running one: the GPU is yours
+#                                               # (after a `stop`, the next queued job shared the GPU with a
+#                                               # benchmark timed by hand, 2026-12-07)
 #   bash lease/gpu_queue.sh collect [SECONDS]   # SECONDS: this call's time left (default 570)
 set -uo pipefail
 lease=${LEASE:-/tmp/lease}; out=${OUT:-/tmp/out}
@@ -54,7 +57,7 @@ runner() {
   local i=0 line name
   while :; do
     line=$(sed -n "$((i + 1))p" "$lease/queue")
-    [ -z "$line" ] && { sleep 2; continue; }
+    [ -z "$line" ] || [ -e "$lease/halt" ] && { sleep 2; continue; }
     i=$((i + 1)); name=${line%%|*}
     echo "$(date -u +%H:%M:%S) start $name" >> "$lease/runner.log"
     if [[ $name == *'&' ]]; then run_job "${name%&}" "${line#*|}" & else run_job "$name" "${line#*|}"; fi
@@ -83,6 +86,13 @@ case ${1:-} in
   next)  # after the jobs already started (one "start" line each in runner.log), before the rest
     started=$(grep -c ' start ' "$lease/runner.log" 2>/dev/null); started=${started:-0}
     if [ "$started" -eq 0 ]; then sed -i "1i $2" "$lease/queue"; else sed -i "${started}a $2" "$lease/queue"; fi ;;
+  halt)
+    touch "$lease/halt"
+    for _ in 1 2 3 4 5; do  # a job the runner was starting as the flag appeared is ended too
+      [ -e "$lease/running.pid" ] && kill -TERM "$(cat "$lease/running.pid")" 2>/dev/null; sleep 0.5
+    done
+    until [ ! -e "$lease/running.pid" ]; do sleep 1; done  # its status line and tarball are written
+    echo "halted: no further job starts" ;;
   stop)
     [ -e "$lease/running.pid" ] && kill -TERM "$(cat "$lease/running.pid")" 2>/dev/null \
       || { echo "no running job to stop" >&2; exit 1; } ;;
@@ -97,7 +107,9 @@ case ${1:-} in
       [ -d "$pack" ] && unpack_data "$(dirname "$pack")" "/tmp/data_$(basename "$(dirname "$pack")")"
     done
     # Done: every queued job has a status line (and nothing is still being unpacked for a job).
+    # Or halted, with nothing running.
     until [ "$(wc -l < "$lease/status" 2>/dev/null || echo 0)" -ge "$(grep -c . "$lease/queue")" ] \
+        || { [ -e "$lease/halt" ] && [ ! -e "$lease/running.pid" ]; } \
         || [ $(( SECONDS - begun )) -ge "$budget" ]; do sleep 5; done
     n=0
     for f in "$lease"/done/*.tar.xz; do
@@ -118,6 +130,6 @@ case ${1:-} in
       for log in "$lease"/logs/*.log; do echo "== tail $log"; tail -c 1500 "$log"; echo; done; } > "$out/lease.txt" 2>&1
     tail -c 6000 "$out/lease.txt"
     ;;
-  *) echo "usage: bash lease/gpu_queue.sh start QUEUE | add 'name|cmd' | next 'name|cmd' | stop | collect [SECONDS]" >&2
+  *) echo "usage: bash lease/gpu_queue.sh start QUEUE | add 'name|cmd' | next 'name|cmd' | stop | halt | collect [SECONDS]" >&2
      exit 2 ;;
 esac

@@ -1,6 +1,7 @@
 """lease/gpu_queue.sh's runner on the CPU: jobs run in queue order, `next` puts a job right after the running
-one, and `stop` ends the running job alone, leaving the queue going (a `pkill -f` from a device call once matched
-that call's own command line and ended it, 2026-12-07)."""
+one, `stop` ends the running job alone, leaving the queue going (a `pkill -f` from a device call once matched
+that call's own command line and ended it, 2026-12-07), and `halt` ends it and starts nothing more (after a `stop`,
+the next queued job shared the GPU with a benchmark started by hand, 2026-12-07)."""
 
 from __future__ import annotations
 
@@ -50,6 +51,36 @@ def test_next_runs_a_job_after_the_running_one_and_stop_ends_only_that_job(tmp_p
         assert runner.poll() is None
         done = queue_cmd("stop")
         assert done.returncode == 1 and "no running job to stop" in done.stderr
+    finally:
+        os.killpg(runner.pid, signal.SIGTERM)
+        runner.wait(timeout=30)
+
+
+def test_halt_ends_the_running_job_and_starts_no_other(tmp_path):
+    lease = tmp_path / "lease"
+    for sub in ("logs", "done", "runs", "code"):
+        (lease / sub).mkdir(parents=True)
+    (lease / "status").touch()
+    (lease / "queue").write_text("slow|echo started; sleep 120\nafter|echo after\n")
+    env = {**os.environ, "LEASE": str(lease), "OUT": str(tmp_path / "out"), "JOB_TIMEOUT": "300"}
+    runner = subprocess.Popen(["bash", str(QUEUE), "runner"], cwd=ROOT, env=env, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: "started" in (lease / "logs" / "slow.log").read_text()
+                 if (lease / "logs" / "slow.log").exists() else False)
+        halted = subprocess.run(["bash", str(QUEUE), "halt"], cwd=ROOT, env=env, capture_output=True, text=True,
+                                timeout=60)
+        assert halted.returncode == 0 and "halted" in halted.stdout
+        assert [line.split()[:3] for line in (lease / "status").read_text().splitlines()] == [["slow", "rc", "143"]]
+        time.sleep(3)  # the runner polls every 2 s: had it gone on, "after" would have started by now
+        assert not (lease / "logs" / "after.log").exists()
+        assert (lease / "status").read_text().count("\n") == 1
+        # a collect returns at once: nothing is running and nothing more will
+        started = time.monotonic()
+        collected = subprocess.run(["bash", str(QUEUE), "collect", "120"], cwd=ROOT, env=env, capture_output=True,
+                                   text=True, timeout=60)
+        assert collected.returncode == 0 and time.monotonic() - started < 30
+        assert (tmp_path / "out" / "slow.tar.xz").exists()
     finally:
         os.killpg(runner.pid, signal.SIGTERM)
         runner.wait(timeout=30)
