@@ -35,6 +35,7 @@ from lit_golf.kernels.fp8 import fp8_linear
 
 FusedMLPFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, str | None], torch.Tensor]
 FusedLossFn = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
+FusedQKNormFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 
 
 class LoRA(Protocol):
@@ -157,12 +158,13 @@ class SmearGate(nn.Module):
 class CausalSelfAttention(nn.Module):
     """GQA attention with q/k RMS-norm, partial RoPE, per-head query gain, optional XSA and output gate."""
 
-    def __init__(self, config: GPTConfig, backend: AttentionBackend, use_xsa: bool):
+    def __init__(self, config: GPTConfig, backend: AttentionBackend, use_xsa: bool, fused_qk: FusedQKNormFn | None):
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = config.num_heads, config.num_kv_heads, config.head_dim
         self.q_gain = nn.Parameter(torch.full((config.num_heads,), config.qk_gain_init, dtype=torch.float32))
         self.use_xsa = use_xsa
         self.fused_qkv = config.fused_qkv
+        self.fused_qk = fused_qk
         # sparse attention gate: per head, from the first `gate_window` dims of the block input
         self.gate_weight = (
             nn.Parameter(torch.zeros(config.num_heads, config.gate_window, dtype=torch.float32))
@@ -182,11 +184,15 @@ class CausalSelfAttention(nn.Module):
         else:
             q, k, v = (bank_linear(x, weight, ctx.fp8) for weight in (w.q, w.k, w.v))
         q, k, v = (with_lora(out, ctx, site, slot, x) for out, site in ((q, "q"), (k, "k"), (v, "v")))
-        q = rms_norm(q.view(batch, seq_len, self.num_heads, self.head_dim))
-        k = rms_norm(k.view(batch, seq_len, self.num_kv_heads, self.head_dim))
+        q = q.view(batch, seq_len, self.num_heads, self.head_dim)
+        k = k.view(batch, seq_len, self.num_kv_heads, self.head_dim)
         v = v.view(batch, seq_len, self.num_kv_heads, self.head_dim)
-        q = apply_rotary(q, ctx.cos, ctx.sin) * self.q_gain.to(q.dtype)[:, None]
-        k = apply_rotary(k, ctx.cos, ctx.sin)
+        if self.fused_qk is not None and self.training and q.is_cuda and q.dtype in (torch.bfloat16, torch.float16):
+            q, k = self.fused_qk(q, ctx.cos, ctx.sin, self.q_gain), self.fused_qk(k, ctx.cos, ctx.sin, None)
+        else:
+            q = apply_rotary(rms_norm(q), ctx.cos, ctx.sin)
+            q = q * self.q_gain.to(q.dtype)[:, None]
+            k = apply_rotary(rms_norm(k), ctx.cos, ctx.sin)
         # Under autocast the norms may return fp32 while v is bf16; flash kernels need one dtype.
         q, k = q.to(v.dtype), k.to(v.dtype)
         y = self.backend(q, k, v, cu_seqlens=ctx.cu_seqlens, max_seqlen=ctx.max_seqlen)
@@ -220,10 +226,11 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """Attention and MLP sub-layers with learned output scales and a learned mix of the stream with x0."""
 
-    def __init__(self, config: GPTConfig, layer: int, backend: AttentionBackend, fused_mlp: FusedMLPFn | None):
+    def __init__(self, config: GPTConfig, layer: int, backend: AttentionBackend, fused_mlp: FusedMLPFn | None,
+                 fused_qk: FusedQKNormFn | None):
         super().__init__()
         dim = config.model_dim
-        self.attn = CausalSelfAttention(config, backend, use_xsa=layer >= config.num_layers - config.xsa_last_n)
+        self.attn = CausalSelfAttention(config, backend, layer >= config.num_layers - config.xsa_last_n, fused_qk)
         self.mlp = MLP(fused_mlp)
         self.attn_scale = nn.Parameter(torch.ones(dim, dtype=torch.float32))
         self.mlp_scale = nn.Parameter(torch.ones(dim, dtype=torch.float32))
@@ -268,6 +275,7 @@ class GPT(nn.Module):
         self.looping_active = False
         fused = load_fused_mlp() if config.fused_mlp else None
         self.fused_loss = load_fused_softcap_ce() if config.fused_softcap_ce else None
+        fused_qk = load_qk_norm_rope() if config.fused_qk_norm_rope else None
 
         self.tok_emb = nn.Embedding(config.vocab_size, dim)
         self.smear = SmearGate(config.gate_window) if config.smear_gate else None
@@ -275,7 +283,7 @@ class GPT(nn.Module):
         self.kv_bank = nn.Parameter(torch.empty(2 * layers, config.kv_dim, dim))
         self.mlp_up_bank = nn.Parameter(torch.empty(layers, config.hidden_dim, dim))
         self.mlp_down_bank = nn.Parameter(torch.empty(layers, dim, config.hidden_dim))
-        self.blocks = nn.ModuleList(Block(config, i, self.attention, fused) for i in range(layers))
+        self.blocks = nn.ModuleList(Block(config, i, self.attention, fused, fused_qk) for i in range(layers))
 
         encoder, decoder = config.layer_schedule(config.num_loops > 0)
         self.num_skips = min(len(encoder), len(decoder))
@@ -451,6 +459,15 @@ def load_fused_softcap_ce() -> FusedLossFn | None:
     from lit_golf.kernels import fused_ce
 
     return fused_ce.softcapped_cross_entropy if fused_ce.fused_ce_available() else None
+
+
+def load_qk_norm_rope() -> FusedQKNormFn | None:
+    """The fused q/k norm + rotary + gain function when CUDA and Triton are present; lazy like `load_fused_mlp`."""
+    if not torch.cuda.is_available():
+        return None
+    from lit_golf.kernels import qk_norm_rope
+
+    return qk_norm_rope.qk_norm_rope if qk_norm_rope.qk_norm_rope_available() else None
 
 
 # ----------------------------------------------------------------------------- quantized matrices and banks

@@ -84,8 +84,6 @@ def test_the_fa2_stand_in_traces_inside_a_fullgraph_compile_like_upstreams_forwa
     """Upstream calls flash_attn_varlen_func inside `torch.compile(fullgraph=True)`: the stand-in that
     lease/build_upstream_harness.sh writes must trace there (on the 2026-12-07 lease it chose its kernel on the
     first call, inside the graph, and its log call broke the compile), and compute causal document attention."""
-    import torch
-
     mirror = tmp_path / "mirror"
     record = mirror / "records/track_10min_16mb/2026-04-14_MultiPhaseGlobalSGD_PhasedTTT/train_gpt.py"
     record.parent.mkdir(parents=True)

@@ -1,0 +1,138 @@
+"""The fused q/k norm + rotary + gain kernel: output and gradients equal the eager chain, on CPU through Triton's
+interpreter (a subprocess: TRITON_INTERPRET is read at import) and on CUDA at the record's sizes; the model's
+switch changes nothing where the kernel cannot run."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lit_golf.config import GPTConfig
+from lit_golf.kernels.qk_norm_rope import qk_norm_rope, qk_norm_rope_available
+from lit_golf.model import GPT, apply_rotary, rotary_tables
+
+needs_cuda = pytest.mark.skipif(not qk_norm_rope_available(), reason="the fused q/k kernel needs CUDA and Triton")
+
+
+def eager(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, gain: torch.Tensor | None) -> torch.Tensor:
+    """The model's eager chain in fp32 (as autocast runs the norm), rounded to x's dtype."""
+    y = apply_rotary(F.rms_norm(x.float(), (x.size(-1),)), cos.float(), sin.float())
+    return (y if gain is None else y * gain[:, None]).to(x.dtype)
+
+
+INTERPRETED_CHECK = textwrap.dedent("""
+    import torch, torch.nn.functional as F
+    from lit_golf.kernels.qk_norm_rope import qk_norm_rope
+    from lit_golf.model import apply_rotary, rotary_tables
+    gen = torch.Generator().manual_seed(0)
+    # head_dim 12 (a masked block of 16), 30 rows (one partial block of 32), 70 positions over 2 blocks,
+    # a rotation over the whole head, and k's case (no gain)
+    cases = ((2, 5, 3, 12, 4, torch.float32, True), (1, 70, 8, 64, 16, torch.float32, True),
+             (2, 9, 4, 64, 16, torch.bfloat16, False), (1, 40, 2, 64, 64, torch.bfloat16, True))
+    for b, t, h, d, rope, dtype, with_gain in cases:
+        x = (3 * torch.randn(b, t, h, d, generator=gen)).to(dtype).requires_grad_()
+        cos, sin = rotary_tables(t, rope, 10000.0, torch.device("cpu"), dtype)
+        gain = (5 + torch.randn(h, generator=gen)).requires_grad_() if with_gain else None
+        weights = torch.randn(b, t, h, d, generator=gen)
+        inputs = (x,) if gain is None else (x, gain)
+        for fn in (qk_norm_rope, torch.compile(qk_norm_rope, fullgraph=True)):
+            ref = apply_rotary(F.rms_norm(x.float(), (d,)), cos.float(), sin.float())
+            ref = (ref if gain is None else ref * gain[:, None]).to(dtype)
+            y = fn(x, cos, sin, gain)
+            assert y.dtype == dtype, y.dtype
+            grads = torch.autograd.grad((y.float() * weights).sum(), inputs)
+            expected = torch.autograd.grad((ref.float() * weights).sum(), inputs)
+            # fp32: the same math; bf16: one rounding of each output (values up to ~16 with the gain: ulp 0.0625)
+            tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=7e-2, rtol=1e-2)
+            torch.testing.assert_close(y.float(), ref.float(), **tol)
+            for got, want in zip(grads, expected):
+                torch.testing.assert_close(got.float(), want.float(), **tol)
+    print("ok")
+""")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton's interpreter needs Triton installed")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CPU-only coverage: on a GPU the CUDA tests below run the kernel")
+def test_interpreted_kernels_match_the_eager_chain_and_its_gradients_on_cpu():
+    env = {**os.environ, "TRITON_INTERPRET": "1", "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run([sys.executable, "-c", INTERPRETED_CHECK], env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
+
+
+@pytest.mark.parametrize("x_shape, table_shape, gain_shape", [
+    ((2, 5, 3, 12), (1, 6, 1, 2), (3,)),   # tables for another number of positions
+    ((2, 5, 3, 12), (1, 5, 1, 8), (3,)),   # rope dims 16 > head_dim 12
+    ((2, 5, 3, 12), (1, 5, 1, 2), (4,)),   # a gain per head of another head count
+    ((10, 3, 12), (1, 10, 1, 2), None),    # x without its batch dimension
+])
+def test_wrong_shapes_are_refused_before_any_kernel(x_shape, table_shape, gain_shape):
+    gain = None if gain_shape is None else torch.ones(gain_shape)
+    with pytest.raises(ValueError, match="qk_norm_rope"):
+        qk_norm_rope(torch.randn(x_shape), torch.ones(table_shape), torch.zeros(table_shape), gain)
+
+
+def test_the_switch_keeps_the_eager_path_where_the_kernel_cannot_run():
+    """On a CPU (or any box without the kernel) the switch leaves the model's function and training unchanged."""
+    config = dict(vocab_size=64, num_layers=2, model_dim=32, num_heads=4, num_kv_heads=2, rope_dims=4, num_loops=0,
+                  xsa_last_n=1, parallel_start_layer=0)
+    torch.manual_seed(0)
+    plain = GPT(GPTConfig(**config)).train()
+    fused = GPT(GPTConfig(**config, fused_qk_norm_rope=True)).train()
+    fused.load_state_dict(plain.state_dict())
+    tokens = torch.randint(1, 64, (2, 16))
+    losses = [model(tokens[:, :-1], tokens[:, 1:]) for model in (plain, fused)]
+    for loss in losses:
+        loss.backward()
+    assert torch.equal(losses[0], losses[1])
+    for (name, a), (_, b) in zip(plain.named_parameters(), fused.named_parameters(), strict=True):
+        assert (a.grad is None and b.grad is None) or torch.equal(a.grad, b.grad), name
+
+
+@needs_cuda
+@pytest.mark.parametrize("heads, gain", [(8, True), (4, False)])  # the record's q and k
+def test_cuda_kernel_matches_the_eager_chain_at_the_record_sizes(heads, gain):
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(4, 2048, heads, 64, device="cuda", generator=gen).mul(3).bfloat16().requires_grad_()
+    cos, sin = rotary_tables(2048, 16, 10000.0, torch.device("cuda"), torch.bfloat16)
+    g = (5 + torch.randn(heads, device="cuda", generator=gen)).requires_grad_() if gain else None
+    weights = torch.randn(x.shape, device="cuda", generator=gen)
+    inputs = (x,) if g is None else (x, g)
+    y = torch.compile(qk_norm_rope, fullgraph=True)(x, cos, sin, g)
+    ref = eager(x, cos, sin, g)
+    torch.testing.assert_close(y.float(), ref.float(), atol=7e-2, rtol=1e-2)
+    got = torch.autograd.grad((y.float() * weights).sum(), inputs)
+    want = torch.autograd.grad((ref.float() * weights).sum(), inputs)
+    torch.testing.assert_close(got[0].float(), want[0].float(), atol=2e-2, rtol=2e-2)
+    if g is not None:  # a sum over 8,192 x 64 products: relative error of the fp32 sums
+        torch.testing.assert_close(got[1], want[1], atol=1e-2, rtol=1e-3)
+
+
+@needs_cuda
+def test_cuda_training_step_with_the_switch_matches_the_eager_model():
+    config = dict(vocab_size=512, num_layers=2, model_dim=256, num_heads=4, num_kv_heads=2, num_loops=0,
+                  parallel_start_layer=0)
+    torch.manual_seed(0)
+    plain = GPT(GPTConfig(**config)).cuda().train()
+    fused = GPT(GPTConfig(**config, fused_qk_norm_rope=True)).cuda().train()
+    fused.load_state_dict(plain.state_dict())
+    tokens = torch.randint(1, 512, (2, 257), device="cuda")
+    losses = []
+    for model in (plain, fused):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(tokens[:, :-1], tokens[:, 1:])
+        loss.backward()
+        losses.append(loss.item())
+    assert losses[0] == pytest.approx(losses[1], abs=2e-3)
+    for (name, a), (_, b) in zip(plain.named_parameters(), fused.named_parameters(), strict=True):
+        if a.grad is None:
+            assert b.grad is None, name
+        else:
+            torch.testing.assert_close(b.grad, a.grad, atol=2e-3, rtol=5e-2, msg=name)
