@@ -62,6 +62,7 @@ LEVERS = {
     "fused_ce": {"fused_softcap_ce": True},  # the frontier's fused softcapped cross-entropy kernel on the record model
     "rope_per_call": {"rope_table_positions": 0},  # the rotary tables computed in every forward, as before 2026-12-07
     "fused_qk_rope": {"fused_qk_norm_rope": True},  # q/k norm + rotary + gain as one Triton kernel each way
+    "fused_xsa": {"fused_xsa": True},  # XSA as one Triton kernel each way
 }
 MICROBATCH_FACTORS = {"micro_x2": 2}  # levers that scale `data.tokens_per_microbatch` instead of the model
 DEFAULT_LEVERS = ["bf16", "fa4", "micro_x2", "fused_qkv", "fa4+micro_x2+fused_qkv", "fp8_forward", "fp8_forward_dgrad"]

@@ -77,6 +77,10 @@ class GPTConfig:
     qk_norm_rope.py`; CUDA training steps, the eager path elsewhere). The same math in fp32, so outputs agree to
     the last rounding; a speed lever (`bench/train_step_levers.py` `fused_qk_rope`), off until a GPU measures it
     faster than Inductor's fusion of the eager chain."""
+    fused_xsa: bool = False
+    """XSA through one Triton kernel each way (`lit_golf/kernels/xsa.py`; CUDA training steps, the eager path
+    elsewhere), in fp32 where the eager chain runs in bf16; a speed lever (`bench/train_step_levers.py`
+    `fused_xsa`), off until a GPU measures it faster."""
     rope_table_positions: int = 262144
     """Positions whose rotary cos/sin tables are computed once, at construction (buffers that move with the model
     and are not saved). A forward over rows of at most this many positions slices them; Inductor would otherwise
@@ -151,9 +155,9 @@ class GPTConfig:
         return asdict(self)
 
     # Kernel choices: they change how the same weights are computed, not the model, so an artifact
-    # trained with FA4, the fused MLP, QKV or q/k norm, the fused loss or FP8 training steps evaluates on a box with none of them.
-    RUNTIME_FIELDS = ("attention_backend", "fused_mlp", "fused_qkv", "fused_qk_norm_rope", "fused_softcap_ce",
-                      "fp8_training")
+    # trained with FA4, a fused MLP, QKV, q/k norm or XSA, the fused loss or FP8 training steps evaluates on a box with none of them.
+    RUNTIME_FIELDS = ("attention_backend", "fused_mlp", "fused_qkv", "fused_qk_norm_rope", "fused_xsa",
+                      "fused_softcap_ce", "fp8_training")
 
     def architecture(self) -> dict:
         """The fields that define the weights and the function they compute (all but `RUNTIME_FIELDS`)."""

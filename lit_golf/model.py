@@ -36,6 +36,25 @@ from lit_golf.kernels.fp8 import fp8_linear
 FusedMLPFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, str | None], torch.Tensor]
 FusedLossFn = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
 FusedQKNormFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
+FusedXSAFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class TrainingKernels(NamedTuple):
+    """Triton kernels a CUDA training step runs in place of eager code (None: off, or not available here); all but
+    the loss only on 16-bit activations.
+
+    Evaluation, TTT and GPTQ calibration run the model in eval mode and so always take the eager code.
+    """
+
+    mlp: FusedMLPFn | None
+    qk_norm_rope: FusedQKNormFn | None
+    xsa: FusedXSAFn | None
+    loss: FusedLossFn | None
+
+
+def runs_kernel(module: nn.Module, kernel: Callable | None, x: torch.Tensor) -> bool:
+    """Whether `module`'s forward on `x` takes `kernel`: a training step on a 16-bit CUDA tensor with it loaded."""
+    return kernel is not None and module.training and x.is_cuda and x.dtype in (torch.bfloat16, torch.float16)
 
 
 class LoRA(Protocol):
@@ -158,13 +177,13 @@ class SmearGate(nn.Module):
 class CausalSelfAttention(nn.Module):
     """GQA attention with q/k RMS-norm, partial RoPE, per-head query gain, optional XSA and output gate."""
 
-    def __init__(self, config: GPTConfig, backend: AttentionBackend, use_xsa: bool, fused_qk: FusedQKNormFn | None):
+    def __init__(self, config: GPTConfig, backend: AttentionBackend, use_xsa: bool, kernels: TrainingKernels):
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = config.num_heads, config.num_kv_heads, config.head_dim
         self.q_gain = nn.Parameter(torch.full((config.num_heads,), config.qk_gain_init, dtype=torch.float32))
         self.use_xsa = use_xsa
         self.fused_qkv = config.fused_qkv
-        self.fused_qk = fused_qk
+        self.kernels = kernels
         # sparse attention gate: per head, from the first `gate_window` dims of the block input
         self.gate_weight = (
             nn.Parameter(torch.zeros(config.num_heads, config.gate_window, dtype=torch.float32))
@@ -187,8 +206,9 @@ class CausalSelfAttention(nn.Module):
         q = q.view(batch, seq_len, self.num_heads, self.head_dim)
         k = k.view(batch, seq_len, self.num_kv_heads, self.head_dim)
         v = v.view(batch, seq_len, self.num_kv_heads, self.head_dim)
-        if self.fused_qk is not None and self.training and q.is_cuda and q.dtype in (torch.bfloat16, torch.float16):
-            q, k = self.fused_qk(q, ctx.cos, ctx.sin, self.q_gain), self.fused_qk(k, ctx.cos, ctx.sin, None)
+        if runs_kernel(self, self.kernels.qk_norm_rope, q):
+            fused = self.kernels.qk_norm_rope
+            q, k = fused(q, ctx.cos, ctx.sin, self.q_gain), fused(k, ctx.cos, ctx.sin, None)
         else:
             q = apply_rotary(rms_norm(q), ctx.cos, ctx.sin)
             q = q * self.q_gain.to(q.dtype)[:, None]
@@ -197,7 +217,7 @@ class CausalSelfAttention(nn.Module):
         q, k = q.to(v.dtype), k.to(v.dtype)
         y = self.backend(q, k, v, cu_seqlens=ctx.cu_seqlens, max_seqlen=ctx.max_seqlen)
         if self.use_xsa:
-            y = remove_value_direction(y, v)
+            y = self.kernels.xsa(y, v) if runs_kernel(self, self.kernels.xsa, y) else remove_value_direction(y, v)
         if self.gate_weight is not None:
             y = y * window_gate(x, self.gate_weight, self.gate_scale).to(y.dtype)[..., None]
         y = self.out_tap(y.reshape(batch, seq_len, -1))
@@ -217,7 +237,7 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor, up: torch.Tensor, down: torch.Tensor, fp8: str | None) -> torch.Tensor:
         x = self.up_tap(x)
         up, down = up.to(x.dtype), down.to(x.dtype)
-        if self.fused_fn is not None and self.training and x.is_cuda and x.dtype in (torch.bfloat16, torch.float16):
+        if runs_kernel(self, self.fused_fn, x):
             return self.fused_fn(x, up, down, fp8)
         hidden = F.leaky_relu(bank_linear(x, up, fp8), negative_slope=0.5).square()
         return bank_linear(self.down_tap(hidden), down, fp8)
@@ -226,12 +246,11 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """Attention and MLP sub-layers with learned output scales and a learned mix of the stream with x0."""
 
-    def __init__(self, config: GPTConfig, layer: int, backend: AttentionBackend, fused_mlp: FusedMLPFn | None,
-                 fused_qk: FusedQKNormFn | None):
+    def __init__(self, config: GPTConfig, layer: int, backend: AttentionBackend, kernels: TrainingKernels):
         super().__init__()
         dim = config.model_dim
-        self.attn = CausalSelfAttention(config, backend, layer >= config.num_layers - config.xsa_last_n, fused_qk)
-        self.mlp = MLP(fused_mlp)
+        self.attn = CausalSelfAttention(config, backend, layer >= config.num_layers - config.xsa_last_n, kernels)
+        self.mlp = MLP(kernels.mlp)
         self.attn_scale = nn.Parameter(torch.ones(dim, dtype=torch.float32))
         self.mlp_scale = nn.Parameter(torch.ones(dim, dtype=torch.float32))
         self.resid_mix = nn.Parameter(torch.stack((torch.ones(dim), torch.zeros(dim))).float())
@@ -273,9 +292,7 @@ class GPT(nn.Module):
         layers, dim = config.num_layers, config.model_dim
         self.attention = select_backend(config.attention_backend)
         self.looping_active = False
-        fused = load_fused_mlp() if config.fused_mlp else None
-        self.fused_loss = load_fused_softcap_ce() if config.fused_softcap_ce else None
-        fused_qk = load_qk_norm_rope() if config.fused_qk_norm_rope else None
+        self.kernels = kernels = load_training_kernels(config)
 
         self.tok_emb = nn.Embedding(config.vocab_size, dim)
         self.smear = SmearGate(config.gate_window) if config.smear_gate else None
@@ -283,7 +300,7 @@ class GPT(nn.Module):
         self.kv_bank = nn.Parameter(torch.empty(2 * layers, config.kv_dim, dim))
         self.mlp_up_bank = nn.Parameter(torch.empty(layers, config.hidden_dim, dim))
         self.mlp_down_bank = nn.Parameter(torch.empty(layers, dim, config.hidden_dim))
-        self.blocks = nn.ModuleList(Block(config, i, self.attention, fused, fused_qk) for i in range(layers))
+        self.blocks = nn.ModuleList(Block(config, i, self.attention, kernels) for i in range(layers))
 
         encoder, decoder = config.layer_schedule(config.num_loops > 0)
         self.num_skips = min(len(encoder), len(decoder))
@@ -377,8 +394,8 @@ class GPT(nn.Module):
             x = x.gather(1, score_columns[..., None].expand(-1, -1, x.size(-1)))
         logits = self._head(x, ctx)
         cap = self.config.logit_softcap
-        if target_ids is not None and self.fused_loss is not None and self.training and logits.is_cuda:
-            loss = self.fused_loss(logits.flatten(0, 1), target_ids.flatten(), cap)
+        if target_ids is not None and self.kernels.loss is not None and self.training and logits.is_cuda:
+            loss = self.kernels.loss(logits.flatten(0, 1), target_ids.flatten(), cap)
             return loss.mean() if reduction == "mean" else loss.view_as(target_ids)
         logits = cap * torch.tanh(logits / cap)
         if target_ids is None:
@@ -443,31 +460,22 @@ class GPT(nn.Module):
         return with_lora(F.linear(x, self.tok_emb.weight.to(x.dtype)), ctx, "head", 0, x)
 
 
-def load_fused_mlp() -> FusedMLPFn | None:
-    """The fused MLP function when CUDA and Triton are present; imported lazily so CPU installs never need Triton."""
+def load_training_kernels(config: GPTConfig) -> TrainingKernels:
+    """The kernels `config` switches on that can run here (Triton importable, a CUDA device visible); imported
+    inside the function so CPU installs never need Triton (the submission's code size still counts them)."""
     if not torch.cuda.is_available():
-        return None
-    from lit_golf.kernels import fused_mlp
+        return TrainingKernels(None, None, None, None)
+    from lit_golf.kernels import fused_ce, fused_mlp, qk_norm_rope, xsa
 
-    return fused_mlp.fused_leaky_relu_square_mlp if fused_mlp.is_available() else None
+    def pick(switch: bool, kernel: Callable, available: Callable[[], bool]) -> Callable | None:
+        return kernel if switch and available() else None
 
-
-def load_fused_softcap_ce() -> FusedLossFn | None:
-    """The fused softcapped cross-entropy (per-token fp32 loss) when CUDA and Triton are present; lazy like `load_fused_mlp`."""
-    if not torch.cuda.is_available():
-        return None
-    from lit_golf.kernels import fused_ce
-
-    return fused_ce.softcapped_cross_entropy if fused_ce.fused_ce_available() else None
-
-
-def load_qk_norm_rope() -> FusedQKNormFn | None:
-    """The fused q/k norm + rotary + gain function when CUDA and Triton are present; lazy like `load_fused_mlp`."""
-    if not torch.cuda.is_available():
-        return None
-    from lit_golf.kernels import qk_norm_rope
-
-    return qk_norm_rope.qk_norm_rope if qk_norm_rope.qk_norm_rope_available() else None
+    return TrainingKernels(
+        pick(config.fused_mlp, fused_mlp.fused_leaky_relu_square_mlp, fused_mlp.is_available),
+        pick(config.fused_qk_norm_rope, qk_norm_rope.qk_norm_rope, qk_norm_rope.qk_norm_rope_available),
+        pick(config.fused_xsa, xsa.fused_remove_value_direction, xsa.xsa_available),
+        pick(config.fused_softcap_ce, fused_ce.softcapped_cross_entropy, fused_ce.fused_ce_available),
+    )
 
 
 # ----------------------------------------------------------------------------- quantized matrices and banks
