@@ -3,10 +3,6 @@ interpreter (a subprocess: TRITON_INTERPRET is read at import) and on CUDA at th
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -14,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from lit_golf.kernels.fused_ce import fused_ce_available, softcapped_cross_entropy
+from tests.kernel_checks import interpreter_only, run_interpreted
 
 SOFTCAP = 30.0
 needs_cuda = pytest.mark.skipif(not fused_ce_available(), reason="fused cross-entropy needs CUDA and Triton")
@@ -50,14 +47,9 @@ INTERPRETED_CHECK = textwrap.dedent("""
 """)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton's interpreter needs Triton installed")
-@pytest.mark.skipif(torch.cuda.is_available(), reason="CPU-only coverage: on a GPU the CUDA tests below run the kernel "
-                    "itself (Triton 3.6's interpreter fails on it there, 3.9's passes)")
+@interpreter_only
 def test_interpreted_kernels_match_eager_loss_and_gradient_on_cpu():
-    env = {**os.environ, "TRITON_INTERPRET": "1", "CUDA_VISIBLE_DEVICES": ""}
-    result = subprocess.run([sys.executable, "-c", INTERPRETED_CHECK], env=env, capture_output=True, text=True,
-                            timeout=120)
-    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
+    run_interpreted(INTERPRETED_CHECK, timeout=120)
 
 
 @pytest.mark.parametrize(("logits", "targets", "softcap", "message"), [

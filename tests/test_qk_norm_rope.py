@@ -3,18 +3,13 @@ interpreter (a subprocess: TRITON_INTERPRET is read at import) and on CUDA at th
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import subprocess
-import sys
-import textwrap
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 from lit_golf.kernels.qk_norm_rope import qk_norm_rope, qk_norm_rope_available
 from lit_golf.model import apply_rotary, rotary_tables
+from tests.kernel_checks import assert_kernel_matches, interpreter_only, run_interpreted
 
 needs_cuda = pytest.mark.skipif(not qk_norm_rope_available(), reason="the fused q/k kernel needs CUDA and Triton")
 
@@ -25,44 +20,32 @@ def eager(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, gain: torch.Ten
     return (y if gain is None else y * gain[:, None]).to(x.dtype)
 
 
-INTERPRETED_CHECK = textwrap.dedent("""
-    import torch, torch.nn.functional as F
-    from lit_golf.kernels.qk_norm_rope import qk_norm_rope
-    from lit_golf.model import apply_rotary, rotary_tables
-    gen = torch.Generator().manual_seed(0)
-    # head_dim 12 (a masked block of 16), 30 rows (one partial block of 32), 70 positions over 2 blocks,
-    # a rotation over the whole head, and k's case (no gain)
-    cases = ((2, 5, 3, 12, 4, torch.float32, True), (1, 70, 8, 64, 16, torch.float32, True),
-             (2, 9, 4, 64, 16, torch.bfloat16, False), (1, 40, 2, 64, 64, torch.bfloat16, True))
-    for b, t, h, d, rope, dtype, with_gain in cases:
-        x = (3 * torch.randn(b, t, h, d, generator=gen)).to(dtype).requires_grad_()
-        cos, sin = rotary_tables(t, rope, 10000.0, torch.device("cpu"), dtype)
-        gain = (5 + torch.randn(h, generator=gen)).requires_grad_() if with_gain else None
-        weights = torch.randn(b, t, h, d, generator=gen)
-        inputs = (x,) if gain is None else (x, gain)
-        for fn in (qk_norm_rope, torch.compile(qk_norm_rope, fullgraph=True)):
-            ref = apply_rotary(F.rms_norm(x.float(), (d,)), cos.float(), sin.float())
-            ref = (ref if gain is None else ref * gain[:, None]).to(dtype)
-            y = fn(x, cos, sin, gain)
-            assert y.dtype == dtype, y.dtype
-            grads = torch.autograd.grad((y.float() * weights).sum(), inputs)
-            expected = torch.autograd.grad((ref.float() * weights).sum(), inputs)
-            # fp32: the same math; bf16: one rounding of each output (values up to ~16 with the gain: ulp 0.0625)
-            tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=7e-2, rtol=1e-2)
-            torch.testing.assert_close(y.float(), ref.float(), **tol)
-            for got, want in zip(grads, expected):
-                torch.testing.assert_close(got.float(), want.float(), **tol)
-    print("ok")
-""")
+INTERPRETED_CHECK = """
+import torch
+from lit_golf.kernels.qk_norm_rope import qk_norm_rope
+from lit_golf.model import rotary_tables
+from tests.kernel_checks import assert_kernel_matches
+from tests.test_qk_norm_rope import eager
+gen = torch.Generator().manual_seed(0)
+# head_dim 12 (a masked block of 16), 30 rows (one partial block of 32), 70 positions over 2 blocks,
+# a rotation over the whole head, and k's case (no gain)
+cases = ((2, 5, 3, 12, 4, torch.float32, True), (1, 70, 8, 64, 16, torch.float32, True),
+         (2, 9, 4, 64, 16, torch.bfloat16, False), (1, 40, 2, 64, 64, torch.bfloat16, True))
+for b, t, h, d, rope, dtype, with_gain in cases:
+    x = (3 * torch.randn(b, t, h, d, generator=gen)).to(dtype).requires_grad_()
+    cos, sin = rotary_tables(t, rope, 10000.0, torch.device("cpu"), dtype)
+    gain = (5 + torch.randn(h, generator=gen)).requires_grad_() if with_gain else None
+    # fp32: the same math; bf16: one rounding of each output (values up to ~16 with the gain: ulp 0.0625)
+    tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=7e-2, rtol=1e-2)
+    assert_kernel_matches(qk_norm_rope, eager, (x, cos, sin, gain), (x,) if gain is None else (x, gain),
+                          torch.randn(b, t, h, d, generator=gen), **tol)
+print("ok")
+"""
 
 
-@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton's interpreter needs Triton installed")
-@pytest.mark.skipif(torch.cuda.is_available(), reason="CPU-only coverage: on a GPU the CUDA tests below run the kernel")
+@interpreter_only
 def test_interpreted_kernels_match_the_eager_chain_and_its_gradients_on_cpu():
-    env = {**os.environ, "TRITON_INTERPRET": "1", "CUDA_VISIBLE_DEVICES": ""}
-    result = subprocess.run([sys.executable, "-c", INTERPRETED_CHECK], env=env, capture_output=True, text=True,
-                            timeout=300)
-    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
+    run_interpreted(INTERPRETED_CHECK)
 
 
 @pytest.mark.parametrize("x_shape, table_shape, gain_shape", [
@@ -84,13 +67,5 @@ def test_cuda_kernel_matches_the_eager_chain_at_the_record_sizes(heads, gain):
     x = torch.randn(4, 2048, heads, 64, device="cuda", generator=gen).mul(3).bfloat16().requires_grad_()
     cos, sin = rotary_tables(2048, 16, 10000.0, torch.device("cuda"), torch.bfloat16)
     g = (5 + torch.randn(heads, device="cuda", generator=gen)).requires_grad_() if gain else None
-    weights = torch.randn(x.shape, device="cuda", generator=gen)
-    inputs = (x,) if g is None else (x, g)
-    y = torch.compile(qk_norm_rope, fullgraph=True)(x, cos, sin, g)
-    ref = eager(x, cos, sin, g)
-    torch.testing.assert_close(y.float(), ref.float(), atol=7e-2, rtol=1e-2)
-    got = torch.autograd.grad((y.float() * weights).sum(), inputs)
-    want = torch.autograd.grad((ref.float() * weights).sum(), inputs)
-    torch.testing.assert_close(got[0].float(), want[0].float(), atol=2e-2, rtol=2e-2)
-    if g is not None:  # a sum over 8,192 x 64 products: relative error of the fp32 sums
-        torch.testing.assert_close(got[1], want[1], atol=1e-2, rtol=1e-3)
+    assert_kernel_matches(qk_norm_rope, eager, (x, cos, sin, g), (x,) if g is None else (x, g),
+                          torch.randn(x.shape, device="cuda", generator=gen), atol=7e-2, rtol=2e-2)

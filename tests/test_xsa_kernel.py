@@ -3,53 +3,43 @@ interpreter (a subprocess: TRITON_INTERPRET is read at import) and on CUDA at th
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import subprocess
-import sys
-import textwrap
-
 import pytest
 import torch
 
 from lit_golf.kernels.xsa import fused_remove_value_direction, xsa_available
 from lit_golf.model import remove_value_direction
-
-INTERPRETED_CHECK = textwrap.dedent("""
-    import torch
-    from lit_golf.kernels.xsa import fused_remove_value_direction
-    from lit_golf.model import remove_value_direction
-    gen = torch.Generator().manual_seed(0)
-    # head_dim 12 (a masked block of 16), 37 x 4 rows (partial blocks of 16), bf16, one KV head per query head
-    cases = ((2, 5, 4, 2, 12, torch.float32), (1, 37, 8, 4, 64, torch.float32), (2, 9, 8, 4, 64, torch.bfloat16),
-             (1, 20, 4, 4, 64, torch.float32))
-    for b, t, h, kv, d, dtype in cases:
-        y = torch.randn(b, t, h, d, generator=gen).to(dtype).requires_grad_()
-        v = torch.randn(b, t, kv, d, generator=gen)
-        v[0, 0] = 0  # F.normalize clamps a zero norm: the gradient takes the clamped branch
-        v = v.to(dtype).requires_grad_()
-        weights = torch.randn(b, t, h, d, generator=gen)
-        for fn in (fused_remove_value_direction, torch.compile(fused_remove_value_direction, fullgraph=True)):
-            out = fn(y, v)
-            assert out.dtype == dtype, out.dtype
-            ref = remove_value_direction(y.float(), v.float()).to(dtype)
-            grads = torch.autograd.grad((out.float() * weights).sum(), (y, v))
-            expected = torch.autograd.grad((ref.float() * weights).sum(), (y, v))
-            tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=3e-2, rtol=2e-2)
-            torch.testing.assert_close(out.float(), ref.float(), **tol)
-            for got, want in zip(grads, expected):
-                torch.testing.assert_close(got.float(), want.float(), **tol)
-    print("ok")
-""")
+from tests.kernel_checks import assert_kernel_matches, interpreter_only, run_interpreted
 
 
-@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton's interpreter needs Triton installed")
-@pytest.mark.skipif(torch.cuda.is_available(), reason="CPU-only coverage: on a GPU the CUDA test below runs the kernel")
+def reference(y: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The model's XSA in fp32, rounded to y's dtype."""
+    return remove_value_direction(y.float(), v.float()).to(y.dtype)
+
+
+INTERPRETED_CHECK = """
+import torch
+from lit_golf.kernels.xsa import fused_remove_value_direction
+from tests.kernel_checks import assert_kernel_matches
+from tests.test_xsa_kernel import reference
+gen = torch.Generator().manual_seed(0)
+# head_dim 12 (a masked block of 16), 37 x 4 rows (partial blocks of 16), bf16, one KV head per query head
+cases = ((2, 5, 4, 2, 12, torch.float32), (1, 37, 8, 4, 64, torch.float32), (2, 9, 8, 4, 64, torch.bfloat16),
+         (1, 20, 4, 4, 64, torch.float32))
+for b, t, h, kv, d, dtype in cases:
+    y = torch.randn(b, t, h, d, generator=gen).to(dtype).requires_grad_()
+    v = torch.randn(b, t, kv, d, generator=gen)
+    v[0, 0] = 0  # F.normalize clamps a zero norm: the gradient takes the clamped branch
+    v = v.to(dtype).requires_grad_()
+    tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=3e-2, rtol=2e-2)
+    assert_kernel_matches(fused_remove_value_direction, reference, (y, v), (y, v),
+                          torch.randn(b, t, h, d, generator=gen), **tol)
+print("ok")
+"""
+
+
+@interpreter_only
 def test_interpreted_kernels_match_remove_value_direction_and_its_gradients_on_cpu():
-    env = {**os.environ, "TRITON_INTERPRET": "1", "CUDA_VISIBLE_DEVICES": ""}
-    result = subprocess.run([sys.executable, "-c", INTERPRETED_CHECK], env=env, capture_output=True, text=True,
-                            timeout=300)
-    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
+    run_interpreted(INTERPRETED_CHECK)
 
 
 @pytest.mark.parametrize("y_shape, v_shape", [
@@ -68,11 +58,5 @@ def test_cuda_kernel_matches_remove_value_direction_at_the_record_sizes():
     gen = torch.Generator(device="cuda").manual_seed(0)
     y = torch.randn(4, 2048, 8, 64, device="cuda", generator=gen).bfloat16().requires_grad_()
     v = torch.randn(4, 2048, 4, 64, device="cuda", generator=gen).bfloat16().requires_grad_()
-    weights = torch.randn(y.shape, device="cuda", generator=gen)
-    out = torch.compile(fused_remove_value_direction, fullgraph=True)(y, v)
-    ref = remove_value_direction(y.float(), v.float()).bfloat16()
-    torch.testing.assert_close(out.float(), ref.float(), atol=3e-2, rtol=2e-2)
-    got = torch.autograd.grad((out.float() * weights).sum(), (y, v))
-    want = torch.autograd.grad((ref.float() * weights).sum(), (y, v))
-    for a, b in zip(got, want, strict=True):
-        torch.testing.assert_close(a.float(), b.float(), atol=3e-2, rtol=2e-2)
+    assert_kernel_matches(fused_remove_value_direction, reference, (y, v), (y, v),
+                          torch.randn(y.shape, device="cuda", generator=gen), atol=3e-2, rtol=2e-2)

@@ -39,39 +39,41 @@ def qk_norm_rope_available() -> bool:
 if triton is not None:
 
     @triton.jit
-    def _rotation(cols, positions, cos_ptr, sin_ptr, HALF: tl.constexpr):
-        """Per column: partner column, cos and signed sin of the rotation (identity past `2 * HALF`)."""
+    def _block(rows, heads, seq_len, cos_ptr, sin_ptr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+               HALF: tl.constexpr, BLOCK_R: tl.constexpr):
+        """This program's rows, which of them exist, the mask and offsets of their columns and of each column's
+        rotation partner (`d +- HALF`; itself past `2 * HALF`), and the cos / signed sin of each (1 / 0 unrotated).
+
+        Rows are (token, head) pairs of a contiguous `[tokens, heads, HEAD_DIM]` tensor; token t sits at position
+        t % seq_len of its row of the batch."""
+        row = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+        cols = tl.arange(0, BLOCK_D)
+        live = row < rows
+        inside = live[:, None] & (cols < HEAD_DIM)[None, :]
         first = cols < HALF
         rotated = cols < 2 * HALF
         partner = tl.where(first, cols + HALF, tl.where(rotated, cols - HALF, cols))
-        freq = tl.where(first, cols, cols - HALF)
-        table = positions[:, None] * HALF + freq[None, :]
-        mask = rotated[None, :] & (positions[:, None] >= 0)
-        cos = tl.load(cos_ptr + table, mask=mask, other=1.0).to(tl.float32)
-        sin = tl.load(sin_ptr + table, mask=mask, other=0.0).to(tl.float32)
+        table = ((row // heads) % seq_len)[:, None] * HALF + tl.where(first, cols, cols - HALF)[None, :]
+        on_table = live[:, None] & rotated[None, :]
+        cos = tl.load(cos_ptr + table, mask=on_table, other=1.0).to(tl.float32)
+        sin = tl.load(sin_ptr + table, mask=on_table, other=0.0).to(tl.float32)
         sin = tl.where(first[None, :], sin, -sin)
-        return partner, cos, sin
+        base = row[:, None] * HEAD_DIM
+        return row, live, inside, base + cols[None, :], base + partner[None, :], cos, sin
 
     @triton.jit
     def _forward_kernel(x_ptr, cos_ptr, sin_ptr, gain_ptr, y_ptr, rstd_ptr, rows, heads, seq_len, eps,
                         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, HALF: tl.constexpr,
                         HAS_GAIN: tl.constexpr, BLOCK_R: tl.constexpr):
-        """Rows are (token, head) pairs of a contiguous `[tokens, heads, HEAD_DIM]` tensor; token t sits at
-        position t % seq_len of its row of the batch."""
-        row = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
-        cols = tl.arange(0, BLOCK_D)
-        live = row < rows
-        inside = live[:, None] & (cols < HEAD_DIM)[None, :]
-        positions = tl.where(live, (row // heads) % seq_len, -1)
-        partner, cos, sin = _rotation(cols, positions, cos_ptr, sin_ptr, HALF)
-        base = row[:, None] * HEAD_DIM
-        x = tl.load(x_ptr + base + cols[None, :], mask=inside, other=0.0).to(tl.float32)
-        x_partner = tl.load(x_ptr + base + partner[None, :], mask=inside, other=0.0).to(tl.float32)
+        row, live, inside, offsets, partners, cos, sin = _block(rows, heads, seq_len, cos_ptr, sin_ptr, HEAD_DIM,
+                                                                BLOCK_D, HALF, BLOCK_R)
+        x = tl.load(x_ptr + offsets, mask=inside, other=0.0).to(tl.float32)
+        x_partner = tl.load(x_ptr + partners, mask=inside, other=0.0).to(tl.float32)
         rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=1) / HEAD_DIM + eps)
         y = (x * cos + x_partner * sin) * rstd[:, None]
         if HAS_GAIN:
             y = y * tl.load(gain_ptr + row % heads, mask=live, other=1.0)[:, None]
-        tl.store(y_ptr + base + cols[None, :], y.to(y_ptr.dtype.element_ty), mask=inside)
+        tl.store(y_ptr + offsets, y.to(y_ptr.dtype.element_ty), mask=inside)
         tl.store(rstd_ptr + row, rstd, mask=live)
 
     @triton.jit
@@ -79,19 +81,14 @@ if triton is not None:
                          rows, heads, seq_len, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                          HALF: tl.constexpr, HAS_GAIN: tl.constexpr, BLOCK_R: tl.constexpr):
         """d x = rstd * (d n - n * mean(d n * n)), d n = R^T (gain * d y); per row sum(d y * R n) for the gain."""
-        row = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
-        cols = tl.arange(0, BLOCK_D)
-        live = row < rows
-        inside = live[:, None] & (cols < HEAD_DIM)[None, :]
-        positions = tl.where(live, (row // heads) % seq_len, -1)
-        partner, cos, sin = _rotation(cols, positions, cos_ptr, sin_ptr, HALF)
-        base = row[:, None] * HEAD_DIM
+        row, live, inside, offsets, partners, cos, sin = _block(rows, heads, seq_len, cos_ptr, sin_ptr, HEAD_DIM,
+                                                                BLOCK_D, HALF, BLOCK_R)
         rstd = tl.load(rstd_ptr + row, mask=live, other=0.0)
-        x = tl.load(x_ptr + base + cols[None, :], mask=inside, other=0.0).to(tl.float32)
-        grad = tl.load(grad_y_ptr + base + cols[None, :], mask=inside, other=0.0).to(tl.float32)
-        grad_partner = tl.load(grad_y_ptr + base + partner[None, :], mask=inside, other=0.0).to(tl.float32)
+        x = tl.load(x_ptr + offsets, mask=inside, other=0.0).to(tl.float32)
+        grad = tl.load(grad_y_ptr + offsets, mask=inside, other=0.0).to(tl.float32)
+        grad_partner = tl.load(grad_y_ptr + partners, mask=inside, other=0.0).to(tl.float32)
         if HAS_GAIN:
-            x_partner = tl.load(x_ptr + base + partner[None, :], mask=inside, other=0.0).to(tl.float32)
+            x_partner = tl.load(x_ptr + partners, mask=inside, other=0.0).to(tl.float32)
             rotated = (x * cos + x_partner * sin) * rstd[:, None]
             tl.store(grad_gain_ptr + row, tl.sum(grad * rotated, axis=1), mask=live)
             gain = tl.load(gain_ptr + row % heads, mask=live, other=1.0)[:, None]
@@ -100,7 +97,7 @@ if triton is not None:
         grad_n = grad * cos - grad_partner * sin
         n = x * rstd[:, None]
         grad_x = rstd[:, None] * (grad_n - n * (tl.sum(grad_n * n, axis=1) / HEAD_DIM)[:, None])
-        tl.store(grad_x_ptr + base + cols[None, :], grad_x.to(grad_x_ptr.dtype.element_ty), mask=inside)
+        tl.store(grad_x_ptr + offsets, grad_x.to(grad_x_ptr.dtype.element_ty), mask=inside)
 
 
 def _require_triton(x: torch.Tensor) -> None:
