@@ -22,18 +22,25 @@ def wait_for(predicate, seconds: float = 60.0) -> None:
         time.sleep(0.2)
 
 
-def test_next_runs_a_job_after_the_running_one_and_stop_ends_only_that_job(tmp_path):
+def start_runner(tmp_path: Path, queue: str) -> tuple[Path, dict, subprocess.Popen]:
+    """A lease folder with `queue`, its runner started (its own session), once the first job `slow` has printed
+    "started": (lease folder, environment, runner)."""
     lease = tmp_path / "lease"
     for sub in ("logs", "done", "runs", "code"):
         (lease / sub).mkdir(parents=True)
     (lease / "status").touch()
-    (lease / "queue").write_text("slow|echo started; sleep 120; echo not stopped\nlast|echo last\n")
+    (lease / "queue").write_text(queue)
     env = {**os.environ, "LEASE": str(lease), "OUT": str(tmp_path / "out"), "JOB_TIMEOUT": "300"}
     runner = subprocess.Popen(["bash", str(QUEUE), "runner"], cwd=ROOT, env=env, start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(lambda: "started" in (lease / "logs" / "slow.log").read_text()
+             if (lease / "logs" / "slow.log").exists() else False)
+    return lease, env, runner
+
+
+def test_next_runs_a_job_after_the_running_one_and_stop_ends_only_that_job(tmp_path):
+    lease, env, runner = start_runner(tmp_path, "slow|echo started; sleep 120; echo not stopped\nlast|echo last\n")
     try:
-        wait_for(lambda: "started" in (lease / "logs" / "slow.log").read_text()
-                 if (lease / "logs" / "slow.log").exists() else False)
         queue_cmd = lambda *args: subprocess.run(["bash", str(QUEUE), *args], cwd=ROOT, env=env,  # noqa: E731
                                                  capture_output=True, text=True)
         assert queue_cmd("next", "urgent|echo urgent $RUNS").returncode == 0
@@ -57,17 +64,8 @@ def test_next_runs_a_job_after_the_running_one_and_stop_ends_only_that_job(tmp_p
 
 
 def test_halt_ends_the_running_job_and_starts_no_other(tmp_path):
-    lease = tmp_path / "lease"
-    for sub in ("logs", "done", "runs", "code"):
-        (lease / sub).mkdir(parents=True)
-    (lease / "status").touch()
-    (lease / "queue").write_text("slow|echo started; sleep 120\nafter|echo after\n")
-    env = {**os.environ, "LEASE": str(lease), "OUT": str(tmp_path / "out"), "JOB_TIMEOUT": "300"}
-    runner = subprocess.Popen(["bash", str(QUEUE), "runner"], cwd=ROOT, env=env, start_new_session=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    lease, env, runner = start_runner(tmp_path, "slow|echo started; sleep 120\nafter|echo after\n")
     try:
-        wait_for(lambda: "started" in (lease / "logs" / "slow.log").read_text()
-                 if (lease / "logs" / "slow.log").exists() else False)
         halted = subprocess.run(["bash", str(QUEUE), "halt"], cwd=ROOT, env=env, capture_output=True, text=True,
                                 timeout=60)
         assert halted.returncode == 0 and "halted" in halted.stdout
