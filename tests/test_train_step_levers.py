@@ -82,3 +82,20 @@ def test_one_phase_screens_a_lever_with_one_compile(monkeypatch, tmp_path):
         assert lever["tok_s_before_loop"] > 0 and not any(key.endswith("_after_loop") for key in lever)
     assert result["levers"]["record"]["rope_per_call"]["overrides"] == {"rope_table_positions": 0}
     assert result["levers"]["record"]["rope_per_call"]["speedup_before_loop"] > 0
+
+
+@pytest.mark.parametrize("name, kind", [
+    # names from the 2026-12-07 H100 profile of the FA4 step (bench/results/levers_2026-12-07_h100_s12_record.json)
+    ("triton_per_fused__to_copy__unsafe_view_add_clamp_min_div_eq_expand_ge_masked_fill_mul_neg_nll_loss_forward_"
+     "squeeze_sum_view_where_6", "elementwise"),  # XSA's backward, 88 launches: once counted as loss
+    ("triton_red_fused__log_softmax__to_copy__unsafe_view_div_mul_prepare_softmax_online_tanh_view_92", "loss"),
+    ("_forward_kernel", "loss"),  # lit_golf/kernels/fused_ce.py
+    ("aten::nll_loss_forward", "loss"),  # a CPU profile
+    ("_matmul_leaky_relu_square_kernel", "fused_mlp"),
+    ("nvjet_sm90_tst_256x128_64x4_1x2_h_bz_coopA_NNT", "gemm"),
+    ("kernel_cutlass_kernel_flash_attncuteflash_bwd_sm90FlashAttentionBackwardSm90_object_at__tensor000o111012",
+     "attention"),
+])
+def test_kernel_classes_follow_what_a_kernel_computes_not_every_op_its_name_lists(monkeypatch, name, kind):
+    monkeypatch.syspath_prepend(str(BENCH))
+    assert importlib.import_module("profile_step").kernel_class(name) == kind
