@@ -13,7 +13,7 @@ sliced per layer at use; they are cast to the activation dtype there, so the tra
 bf16 while the small "scalar" parameters stay fp32. With `fp8_training` on, the bank matmuls of a forward in
 training mode run in FP8 (`lit_golf.kernels.fp8`); eval mode never does, and evaluation, TTT (global SGD
 included) and GPTQ calibration all run the model in eval mode, as they do for the other training kernels
-(the fused MLP and loss). Identity "taps" mark the input of every
+(`TrainingKernels`: the fused MLP, q/k norm, XSA and loss). Identity "taps" mark the input of every
 quantized matrix for calibration hooks, and the optional `lora` argument adds test-time-training
 deltas at fixed sites without a second copy of the forward code.
 """

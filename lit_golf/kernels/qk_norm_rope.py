@@ -141,7 +141,7 @@ def _qk_norm_rope_backward(
     """(gradient of x in x's dtype, fp32 per-row sum of d y * rotated n: the gain's gradient before the head sum)."""
     _require_triton(x)
     grad_x = torch.empty_like(x)
-    grad_gain_rows = torch.zeros(x.shape[:-1], device=x.device, dtype=torch.float32)
+    grad_gain_rows = torch.empty(x.shape[:-1], device=x.device, dtype=torch.float32)  # every row written (with a gain)
     rows, heads, block_d, grid = _launch_shape(x)
     if rows:
         _backward_kernel[(grid,)](grad_y.contiguous(), x, rstd, cos, sin, gain if gain is not None else rstd, grad_x,
