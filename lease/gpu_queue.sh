@@ -43,7 +43,6 @@ run_job() {  # run_job NAME COMMAND: log, status line, tarball of what it wrote
   pid=$!; echo "$pid" > "$lease/running.pid"
   wait "$pid"
   rc=$?
-  [ "$(cat "$lease/running.pid" 2>/dev/null)" = "$pid" ] && rm -f "$lease/running.pid"
   echo "$name rc $rc $(( $(date +%s) - started ))s ended $(date -u +%H:%M:%S)" >> "$lease/status"
   # Every run folder the job wrote into, not only its own: a `test --artifact` adds its scores and its
   # test_N folder to the fit's folder, and those came back with no tarball before.
@@ -51,6 +50,8 @@ run_job() {  # run_job NAME COMMAND: log, status line, tarball of what it wrote
     | cut -d/ -f1-2 | sort -u | grep -vx "runs/$name")
   # shellcheck disable=SC2086  # one run folder per word
   tar --exclude='*.ckpt' --exclude='*.ptz' -C "$lease" -cJf "$lease/done/$name.tar.xz" "logs/$name.log" "runs/$name" $touched
+  # last: while the pid file exists the job is not done (`halt` and `collect` wait for its status line and tarball)
+  [ "$(cat "$lease/running.pid" 2>/dev/null)" = "$pid" ] && rm -f "$lease/running.pid"
 }
 
 runner() {
@@ -107,9 +108,9 @@ case ${1:-} in
       [ -d "$pack" ] && unpack_data "$(dirname "$pack")" "/tmp/data_$(basename "$(dirname "$pack")")"
     done
     # Done: every queued job has a status line (and nothing is still being unpacked for a job).
-    # Or halted, with nothing running.
-    until [ "$(wc -l < "$lease/status" 2>/dev/null || echo 0)" -ge "$(grep -c . "$lease/queue")" ] \
-        || { [ -e "$lease/halt" ] && [ ! -e "$lease/running.pid" ]; } \
+    # Or halted. Either way nothing is running: the last job's tarball is written.
+    until { [ "$(wc -l < "$lease/status" 2>/dev/null || echo 0)" -ge "$(grep -c . "$lease/queue")" ] \
+            || [ -e "$lease/halt" ]; } && [ ! -e "$lease/running.pid" ] \
         || [ $(( SECONDS - begun )) -ge "$budget" ]; do sleep 5; done
     n=0
     for f in "$lease"/done/*.tar.xz; do

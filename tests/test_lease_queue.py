@@ -47,7 +47,8 @@ def test_next_runs_a_job_after_the_running_one_and_stop_ends_only_that_job(tmp_p
         assert (lease / "queue").read_text().splitlines()[1] == "urgent|echo urgent $RUNS"
         started = time.monotonic()
         assert queue_cmd("stop").returncode == 0
-        wait_for(lambda: len((lease / "status").read_text().splitlines()) == 3)
+        # a job's status line comes before its tarball: wait for both
+        wait_for(lambda: len((lease / "status").read_text().splitlines()) == 3 and len(list((lease / "done").iterdir())) == 3)
         assert time.monotonic() - started < 30  # the sleep was ended, not waited for
         status = [line.split()[:3] for line in (lease / "status").read_text().splitlines()]
         assert status == [["slow", "rc", "143"], ["urgent", "rc", "0"], ["last", "rc", "0"]]
