@@ -60,6 +60,13 @@ def test_wrong_shapes_are_refused_before_any_kernel(x_shape, table_shape, gain_s
         qk_norm_rope(torch.randn(x_shape), torch.ones(table_shape), torch.zeros(table_shape), gain)
 
 
+def test_cpu_tensors_outside_the_interpreter_fail_with_one_line(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    cos, sin = rotary_tables(5, 4, 10000.0, torch.device("cpu"), torch.float32)
+    with pytest.raises(RuntimeError, match=r"needs Triton and CUDA tensors \(got cpu\); use the eager path"):
+        qk_norm_rope(torch.randn(2, 5, 3, 12), cos, sin, torch.ones(3))
+
+
 @needs_cuda
 @pytest.mark.parametrize("heads, gain", [(8, True), (4, False)])  # the record's q and k
 def test_cuda_kernel_matches_the_eager_chain_at_the_record_sizes(heads, gain):

@@ -53,6 +53,12 @@ def test_wrong_shapes_are_refused_before_any_kernel(y_shape, v_shape):
         fused_remove_value_direction(torch.randn(y_shape), torch.randn(v_shape))
 
 
+def test_cpu_tensors_outside_the_interpreter_fail_with_one_line(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(RuntimeError, match=r"needs Triton and CUDA tensors \(got cpu\); use model.remove_value_direction"):
+        fused_remove_value_direction(torch.randn(2, 5, 4, 8), torch.randn(2, 5, 2, 8))
+
+
 @pytest.mark.skipif(not xsa_available(), reason="the fused XSA kernel needs CUDA and Triton")
 def test_cuda_kernel_matches_remove_value_direction_at_the_record_sizes():
     gen = torch.Generator(device="cuda").manual_seed(0)

@@ -17,9 +17,9 @@ a GPU.
 
 from __future__ import annotations
 
-import os
-
 import torch
+
+from lit_golf.kernels import require_triton
 
 try:
     import triton
@@ -30,6 +30,8 @@ except ImportError:  # CPU-only installs
 MAX_BLOCK_V = 2048
 NUM_WARPS = 8
 
+NOT_HERE = ("fused softcapped cross-entropy",
+            "use the eager loss where fused_ce_available() is False")  # require_triton: what refuses, and the path to use instead
 
 def fused_ce_available() -> bool:
     """True when the kernels can run here (Triton importable and a CUDA device visible)."""
@@ -97,18 +99,12 @@ def _block_v(vocab: int) -> int:
     return min(MAX_BLOCK_V, triton.next_power_of_2(vocab))
 
 
-def _require_triton(logits: torch.Tensor) -> None:
-    if triton is None or not (logits.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
-        raise RuntimeError(f"fused softcapped cross-entropy needs Triton and CUDA tensors (got {logits.device}); "
-                           "use the eager loss where fused_ce_available() is False")
-
-
 @torch.library.custom_op("lit_golf::softcapped_ce_forward", mutates_args=())
 def _softcapped_ce_forward(
     logits: torch.Tensor, targets: torch.Tensor, softcap: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(per-token loss, per-token log-sum-exp of the capped logits), both fp32 `[N]`."""
-    _require_triton(logits)
+    require_triton(triton, logits, *NOT_HERE)
     rows, vocab = logits.shape
     loss = torch.empty(rows, device=logits.device, dtype=torch.float32)
     lse = torch.empty_like(loss)
@@ -129,7 +125,7 @@ def _softcapped_ce_backward(
     logits: torch.Tensor, targets: torch.Tensor, lse: torch.Tensor, grad_loss: torch.Tensor, softcap: float
 ) -> torch.Tensor:
     """Gradient of the per-token losses w.r.t. the uncapped logits, in the logits' dtype."""
-    _require_triton(logits)
+    require_triton(triton, logits, *NOT_HERE)
     rows, vocab = logits.shape
     grad = torch.empty_like(logits)
     if rows:

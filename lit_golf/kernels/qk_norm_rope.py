@@ -16,9 +16,9 @@ to the final rounding. Both directions are `torch.library` custom ops with fake 
 
 from __future__ import annotations
 
-import os
-
 import torch
+
+from lit_golf.kernels import require_triton
 
 try:
     import triton
@@ -30,6 +30,8 @@ BLOCK_ROWS = 32
 NUM_WARPS = 4
 EPS = torch.finfo(torch.float32).eps  # F.rms_norm's default for the fp32 input autocast gives it
 
+NOT_HERE = ("the fused q/k norm + rotary kernel",
+            "use the eager path where qk_norm_rope_available() is False")  # require_triton: what refuses, and the path to use instead
 
 def qk_norm_rope_available() -> bool:
     """True when the kernels can run here (Triton importable and a CUDA device visible)."""
@@ -100,12 +102,6 @@ if triton is not None:
         tl.store(grad_x_ptr + offsets, grad_x.to(grad_x_ptr.dtype.element_ty), mask=inside)
 
 
-def _require_triton(x: torch.Tensor) -> None:
-    if triton is None or not (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
-        raise RuntimeError(f"the fused q/k norm + rotary kernel needs Triton and CUDA tensors (got {x.device}); "
-                           "use the eager path where qk_norm_rope_available() is False")
-
-
 def _launch_shape(x: torch.Tensor) -> tuple[int, int, int, int]:
     """(rows, heads, block of columns, grid) of a `[batch, seq, heads, head_dim]` input."""
     rows = x.numel() // x.size(-1)
@@ -117,7 +113,7 @@ def _qk_norm_rope_forward(
     x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, gain: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(output in x's dtype, fp32 rstd per (token, head))."""
-    _require_triton(x)
+    require_triton(triton, x, *NOT_HERE)
     y = torch.empty_like(x)
     rstd = torch.empty(x.shape[:-1], device=x.device, dtype=torch.float32)
     rows, heads, block_d, grid = _launch_shape(x)
@@ -139,7 +135,7 @@ def _qk_norm_rope_backward(
     gain: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(gradient of x in x's dtype, fp32 per-row sum of d y * rotated n: the gain's gradient before the head sum)."""
-    _require_triton(x)
+    require_triton(triton, x, *NOT_HERE)
     grad_x = torch.empty_like(x)
     grad_gain_rows = torch.empty(x.shape[:-1], device=x.device, dtype=torch.float32)  # every row written (with a gain)
     rows, heads, block_d, grid = _launch_shape(x)

@@ -16,9 +16,9 @@ kernels run on CPU tensors, which is how the tests check them without a GPU.
 
 from __future__ import annotations
 
-import os
-
 import torch
+
+from lit_golf.kernels import require_triton
 
 try:
     import triton
@@ -30,6 +30,8 @@ BLOCK_ROWS = 16
 NUM_WARPS = 4
 NORM_EPS = 1e-12  # F.normalize's default
 
+NOT_HERE = ("the fused XSA kernel",
+            "use model.remove_value_direction where xsa_available() is False")  # require_triton: what refuses, and the path to use instead
 
 def xsa_available() -> bool:
     """True when the kernels can run here (Triton importable and a CUDA device visible)."""
@@ -87,12 +89,6 @@ if triton is not None:
         tl.store(grad_v_ptr + v_offsets, grad_v.to(grad_v_ptr.dtype.element_ty), mask=v_mask)
 
 
-def _require_triton(y: torch.Tensor) -> None:
-    if triton is None or not (y.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
-        raise RuntimeError(f"the fused XSA kernel needs Triton and CUDA tensors (got {y.device}); "
-                           "use model.remove_value_direction where xsa_available() is False")
-
-
 def _launch(v: torch.Tensor) -> tuple[int, int, int]:
     """(rows: (token, KV head) pairs, block of columns, grid) of a `[batch, seq, kv_heads, head_dim]` value."""
     rows = v.numel() // v.size(-1)
@@ -101,7 +97,7 @@ def _launch(v: torch.Tensor) -> tuple[int, int, int]:
 
 @torch.library.custom_op("lit_golf::xsa_forward", mutates_args=())
 def _xsa_forward(y: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    _require_triton(y)
+    require_triton(triton, y, *NOT_HERE)
     out = torch.empty_like(y)
     rows, block_d, grid = _launch(v)
     if rows:
@@ -117,7 +113,7 @@ def _(y, v):
 
 @torch.library.custom_op("lit_golf::xsa_backward", mutates_args=())
 def _xsa_backward(grad_out: torch.Tensor, y: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    _require_triton(y)
+    require_triton(triton, y, *NOT_HERE)
     grad_y, grad_v = torch.empty_like(y), torch.empty_like(v)
     rows, block_d, grid = _launch(v)
     if rows:
