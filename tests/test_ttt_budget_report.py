@@ -13,6 +13,7 @@ import yaml
 from script_output import error_line, load_bench_script, run_main
 
 from lit_golf.eval.config import EvalConfig
+from lit_golf.eval.projection import MeasuredEval, project
 
 ARTIFACT = "/tmp/lease/runs/frontier_s1337/record/version_0/artifact/artifact.ptz"
 GPU = "1x NVIDIA H200"
@@ -245,3 +246,54 @@ def test_folders_without_one_test_and_repeated_names_are_one_line(tmp_path, caps
     assert rc == 1 and "version_0/config.yaml is missing; it names the artifact the test scored" in one_error_line(err)
     rc, _, err = run_report(baseline, "--baseline", "ttt_baseline", "--artifact", "a", capsys=capsys)
     assert rc == 2 and "commit" in one_error_line(err)
+
+
+def screen_test(bpb: float, prefix_docs: int, global_sgd_s: float, docs: int = 1000, eval_s: float = 80.0,
+                num_phases: int = 3) -> dict:
+    """A test of a screen on the first `docs` val documents, with its full `fineweb_projection` record (as
+    `lit_golf.eval.runner` writes it: the prefix mapped to FineWeb as a count)."""
+    measured = MeasuredEval(eval_seconds=eval_s, eval_scoring_seconds=30.0, global_sgd_seconds=global_sgd_s,
+                            eval_tokens=916_000, eval_docs=docs, ttt_prefix_docs=prefix_docs, world_size=1,
+                            hardware="1x NVIDIA H100 80GB HBM3")
+    results = ttt_test(bpb, project(measured, prefix_docs).seconds, eval_s, docs=docs,
+                       hardware="1x NVIDIA H100 80GB HBM3", compile_s=12.0,
+                       global_sgd={"prefix_docs": prefix_docs, "num_phases": num_phases})
+    return {**results, "fineweb_projection": measured.record(prefix_docs)}
+
+
+def test_prefix_as_fraction_projects_a_screens_prefix_as_the_same_share_of_fineweb(tmp_path, capsys):
+    """A 1,000-document screen: prefix 50 stands for the frontier's 2,500 of 50,000, and prefix 1,000 for every
+    FineWeb document, whose global SGD costs 50x the count-mapped projection's and can leave the budget."""
+    runs = tmp_path / "RUNS"
+    folders = [job(runs, "screen_baseline", screen_test(1.0670, 50, 1.0)),
+               job(runs, "screen_prefix1000", screen_test(1.0630, 1000, 100.0, eval_s=150.0, num_phases=10))]
+    argv = [*folders, "--baseline", "screen_baseline", "--commit", "x", "--artifact", "a"]
+    as_count, as_share = tmp_path / "count.json", tmp_path / "share.json"
+    assert run_report(*argv, "--out", as_count, capsys=capsys)[0] == 0
+    rc, stdout, err = run_report(*argv, "--prefix-as-fraction", "--out", as_share, capsys=capsys)
+    assert rc == 0, err
+    count, share = json.loads(as_count.read_text()), json.loads(as_share.read_text())
+    assert (count["fineweb_prefix"], share["fineweb_prefix"]) == ("count", "fraction")
+    for name, prefix, fineweb_prefix in (("screen_baseline", 50, 2500), ("screen_prefix1000", 1000, 50_000)):
+        tested = next(s for s in count["settings"] if s["name"] == name)
+        restated = next(s for s in share["settings"] if s["name"] == name)
+        measured, _ = MeasuredEval.from_record(json.loads(next((runs / name).rglob("results.json")).read_text())
+                                               ["fineweb_projection"])
+        assert tested["fineweb_prefix_docs"] == prefix and restated["fineweb_prefix_docs"] == fineweb_prefix
+        assert restated["fineweb_8xh100_eval_s_projected"] == pytest.approx(project(measured, fineweb_prefix).seconds)
+        assert restated["fineweb_8xh100_eval_s_projected_as_tested"] == tested["fineweb_8xh100_eval_s_projected"]
+        assert restated["fineweb_8xh100_eval_s_projected"] > tested["fineweb_8xh100_eval_s_projected"]
+    # as a count the every-document prefix looks cheap and is best; as a share its SGD leaves the 550 s
+    assert count["best"]["name"] == "screen_prefix1000"
+    assert share["best"]["name"] == "screen_baseline" and "over budget" in stdout
+
+
+def test_prefix_as_fraction_needs_the_tests_projection_inputs(tmp_path, capsys):
+    runs = tmp_path / "RUNS"
+    folders = [job(runs, "ttt_baseline", ttt_test(1.067, 358.1, 318.7))]  # a fineweb_projection without its clocks
+    out = tmp_path / "ttt_budget.json"
+    rc, _, err = run_report(*folders, "--baseline", "ttt_baseline", "--commit", "x", "--artifact", "a",
+                            "--prefix-as-fraction", "--out", out, capsys=capsys)
+    assert rc == 1 and not out.exists()
+    assert re.search(r"ttt_baseline/record/version_0/results\.json: fineweb_projection lacks \[.*'eval_scoring_seconds'"
+                     r".*\]; rerun the test with this lit_golf", one_error_line(err)), err
