@@ -91,17 +91,13 @@ class Setting:
             raise ValueError(f"{self.results_path}: no fineweb_projection.eval_docs; rerun the test with this lit_golf")
         return docs
 
-    def projection_inputs(self) -> tuple[MeasuredEval, int]:
-        """The test's `fineweb_projection`: what it measured, and the FineWeb prefix its projection assumed."""
-        try:
-            return MeasuredEval.from_record(self.results.get("fineweb_projection", {}))
-        except ValueError as err:
-            raise ValueError(f"{self.results_path}: {err}; rerun the test with this lit_golf") from None
-
     def projected_with_prefix_as_fraction(self) -> tuple[int, float]:
         """The FineWeb prefix that is the same share of its documents as this test's prefix of its own, and the
-        projected FineWeb 8xH100 eval seconds with it."""
-        measured, _ = self.projection_inputs()
+        projected FineWeb 8xH100 eval seconds with it (from the test's `fineweb_projection` inputs)."""
+        try:
+            measured, _ = MeasuredEval.from_record(self.results.get("fineweb_projection", {}))
+        except ValueError as err:
+            raise ValueError(f"{self.results_path}: {err}; rerun the test with this lit_golf") from None
         prefix = round(measured.ttt_prefix_docs * FINEWEB_VAL_DOCS / measured.eval_docs)
         return prefix, project(measured, prefix).seconds
 
