@@ -64,6 +64,9 @@ LEVERS = {
     "fused_qk_rope": {"fused_qk_norm_rope": True},  # q/k norm + rotary + gain as one Triton kernel each way
     "fused_xsa": {"fused_xsa": True},  # XSA as one Triton kernel each way
 }
+# Every lever starts from the plain path: the shipped config with lit_golf's own Triton kernels off (record.yaml
+# turns them on since 2026-12-08), so `bf16` stays the step all earlier lever measurements were ratios to.
+PLAIN_PATH = {"fused_qk_norm_rope": False, "fused_xsa": False}
 MICROBATCH_FACTORS = {"micro_x2": 2}  # levers that scale `data.tokens_per_microbatch` instead of the model
 DEFAULT_LEVERS = ["bf16", "fa4", "micro_x2", "fused_qkv", "fa4+micro_x2+fused_qkv", "fp8_forward", "fp8_forward_dgrad"]
 MODELS = {"record": ["record"], "frontier": ["record", "frontier"]}  # config layers, as `--config a --config b`
@@ -83,8 +86,8 @@ def config_layers(names: list[str]) -> dict:
 
 
 def lever_overrides(lever: str) -> dict:
-    """GPTConfig overrides of `lever`, e.g. `fa4+fp8_forward`."""
-    overrides: dict = {}
+    """GPTConfig overrides of `lever`, e.g. `fa4+fp8_forward`, on top of `PLAIN_PATH`."""
+    overrides: dict = dict(PLAIN_PATH)
     for part in lever.split("+"):
         overrides.update(LEVERS[part])
     return overrides

@@ -43,7 +43,10 @@ def test_smoke_measures_each_lever_before_and_after_looping(monkeypatch, tmp_pat
     assert "fp8_cast" in levers["fp8_forward_dgrad"]["ms_per_kernel_class_before_loop"]
     assert "fp8_cast" not in levers["bf16"]["ms_per_kernel_class_before_loop"]
     assert levers["bf16"]["speedup_before_loop"] == 1.0 and levers["fp8_forward_dgrad"]["speedup_after_loop"] > 0
-    assert levers["fp8_forward_dgrad"]["overrides"] == {"fp8_training": "forward_dgrad"}
+    # every lever starts from the plain path: record.yaml's own Triton kernels switched off, then the lever's switch
+    plain = {"fused_qk_norm_rope": False, "fused_xsa": False}
+    assert levers["bf16"]["overrides"] == plain
+    assert levers["fp8_forward_dgrad"]["overrides"] == {**plain, "fp8_training": "forward_dgrad"}
     # micro_x2: the same 512-token step in one micro-batch of 512 instead of two of 256: fewer kernels
     assert levers["micro_x2"]["tokens_per_microbatch"] == 2 * levers["bf16"]["tokens_per_microbatch"] == 512
     assert levers["micro_x2"]["kernels_per_step_before_loop"] < levers["bf16"]["kernels_per_step_before_loop"]
@@ -80,7 +83,8 @@ def test_one_phase_screens_a_lever_with_one_compile(monkeypatch, tmp_path):
     assert result["phases"] == ["before_loop"]
     for lever in result["levers"]["record"].values():
         assert lever["tok_s_before_loop"] > 0 and not any(key.endswith("_after_loop") for key in lever)
-    assert result["levers"]["record"]["rope_per_call"]["overrides"] == {"rope_table_positions": 0}
+    assert result["levers"]["record"]["rope_per_call"]["overrides"] == {
+        "fused_qk_norm_rope": False, "fused_xsa": False, "rope_table_positions": 0}
     assert result["levers"]["record"]["rope_per_call"]["speedup_before_loop"] > 0
 
 
@@ -89,7 +93,9 @@ def test_one_phase_screens_a_lever_with_one_compile(monkeypatch, tmp_path):
     ("triton_per_fused__to_copy__unsafe_view_add_clamp_min_div_eq_expand_ge_masked_fill_mul_neg_nll_loss_forward_"
      "squeeze_sum_view_where_6", "elementwise"),  # XSA's backward, 88 launches: once counted as loss
     ("triton_red_fused__log_softmax__to_copy__unsafe_view_div_mul_prepare_softmax_online_tanh_view_92", "loss"),
-    ("_forward_kernel", "loss"),  # lit_golf/kernels/fused_ce.py
+    ("_softcap_ce_forward_kernel", "loss"),  # lit_golf/kernels/fused_ce.py
+    ("_qk_norm_rope_backward_kernel", "elementwise"),  # lit_golf/kernels/qk_norm_rope.py: a fused elementwise chain
+    ("_xsa_forward_kernel", "elementwise"),  # lit_golf/kernels/xsa.py
     ("aten::nll_loss_forward", "loss"),  # a CPU profile
     ("_matmul_leaky_relu_square_kernel", "fused_mlp"),
     ("nvjet_sm90_tst_256x128_64x4_1x2_h_bz_coopA_NNT", "gemm"),

@@ -47,7 +47,7 @@ if triton is not None:
         return softcap * t, t
 
     @triton.jit
-    def _forward_kernel(
+    def _softcap_ce_forward_kernel(
         logits_ptr, targets_ptr, loss_ptr, lse_ptr, row_stride, vocab, softcap, BLOCK_V: tl.constexpr,
     ):
         """Per row: lse = logsumexp(z) and loss = lse - z[target] (NaN for a target outside the vocabulary)."""
@@ -75,7 +75,7 @@ if triton is not None:
         tl.store(loss_ptr + row, tl.where(valid, lse - target_z, float("nan")))
 
     @triton.jit
-    def _backward_kernel(
+    def _softcap_ce_backward_kernel(
         logits_ptr, targets_ptr, lse_ptr, grad_loss_ptr, grad_ptr, row_stride, vocab, softcap,
         BLOCK_V: tl.constexpr,
     ):
@@ -109,7 +109,7 @@ def _softcapped_ce_forward(
     loss = torch.empty(rows, device=logits.device, dtype=torch.float32)
     lse = torch.empty_like(loss)
     if rows:
-        _forward_kernel[(rows,)](logits, targets, loss, lse, logits.stride(0), vocab, softcap,
+        _softcap_ce_forward_kernel[(rows,)](logits, targets, loss, lse, logits.stride(0), vocab, softcap,
                                  BLOCK_V=_block_v(vocab), num_warps=NUM_WARPS)
     return loss, lse
 
@@ -129,7 +129,7 @@ def _softcapped_ce_backward(
     rows, vocab = logits.shape
     grad = torch.empty_like(logits)
     if rows:
-        _backward_kernel[(rows,)](logits, targets, lse, grad_loss.float().contiguous(), grad, logits.stride(0),
+        _softcap_ce_backward_kernel[(rows,)](logits, targets, lse, grad_loss.float().contiguous(), grad, logits.stride(0),
                                   vocab, softcap, BLOCK_V=_block_v(vocab), num_warps=NUM_WARPS)
     return grad
 
