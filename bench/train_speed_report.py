@@ -11,7 +11,9 @@ Inputs, all from one device call where the issue asks it (the same GPU for every
   `--base SYSTEM` (the plain bf16 path, default `lit_golf_fa2`): `paired_raw_bpb_delta` and
   `paired_quant_gap_delta` are means over the seeds both ran of fastest − base (raw weights' val bpb at the last
   step; the export's quantization gap), each seed's difference kept too.
-- `--levers FILE`: `bench/train_step_levers.py`'s JSON; its record model's levers go in as `levers`.
+- `--levers FILE [FILE ...]`: `bench/train_step_levers.py`'s JSONs; their record model's levers go in as `levers`, each
+  with its speedup over the first file's `bf16` (later files chained through a lever they share), and
+  `levers_vs_upstream_estimate` multiplies those by the side by side's `--base` / upstream (an estimate only).
 - `--equal-time FAST BASE`: the run folders of two wall-clock fits of equal budget and seed (fastest setting,
   base): `equal_time_bpb_delta` = FAST's raw val bpb after its last step − BASE's (null when not run).
 `mfu` is the median of the fastest system's logged MFU before and after looping (its `Throughput` lines).
@@ -122,14 +124,7 @@ def speed_report(args: argparse.Namespace) -> dict:
     base = ours.get(args.base)
     raw = paired(ours[fastest], base, "val_bpb_pre_quant_pre_ema") if base and fastest != args.base else None
     gap = paired(ours[fastest], base, "quant_gap_bpb") if base and fastest != args.base else None
-    levers = None
-    if args.levers:
-        levers_path = Path(args.levers)
-        if not levers_path.is_file():
-            raise FileNotFoundError(f"--levers {levers_path}: no such file; pass bench/train_step_levers.py's --out")
-        measured = json.loads(levers_path.read_text())
-        levers = {"source": str(levers_path), "gpu": measured.get("gpu"), "commit": measured.get("commit"),
-                  "record": measured.get("levers", {}).get("record")}
+    levers = chained_levers([Path(p) for p in args.levers]) if args.levers else None
     timed = equal_time(Path(args.equal_time[0]), Path(args.equal_time[1])) if args.equal_time else None
     return {
         "gpu": args.gpu,
@@ -154,7 +149,51 @@ def speed_report(args: argparse.Namespace) -> dict:
         "paired_quant_gap_delta_per_seed": None if gap is None else gap["per_seed"],
         "equal_time_bpb_delta": None if timed is None else timed["delta"],
         "equal_time": timed,
+        "levers_vs_upstream_estimate": None if levers is None or base is None else upstream_estimate(
+            levers["record"], mean_of(base, "tokens_per_s_before_loop") / upstream["before_loop"], args.base),
     }
+
+
+def chained_levers(paths: list[Path]) -> dict:
+    """The record model's levers of `bench/train_step_levers.py` JSONs, each lever's `speedup_before_loop` over the
+    first file's `bf16`: a later file (another call, another box) is scaled through the first lever it shares with
+    the levers before it (`chained_via`). A lever measured again keeps its first numbers; the later ones are listed
+    under `remeasured`."""
+    record: dict = {}
+    for path in paths:
+        if not path.is_file():
+            raise FileNotFoundError(f"--levers {path}: no such file; pass bench/train_step_levers.py's --out")
+        measured = json.loads(path.read_text()).get("levers", {}).get("record") or {}
+        timed = {name: lever for name, lever in measured.items() if lever.get("tok_s_before_loop")}
+        if not record:
+            if "bf16" not in timed:
+                raise ValueError(f"--levers {path}: the first file needs a timed `bf16` lever (the base of every ratio)")
+            via, scale = None, 1.0 / timed["bf16"]["tok_s_before_loop"]
+        else:
+            via = next((name for name in timed if name in record), None)
+            if via is None:
+                raise ValueError(f"--levers {path}: no timed lever in common with the files before it; time one of "
+                                 f"{sorted(record)} in the same call")
+            scale = record[via]["speedup_before_loop"] / timed[via]["tok_s_before_loop"]
+        for name, lever in measured.items():
+            entry = {**lever, "source": str(path), "chained_via": via}
+            if "tok_s_before_loop" in lever:
+                entry["speedup_before_loop"] = round(lever["tok_s_before_loop"] * scale, 4)
+            if name in record:
+                record[name].setdefault("remeasured", []).append(entry)
+            else:
+                record[name] = entry
+    first = json.loads(paths[0].read_text())
+    return {"source": [str(p) for p in paths], "gpu": first.get("gpu"), "commit": first.get("commit"), "record": record}
+
+
+def upstream_estimate(record: dict, base_over_upstream: float, base: str) -> dict:
+    """Each lever's chained speedup over bf16 times the side by side's `base` / upstream: an estimate, not the
+    issue's same-call ratio (the levers ran in other calls than the side by side)."""
+    return {"what": f"NOT the issue's same-call ratio: each lever's tok/s over bf16 (chained through --levers) times "
+                    f"the side by side's {base} / upstream before looping", "base_over_upstream": round(base_over_upstream, 4),
+            "before_loop": {name: round(lever["speedup_before_loop"] * base_over_upstream, 3)
+                            for name, lever in record.items() if "speedup_before_loop" in lever}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--commit", required=True, help="the commit lit_golf's fits ran (the lease's COMMIT)")
     parser.add_argument("--base", default="lit_golf_fa2", help="the plain bf16 lit_golf system (default lit_golf_fa2)")
     parser.add_argument("--fastest", default=None, help="the lit_golf system reported (default: the fastest)")
-    parser.add_argument("--levers", default=None, help="bench/train_step_levers.py's JSON of the same lease")
+    parser.add_argument("--levers", nargs="+", default=None,
+                        help="bench/train_step_levers.py's JSONs; the first with a bf16 lever, later ones chained to it")
     parser.add_argument("--equal-time", nargs=2, metavar=("FAST_RUN", "BASE_RUN"), default=None,
                         help="the run folders of the paired equal-wall-clock fits (fastest setting, base)")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help=f"the report (default: {DEFAULT_OUT})")

@@ -96,16 +96,49 @@ def test_the_report_holds_issue_27s_fields_from_the_logs(tmp_path, capsys):
     assert "1.250x / 1.200x upstream (targets 1.35x / 1.3x: not met)" in stdout
 
 
+def levers_file(path: Path, record: dict) -> Path:
+    path.write_text(json.dumps({"gpu": GPU, "commit": "abc1234", "levers": {"record": record}}))
+    return path
+
+
 def test_levers_come_from_the_benchmarks_json(tmp_path, capsys):
-    levers = tmp_path / "levers.json"
-    record = {"bf16": {"tok_s_before_loop": 1}}
-    levers.write_text(json.dumps({"gpu": GPU, "commit": "abc1234", "levers": {"record": record}}))
+    levers = levers_file(tmp_path / "levers.json", {"bf16": {"tok_s_before_loop": 1000}, "fa4": {"skipped": "no FA4"}})
     out = tmp_path / "train_speed.json"
     rc, _, err = run_report(side_by_side(tmp_path), "--gpu", GPU, "--commit", "c", "--levers", levers, "--out", out,
                             capsys=capsys)
     assert rc == 0, err
     report = json.loads(out.read_text())
-    assert report["levers"]["record"] == record and report["equal_time_bpb_delta"] is None
+    assert report["levers"]["record"]["bf16"]["speedup_before_loop"] == 1.0 and report["equal_time_bpb_delta"] is None
+    assert report["levers"]["record"]["fa4"]["skipped"] == "no FA4"
+
+
+def test_levers_of_a_later_call_are_chained_through_a_lever_both_timed(tmp_path, capsys):
+    first = levers_file(tmp_path / "a.json", {"bf16": {"tok_s_before_loop": 1000}, "fa4": {"tok_s_before_loop": 1200}})
+    later = levers_file(tmp_path / "b.json", {"fa4": {"tok_s_before_loop": 1100}, "fa4+k": {"tok_s_before_loop": 1210}})
+    out = tmp_path / "train_speed.json"
+    rc, _, err = run_report(side_by_side(tmp_path), "--gpu", GPU, "--commit", "c", "--levers", first, later,
+                            "--out", out, capsys=capsys)
+    assert rc == 0, err
+    report = json.loads(out.read_text())
+    record = report["levers"]["record"]
+    # 1,210 / 1,100 on the later box, times fa4's 1.2 over bf16 on the first
+    assert record["fa4+k"]["speedup_before_loop"] == pytest.approx(1.32) and record["fa4+k"]["chained_via"] == "fa4"
+    assert record["fa4"]["tok_s_before_loop"] == 1200 and record["fa4"]["remeasured"][0]["tok_s_before_loop"] == 1100
+    # the fixture's FA2 lit_golf and upstream run at the same speed: the estimate is the chained speedup
+    estimate = report["levers_vs_upstream_estimate"]
+    assert estimate["base_over_upstream"] == 1.0 and estimate["before_loop"]["fa4+k"] == pytest.approx(1.32)
+    assert "NOT the issue's same-call ratio" in estimate["what"]
+
+
+@pytest.mark.parametrize("records, expected", [
+    ([{"fa4": {"tok_s_before_loop": 1}}], "the first file needs a timed `bf16` lever"),
+    ([{"bf16": {"tok_s_before_loop": 1}}, {"fa4": {"tok_s_before_loop": 1}}], "no timed lever in common"),
+])
+def test_levers_that_cannot_be_chained_are_one_line(tmp_path, capsys, records, expected):
+    files = [levers_file(tmp_path / f"{i}.json", record) for i, record in enumerate(records)]
+    rc, _, err = run_report(side_by_side(tmp_path), "--gpu", GPU, "--commit", "c", "--levers", *files,
+                            "--out", tmp_path / "out.json", capsys=capsys)
+    assert rc != 0 and expected in error_line(err, "train_speed_report.py") and not (tmp_path / "out.json").exists()
 
 
 @pytest.mark.parametrize("change, expected", [
