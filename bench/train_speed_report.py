@@ -156,35 +156,44 @@ def speed_report(args: argparse.Namespace) -> dict:
 
 def chained_levers(paths: list[Path]) -> dict:
     """The record model's levers of `bench/train_step_levers.py` JSONs, each lever's `speedup_before_loop` over the
-    first file's `bf16`: a later file (another call, another box) is scaled through the first lever it shares with
-    the levers before it (`chained_via`). A lever measured again keeps its first numbers; the later ones are listed
-    under `remeasured`."""
+    first file's `bf16`: a later file (another call, another box) is scaled through the first lever it timed that the
+    files before it timed too (`chained_via`). A lever measured again keeps its first numbers; the later ones are
+    listed under `remeasured`."""
     record: dict = {}
-    for path in paths:
-        if not path.is_file():
-            raise FileNotFoundError(f"--levers {path}: no such file; pass bench/train_step_levers.py's --out")
-        measured = json.loads(path.read_text()).get("levers", {}).get("record") or {}
+    calls = [(path, levers_json(path)) for path in paths]
+    for path, call in calls:
+        measured = call.get("levers", {}).get("record") or {}
         timed = {name: lever for name, lever in measured.items() if lever.get("tok_s_before_loop")}
         if not record:
             if "bf16" not in timed:
                 raise ValueError(f"--levers {path}: the first file needs a timed `bf16` lever (the base of every ratio)")
             via, scale = None, 1.0 / timed["bf16"]["tok_s_before_loop"]
         else:
-            via = next((name for name in timed if name in record), None)
+            via = next((name for name in timed if "speedup_before_loop" in record.get(name, {})), None)
             if via is None:
                 raise ValueError(f"--levers {path}: no timed lever in common with the files before it; time one of "
-                                 f"{sorted(record)} in the same call")
+                                 f"{sorted(n for n, lever in record.items() if 'speedup_before_loop' in lever)} in the same call")
             scale = record[via]["speedup_before_loop"] / timed[via]["tok_s_before_loop"]
         for name, lever in measured.items():
             entry = {**lever, "source": str(path), "chained_via": via}
-            if "tok_s_before_loop" in lever:
+            if name in timed:
                 entry["speedup_before_loop"] = round(lever["tok_s_before_loop"] * scale, 4)
             if name in record:
                 record[name].setdefault("remeasured", []).append(entry)
             else:
                 record[name] = entry
-    first = json.loads(paths[0].read_text())
-    return {"source": [str(p) for p in paths], "gpu": first.get("gpu"), "commit": first.get("commit"), "record": record}
+    return {"calls": [{"source": str(path), "gpu": call.get("gpu"), "commit": call.get("commit")} for path, call in calls],
+            "record": record}
+
+
+def levers_json(path: Path) -> dict:
+    """One `bench/train_step_levers.py` JSON, or a one-line error naming it."""
+    if not path.is_file():
+        raise FileNotFoundError(f"--levers {path}: no such file; pass bench/train_step_levers.py's --out")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--levers {path}: not JSON ({err}); pass bench/train_step_levers.py's --out") from None
 
 
 def upstream_estimate(record: dict, base_over_upstream: float, base: str) -> dict:

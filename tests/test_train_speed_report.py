@@ -96,8 +96,10 @@ def test_the_report_holds_issue_27s_fields_from_the_logs(tmp_path, capsys):
     assert "1.250x / 1.200x upstream (targets 1.35x / 1.3x: not met)" in stdout
 
 
-def levers_file(path: Path, record: dict) -> Path:
-    path.write_text(json.dumps({"gpu": GPU, "commit": "abc1234", "levers": {"record": record}}))
+def levers_file(path: Path, record: dict | str) -> Path:
+    """A levers JSON holding `record` as its record model's levers (a str: the file's whole text)."""
+    text = record if isinstance(record, str) else json.dumps({"gpu": GPU, "commit": "abc1234", "levers": {"record": record}})
+    path.write_text(text)
     return path
 
 
@@ -133,6 +135,10 @@ def test_levers_of_a_later_call_are_chained_through_a_lever_both_timed(tmp_path,
 @pytest.mark.parametrize("records, expected", [
     ([{"fa4": {"tok_s_before_loop": 1}}], "the first file needs a timed `bf16` lever"),
     ([{"bf16": {"tok_s_before_loop": 1}}, {"fa4": {"tok_s_before_loop": 1}}], "no timed lever in common"),
+    # a lever the first call could not run is no link
+    ([{"bf16": {"tok_s_before_loop": 1}, "fa4": {"skipped": "no FA4"}}, {"fa4": {"tok_s_before_loop": 1}}],
+     "no timed lever in common"),
+    (["{not json"], "not JSON"),
 ])
 def test_levers_that_cannot_be_chained_are_one_line(tmp_path, capsys, records, expected):
     files = [levers_file(tmp_path / f"{i}.json", record) for i, record in enumerate(records)]
