@@ -8,7 +8,8 @@ What runs in FP8, per recipe:
 - `forward_dgrad`: also the input gradient, with `dY` scaled per token row and `W` per input column. The
   weight gradient stays bf16 in both: it sums over all ~98K tokens of a micro-batch, where e4m3 rounding of
   `dY` and `x` would accumulate into every Muon update (torchao's `rowwise_with_gw_hp` makes the same call).
-Which recipe pays is for the GPU to say (`bench/train_step_levers.py`); neither is measured yet.
+Which recipe pays is for the GPU to say (`bench/train_step_levers.py`): `forward` ran at 0.90x the bf16 step on an
+H100 (2026-12-07, bench/NOTES.md), on a compiled path since found wrong, so neither is settled.
 
 Scales: rowwise, one fp32 scale per row of each operand along the reduced dimension (per token for
 activations and gradients, per output unit for the forward's weight, per input unit for dgrad's). On Hopper,
@@ -110,14 +111,13 @@ class FP8Linear(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
+        # Both gradients, unconditionally: branching on `ctx.needs_input_grad` left both None (zeros) in the compiled
+        # backward on torch 2.11 CUDA while eager was right (tests/test_fp8.py, one H100, 2026-12-08; the pattern of
+        # pytorch/pytorch#159299). Training needs both anyway, and autograd drops a gradient nobody asked for.
         x2d, w = ctx.saved_tensors
         grad = grad.to(x2d.dtype)
-        grad_x = grad_w = None
-        if ctx.needs_input_grad[0]:
-            grad_x = fp8_matmul(grad, w.t()) if ctx.fp8_dgrad else grad @ w
-        if ctx.needs_input_grad[1]:
-            grad_w = grad.t() @ x2d
-        return grad_x, grad_w, None
+        grad_x = fp8_matmul(grad, w.t()) if ctx.fp8_dgrad else grad @ w
+        return grad_x, grad.t() @ x2d, None
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
