@@ -110,7 +110,7 @@ def _softcapped_ce_forward(
     lse = torch.empty_like(loss)
     if rows:
         _softcap_ce_forward_kernel[(rows,)](logits, targets, loss, lse, logits.stride(0), vocab, softcap,
-                                 BLOCK_V=_block_v(vocab), num_warps=NUM_WARPS)
+                                            BLOCK_V=_block_v(vocab), num_warps=NUM_WARPS)
     return loss, lse
 
 
@@ -129,8 +129,9 @@ def _softcapped_ce_backward(
     rows, vocab = logits.shape
     grad = torch.empty_like(logits)
     if rows:
-        _softcap_ce_backward_kernel[(rows,)](logits, targets, lse, grad_loss.float().contiguous(), grad, logits.stride(0),
-                                  vocab, softcap, BLOCK_V=_block_v(vocab), num_warps=NUM_WARPS)
+        _softcap_ce_backward_kernel[(rows,)](logits, targets, lse, grad_loss.float().contiguous(), grad,
+                                             logits.stride(0), vocab, softcap, BLOCK_V=_block_v(vocab),
+                                             num_warps=NUM_WARPS)
     return grad
 
 

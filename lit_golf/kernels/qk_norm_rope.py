@@ -65,8 +65,8 @@ if triton is not None:
 
     @triton.jit
     def _qk_norm_rope_forward_kernel(x_ptr, cos_ptr, sin_ptr, gain_ptr, y_ptr, rstd_ptr, rows, heads, seq_len, eps,
-                        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, HALF: tl.constexpr,
-                        HAS_GAIN: tl.constexpr, BLOCK_R: tl.constexpr):
+                                     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, HALF: tl.constexpr,
+                                     HAS_GAIN: tl.constexpr, BLOCK_R: tl.constexpr):
         row, live, inside, offsets, partners, cos, sin = _block(rows, heads, seq_len, cos_ptr, sin_ptr, HEAD_DIM,
                                                                 BLOCK_D, HALF, BLOCK_R)
         x = tl.load(x_ptr + offsets, mask=inside, other=0.0).to(tl.float32)
@@ -79,9 +79,10 @@ if triton is not None:
         tl.store(rstd_ptr + row, rstd, mask=live)
 
     @triton.jit
-    def _qk_norm_rope_backward_kernel(grad_y_ptr, x_ptr, rstd_ptr, cos_ptr, sin_ptr, gain_ptr, grad_x_ptr, grad_gain_ptr,
-                         rows, heads, seq_len, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-                         HALF: tl.constexpr, HAS_GAIN: tl.constexpr, BLOCK_R: tl.constexpr):
+    def _qk_norm_rope_backward_kernel(grad_y_ptr, x_ptr, rstd_ptr, cos_ptr, sin_ptr, gain_ptr, grad_x_ptr,
+                                      grad_gain_ptr, rows, heads, seq_len, HEAD_DIM: tl.constexpr,
+                                      BLOCK_D: tl.constexpr, HALF: tl.constexpr, HAS_GAIN: tl.constexpr,
+                                      BLOCK_R: tl.constexpr):
         """d x = rstd * (d n - n * mean(d n * n)), d n = R^T (gain * d y); per row sum(d y * R n) for the gain."""
         row, live, inside, offsets, partners, cos, sin = _block(rows, heads, seq_len, cos_ptr, sin_ptr, HEAD_DIM,
                                                                 BLOCK_D, HALF, BLOCK_R)
@@ -118,9 +119,9 @@ def _qk_norm_rope_forward(
     rstd = torch.empty(x.shape[:-1], device=x.device, dtype=torch.float32)
     rows, heads, block_d, grid = _launch_shape(x)
     if rows:
-        _qk_norm_rope_forward_kernel[(grid,)](x, cos, sin, gain if gain is not None else rstd, y, rstd, rows, heads, x.size(1),
-                                 EPS, HEAD_DIM=x.size(-1), BLOCK_D=block_d, HALF=cos.size(-1),
-                                 HAS_GAIN=gain is not None, BLOCK_R=BLOCK_ROWS, num_warps=NUM_WARPS)
+        _qk_norm_rope_forward_kernel[(grid,)](x, cos, sin, gain if gain is not None else rstd, y, rstd, rows, heads,
+                                              x.size(1), EPS, HEAD_DIM=x.size(-1), BLOCK_D=block_d, HALF=cos.size(-1),
+                                              HAS_GAIN=gain is not None, BLOCK_R=BLOCK_ROWS, num_warps=NUM_WARPS)
     return y, rstd
 
 
@@ -140,10 +141,10 @@ def _qk_norm_rope_backward(
     grad_gain_rows = torch.empty(x.shape[:-1], device=x.device, dtype=torch.float32)  # every row written (with a gain)
     rows, heads, block_d, grid = _launch_shape(x)
     if rows:
-        _qk_norm_rope_backward_kernel[(grid,)](grad_y.contiguous(), x, rstd, cos, sin, gain if gain is not None else rstd, grad_x,
-                                  grad_gain_rows, rows, heads, x.size(1), HEAD_DIM=x.size(-1), BLOCK_D=block_d,
-                                  HALF=cos.size(-1), HAS_GAIN=gain is not None, BLOCK_R=BLOCK_ROWS,
-                                  num_warps=NUM_WARPS)
+        _qk_norm_rope_backward_kernel[(grid,)](grad_y.contiguous(), x, rstd, cos, sin,
+                                               gain if gain is not None else rstd, grad_x, grad_gain_rows, rows, heads,
+                                               x.size(1), HEAD_DIM=x.size(-1), BLOCK_D=block_d, HALF=cos.size(-1),
+                                               HAS_GAIN=gain is not None, BLOCK_R=BLOCK_ROWS, num_warps=NUM_WARPS)
     return grad_x, grad_gain_rows
 
 

@@ -62,7 +62,7 @@ if triton is not None:
 
     @triton.jit
     def _xsa_forward_kernel(y_ptr, v_ptr, out_ptr, rows, eps, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
-                        BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr):
+                            BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr):
         v_offsets, v_mask, y_offsets, y_mask = _tiles(rows, GROUP, HEAD_DIM, BLOCK_D, BLOCK_R)
         direction, _, _ = _direction(tl.load(v_ptr + v_offsets, mask=v_mask, other=0.0).to(tl.float32), eps)
         y = tl.load(y_ptr + y_offsets, mask=y_mask, other=0.0).to(tl.float32)
@@ -72,7 +72,7 @@ if triton is not None:
 
     @triton.jit
     def _xsa_backward_kernel(grad_out_ptr, y_ptr, v_ptr, grad_y_ptr, grad_v_ptr, rows, eps, GROUP: tl.constexpr,
-                         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr):
+                             HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr):
         """out = (I - u u^T) y per head, u = v / |v|: d y = (I - u u^T) g; d u = -sum over the group of
         (u.y) g + (u.g) y; d v = (d u - u (u . d u)) / |v| (d u / eps where |v| <= eps, as F.normalize clamps)."""
         v_offsets, v_mask, y_offsets, y_mask = _tiles(rows, GROUP, HEAD_DIM, BLOCK_D, BLOCK_R)
@@ -102,7 +102,7 @@ def _xsa_forward(y: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     rows, block_d, grid = _launch(v)
     if rows:
         _xsa_forward_kernel[(grid,)](y, v, out, rows, NORM_EPS, GROUP=y.size(2) // v.size(2), HEAD_DIM=v.size(-1),
-                                 BLOCK_D=block_d, BLOCK_R=BLOCK_ROWS, num_warps=NUM_WARPS)
+                                     BLOCK_D=block_d, BLOCK_R=BLOCK_ROWS, num_warps=NUM_WARPS)
     return out
 
 
@@ -118,8 +118,8 @@ def _xsa_backward(grad_out: torch.Tensor, y: torch.Tensor, v: torch.Tensor) -> t
     rows, block_d, grid = _launch(v)
     if rows:
         _xsa_backward_kernel[(grid,)](grad_out.contiguous(), y, v, grad_y, grad_v, rows, NORM_EPS,
-                                  GROUP=y.size(2) // v.size(2), HEAD_DIM=v.size(-1), BLOCK_D=block_d,
-                                  BLOCK_R=BLOCK_ROWS, num_warps=NUM_WARPS)
+                                      GROUP=y.size(2) // v.size(2), HEAD_DIM=v.size(-1), BLOCK_D=block_d,
+                                      BLOCK_R=BLOCK_ROWS, num_warps=NUM_WARPS)
     return grad_y, grad_v
 
 
