@@ -10,7 +10,10 @@
 # overwrite.
 #
 # Queue lines: `name|command` runs in order (timeout $JOB_TIMEOUT); `name&|command` starts in the
-# background and the runner goes on. Commands run in $LEASE/code with $DATA (plain SP-8192 enwiki2015),
+# background and the runner goes on. `name@PATTERN|command` runs only where the GPU's name (`start` writes it first
+# in machine.txt) matches the extended regex PATTERN, `name@!PATTERN|command` only where it does not; otherwise its
+# status line says it was skipped. A lease asked for one kind often gets the other (2026-12-08: an H200 call gave
+# an H100), and a setting paired against a kept H100 baseline needs its own baseline on any other GPU. Commands run in $LEASE/code with $DATA (plain SP-8192 enwiki2015),
 # $RUNS ($RUNS/<name> is the job's run folder) set; a pack carried as .gpu/NAME/data by a later call is
 # unpacked to /tmp/data_NAME ($CASEOPS for .gpu/caseops), with a READY file a job can wait for.
 #   bash lease/gpu_queue.sh start QUEUE_FILE   # carry .gpu/code.tar (git archive + COMMIT), .gpu/data, .whl
@@ -54,14 +57,25 @@ run_job() {  # run_job NAME COMMAND: log, status line, tarball of what it wrote
   [ "$(cat "$lease/running.pid" 2>/dev/null)" = "$pid" ] && rm -f "$lease/running.pid"
 }
 
+gpu_matches() {  # gpu_matches CONDITION: PATTERN or !PATTERN against the GPU name in machine.txt's first line
+  local gpu; gpu=$(head -n 1 "$lease/machine.txt" 2>/dev/null)
+  if [[ $1 == '!'* ]]; then ! grep -qE -- "${1#!}" <<< "$gpu"; else grep -qE -- "$1" <<< "$gpu"; fi
+}
+
 runner() {
-  local i=0 line name
+  local i=0 line name background condition
   while :; do
     line=$(sed -n "$((i + 1))p" "$lease/queue")
     [ -z "$line" ] || [ -e "$lease/halt" ] && { sleep 2; continue; }
-    i=$((i + 1)); name=${line%%|*}
+    i=$((i + 1)); name=${line%%|*}; background=; condition=
+    [[ $name == *'&' ]] && { background=1; name=${name%&}; }
+    [[ $name == *@* ]] && { condition=${name#*@}; name=${name%%@*}; }
+    if [ -n "$condition" ] && ! gpu_matches "$condition"; then
+      echo "$name skipped: the GPU is not @$condition" >> "$lease/status"
+      echo "$(date -u +%H:%M:%S) skip $name (@$condition)" >> "$lease/runner.log"; continue
+    fi
     echo "$(date -u +%H:%M:%S) start $name" >> "$lease/runner.log"
-    if [[ $name == *'&' ]]; then run_job "${name%&}" "${line#*|}" & else run_job "$name" "${line#*|}"; fi
+    if [ -n "$background" ]; then run_job "$name" "${line#*|}" & else run_job "$name" "${line#*|}"; fi
   done
 }
 
@@ -84,8 +98,8 @@ case ${1:-} in
     ;;
   runner) runner ;;
   add) echo "$2" >> "$lease/queue" ;;
-  next)  # after the jobs already started (one "start" line each in runner.log), before the rest
-    started=$(grep -c ' start ' "$lease/runner.log" 2>/dev/null); started=${started:-0}
+  next)  # after the jobs already started or skipped (one "start" / "skip" line each in runner.log), before the rest
+    started=$(grep -cE ' (start|skip) ' "$lease/runner.log" 2>/dev/null); started=${started:-0}
     if [ "$started" -eq 0 ]; then sed -i "1i $2" "$lease/queue"; else sed -i "${started}a $2" "$lease/queue"; fi ;;
   halt)
     touch "$lease/halt"

@@ -22,13 +22,15 @@ def wait_for(predicate, seconds: float = 60.0) -> None:
         time.sleep(0.2)
 
 
-def start_runner(tmp_path: Path, queue: str) -> tuple[Path, dict, subprocess.Popen]:
-    """A lease folder with `queue`, its runner started (its own session), once the first job `slow` has printed
-    "started": (lease folder, environment, runner)."""
+def start_runner(tmp_path: Path, queue: str, gpu: str = "NVIDIA H100 80GB HBM3, 81559 MiB, 580.159.04"
+                 ) -> tuple[Path, dict, subprocess.Popen]:
+    """A lease folder with `queue` and `gpu` as `start` writes it, its runner started (its own session), once the
+    first job `slow` has printed "started": (lease folder, environment, runner)."""
     lease = tmp_path / "lease"
     for sub in ("logs", "done", "runs", "code"):
         (lease / sub).mkdir(parents=True)
     (lease / "status").touch()
+    (lease / "machine.txt").write_text(f"{gpu}\ntorch 2.11.0+cu130 lightning 2.6.6\n")
     (lease / "queue").write_text(queue)
     env = {**os.environ, "LEASE": str(lease), "OUT": str(tmp_path / "out"), "JOB_TIMEOUT": "300"}
     runner = subprocess.Popen(["bash", str(QUEUE), "runner"], cwd=ROOT, env=env, start_new_session=True,
@@ -80,6 +82,23 @@ def test_halt_ends_the_running_job_and_starts_no_other(tmp_path):
                                    text=True, timeout=60)
         assert collected.returncode == 0 and time.monotonic() - started < 30
         assert (tmp_path / "out" / "slow.tar.xz").exists()
+    finally:
+        os.killpg(runner.pid, signal.SIGTERM)
+        runner.wait(timeout=30)
+
+
+def test_a_job_for_another_gpu_is_skipped_with_a_status_line(tmp_path):
+    queue = ("slow|echo started\nbaseline@!H100|echo baseline\nh100_only@H100|echo h100\n"
+             "h200_only@H200&|echo h200\nlast|echo last\n")
+    lease, env, runner = start_runner(tmp_path, queue, gpu="NVIDIA H200, 143771 MiB, 580.159.04")
+    try:
+        wait_for(lambda: len((lease / "status").read_text().splitlines()) == 5 and len(list((lease / "done").iterdir())) == 4)
+        status = {line.split()[0]: line for line in (lease / "status").read_text().splitlines()}
+        assert status["h100_only"] == "h100_only skipped: the GPU is not @H100"
+        assert status["baseline"].startswith("baseline rc 0") and status["h200_only"].startswith("h200_only rc 0")
+        assert not (lease / "logs" / "h100_only.log").exists()
+        assert (lease / "logs" / "h200_only.log").read_text().strip() == "h200"  # `&` and `@` together
+        assert {p.name for p in (lease / "done").iterdir()} == {f"{job}.tar.xz" for job in ("slow", "baseline", "h200_only", "last")}
     finally:
         os.killpg(runner.pid, signal.SIGTERM)
         runner.wait(timeout=30)
