@@ -34,8 +34,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--grad-steps", type=int, default=TTTConfig().grad_steps)
     parser.add_argument("--replay-chunks", type=int, default=TTTConfig().replay_chunks)
     args = parser.parse_args(argv)
-    cfg = EvalConfig(ttt=TTTConfig(chunk_size=args.chunk_size, window_bucket=args.window_bucket, grad_steps=args.grad_steps,
-                                   replay_chunks=args.replay_chunks),
+    cfg = EvalConfig(ttt=TTTConfig(chunk_size=args.chunk_size, window_bucket=args.window_bucket,
+                                   grad_steps=args.grad_steps, replay_chunks=args.replay_chunks),
                      global_sgd=GlobalSGDConfig(prefix_docs=args.prefix_docs), max_docs=args.max_docs)
     tokens = truncate_to_documents(torch.from_numpy(read_shard(args.shard).astype("int64")), BOS_ID, cfg.max_docs)
     docs = find_documents(tokens, BOS_ID)

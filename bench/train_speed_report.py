@@ -166,13 +166,15 @@ def chained_levers(paths: list[Path]) -> dict:
         timed = {name: lever for name, lever in measured.items() if lever.get("tok_s_before_loop")}
         if not record:
             if "bf16" not in timed:
-                raise ValueError(f"--levers {path}: the first file needs a timed `bf16` lever (the base of every ratio)")
+                raise ValueError(f"--levers {path}: the first file needs a timed `bf16` lever "
+                                 "(the base of every ratio)")
             via, scale = None, 1.0 / timed["bf16"]["tok_s_before_loop"]
         else:
-            via = next((name for name in timed if "speedup_before_loop" in record.get(name, {})), None)
+            links = sorted(name for name, lever in record.items() if "speedup_before_loop" in lever)
+            via = next((name for name in timed if name in links), None)
             if via is None:
-                raise ValueError(f"--levers {path}: no timed lever in common with the files before it; time one of "
-                                 f"{sorted(n for n, lever in record.items() if 'speedup_before_loop' in lever)} in the same call")
+                raise ValueError(f"--levers {path}: no timed lever in common with the files before it; time one "
+                                 f"of {links} in the same call")
             scale = record[via]["speedup_before_loop"] / timed[via]["tok_s_before_loop"]
         for name, lever in measured.items():
             entry = {**lever, "source": str(path), "chained_via": via}
@@ -182,8 +184,8 @@ def chained_levers(paths: list[Path]) -> dict:
                 record[name].setdefault("remeasured", []).append(entry)
             else:
                 record[name] = entry
-    return {"calls": [{"source": str(path), "gpu": call.get("gpu"), "commit": call.get("commit")} for path, call in calls],
-            "record": record}
+    return {"calls": [{"source": str(path), "gpu": call.get("gpu"), "commit": call.get("commit")}
+                      for path, call in calls], "record": record}
 
 
 def levers_json(path: Path) -> dict:
@@ -199,8 +201,9 @@ def levers_json(path: Path) -> dict:
 def upstream_estimate(record: dict, base_over_upstream: float, base: str) -> dict:
     """Each lever's chained speedup over bf16 times the side by side's `base` / upstream: an estimate, not the
     issue's same-call ratio (the levers ran in other calls than the side by side)."""
-    return {"what": f"NOT the issue's same-call ratio: each lever's tok/s over bf16 (chained through --levers) times "
-                    f"the side by side's {base} / upstream before looping", "base_over_upstream": round(base_over_upstream, 4),
+    return {"what": f"NOT the issue's same-call ratio: each lever's tok/s over bf16 (chained through --levers) "
+                    f"times the side by side's {base} / upstream before looping",
+            "base_over_upstream": round(base_over_upstream, 4),
             "before_loop": {name: round(lever["speedup_before_loop"] * base_over_upstream, 3)
                             for name, lever in record.items() if "speedup_before_loop" in lever}}
 
@@ -213,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base", default="lit_golf_fa2", help="the plain bf16 lit_golf system (default lit_golf_fa2)")
     parser.add_argument("--fastest", default=None, help="the lit_golf system reported (default: the fastest)")
     parser.add_argument("--levers", nargs="+", default=None,
-                        help="bench/train_step_levers.py's JSONs; the first with a bf16 lever, later ones chained to it")
+                        help="bench/train_step_levers.py's JSONs; the first with a bf16 lever, later ones "
+                             "chained to it")
     parser.add_argument("--equal-time", nargs=2, metavar=("FAST_RUN", "BASE_RUN"), default=None,
                         help="the run folders of the paired equal-wall-clock fits (fastest setting, base)")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help=f"the report (default: {DEFAULT_OUT})")

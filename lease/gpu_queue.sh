@@ -13,9 +13,10 @@
 # background and the runner goes on. `name@PATTERN|command` runs only where the GPU's name (`start` writes it first
 # in machine.txt) matches the extended regex PATTERN, `name@!PATTERN|command` only where it does not; otherwise its
 # status line says it was skipped. A lease asked for one kind often gets the other (2026-12-08: an H200 call gave
-# an H100), and a setting paired against a kept H100 baseline needs its own baseline on any other GPU. Commands run in $LEASE/code with $DATA (plain SP-8192 enwiki2015),
-# $RUNS ($RUNS/<name> is the job's run folder) set; a pack carried as .gpu/NAME/data by a later call is
-# unpacked to /tmp/data_NAME ($CASEOPS for .gpu/caseops), with a READY file a job can wait for.
+# an H100), and a setting paired against a kept H100 baseline needs its own baseline on any other GPU.
+# Commands run in $LEASE/code with $DATA (plain SP-8192 enwiki2015) and $RUNS ($RUNS/<name> is the job's run folder)
+# set; a pack carried as .gpu/NAME/data by a later call is unpacked to /tmp/data_NAME ($CASEOPS for .gpu/caseops),
+# with a READY file a job can wait for.
 #   bash lease/gpu_queue.sh start QUEUE_FILE   # carry .gpu/code.tar (git archive + COMMIT), .gpu/data, .whl
 #   bash lease/gpu_queue.sh add 'name|command'  # append a job (a later call)
 #   bash lease/gpu_queue.sh next 'name|command' # run this job as soon as the running one ends

@@ -75,8 +75,8 @@ class GPTConfig:
     fused_qk_norm_rope: bool = False
     """q/k head RMS-norm, partial rotary and q gain through one Triton kernel each way (`lit_golf/kernels/
     qk_norm_rope.py`; CUDA training steps, the eager path elsewhere). The same math in fp32, so outputs agree to
-    the last rounding; a speed lever (`bench/train_step_levers.py` `fused_qk_rope`), on in `configs/record.yaml` since an H100
-    measured it faster than Inductor's fusion of the eager chain (2026-12-08)."""
+    the last rounding; a speed lever (`bench/train_step_levers.py` `fused_qk_rope`), on in `configs/record.yaml`
+    since an H100 measured it faster than Inductor's fusion of the eager chain (2026-12-08)."""
     fused_xsa: bool = False
     """XSA through one Triton kernel each way (`lit_golf/kernels/xsa.py`; CUDA training steps, the eager path
     elsewhere), in fp32 where the eager chain runs in bf16; a speed lever (`bench/train_step_levers.py`

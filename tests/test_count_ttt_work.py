@@ -19,7 +19,8 @@ bench = load_bench_script("count_ttt_work")
 def counted(capsys, *argv) -> tuple[int, int]:
     """(scored tokens, positions) that the script prints for `argv`."""
     bench.main([str(a) for a in argv])
-    scored, positions = re.search(r"([\d,]+) scored tokens; TTT runs ([\d,]+) positions", capsys.readouterr().out).groups()
+    printed = capsys.readouterr().out
+    scored, positions = re.search(r"([\d,]+) scored tokens; TTT runs ([\d,]+) positions", printed).groups()
     return int(scored.replace(",", "")), int(positions.replace(",", ""))
 
 

@@ -92,13 +92,15 @@ def test_a_job_for_another_gpu_is_skipped_with_a_status_line(tmp_path):
              "h200_only@H200&|echo h200\nlast|echo last\n")
     lease, env, runner = start_runner(tmp_path, queue, gpu="NVIDIA H200, 143771 MiB, 580.159.04")
     try:
-        wait_for(lambda: len((lease / "status").read_text().splitlines()) == 5 and len(list((lease / "done").iterdir())) == 4)
+        wait_for(lambda: len((lease / "status").read_text().splitlines()) == 5
+                 and len(list((lease / "done").iterdir())) == 4)
         status = {line.split()[0]: line for line in (lease / "status").read_text().splitlines()}
         assert status["h100_only"] == "h100_only skipped: the GPU is not @H100"
         assert status["baseline"].startswith("baseline rc 0") and status["h200_only"].startswith("h200_only rc 0")
         assert not (lease / "logs" / "h100_only.log").exists()
         assert (lease / "logs" / "h200_only.log").read_text().strip() == "h200"  # `&` and `@` together
-        assert {p.name for p in (lease / "done").iterdir()} == {f"{job}.tar.xz" for job in ("slow", "baseline", "h200_only", "last")}
+        ran = ("slow", "baseline", "h200_only", "last")
+        assert {p.name for p in (lease / "done").iterdir()} == {f"{job}.tar.xz" for job in ran}
     finally:
         os.killpg(runner.pid, signal.SIGTERM)
         runner.wait(timeout=30)

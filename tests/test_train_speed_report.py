@@ -98,8 +98,9 @@ def test_the_report_holds_issue_27s_fields_from_the_logs(tmp_path, capsys):
 
 def levers_file(path: Path, record: dict | str) -> Path:
     """A levers JSON holding `record` as its record model's levers (a str: the file's whole text)."""
-    text = record if isinstance(record, str) else json.dumps({"gpu": GPU, "commit": "abc1234", "levers": {"record": record}})
-    path.write_text(text)
+    if not isinstance(record, str):
+        record = json.dumps({"gpu": GPU, "commit": "abc1234", "levers": {"record": record}})
+    path.write_text(record)
     return path
 
 

@@ -30,8 +30,9 @@ except ImportError:  # CPU-only installs
 MAX_BLOCK_V = 2048
 NUM_WARPS = 8
 
-NOT_HERE = ("fused softcapped cross-entropy",
-            "use the eager loss where fused_ce_available() is False")  # require_triton: what refuses, and the path to use instead
+# require_triton: what refuses here, and the path to use instead
+NOT_HERE = ("fused softcapped cross-entropy", "use the eager loss where fused_ce_available() is False")
+
 
 def fused_ce_available() -> bool:
     """True when the kernels can run here (Triton importable and a CUDA device visible)."""

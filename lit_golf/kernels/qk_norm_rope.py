@@ -30,8 +30,10 @@ BLOCK_ROWS = 32
 NUM_WARPS = 4
 EPS = torch.finfo(torch.float32).eps  # F.rms_norm's default for the fp32 input autocast gives it
 
+# require_triton: what refuses here, and the path to use instead
 NOT_HERE = ("the fused q/k norm + rotary kernel",
-            "use the eager path where qk_norm_rope_available() is False")  # require_triton: what refuses, and the path to use instead
+            "use the eager path where qk_norm_rope_available() is False")
+
 
 def qk_norm_rope_available() -> bool:
     """True when the kernels can run here (Triton importable and a CUDA device visible)."""

@@ -30,8 +30,9 @@ BLOCK_ROWS = 16
 NUM_WARPS = 4
 NORM_EPS = 1e-12  # F.normalize's default
 
-NOT_HERE = ("the fused XSA kernel",
-            "use model.remove_value_direction where xsa_available() is False")  # require_triton: what refuses, and the path to use instead
+# require_triton: what refuses here, and the path to use instead
+NOT_HERE = ("the fused XSA kernel", "use model.remove_value_direction where xsa_available() is False")
+
 
 def xsa_available() -> bool:
     """True when the kernels can run here (Triton importable and a CUDA device visible)."""
