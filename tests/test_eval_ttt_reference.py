@@ -37,13 +37,15 @@ SETTINGS = {
     "replay": {"replay_chunks": 2, "lr_schedule": "warmup", "lr_schedule_chunks": 3},
     "sliced_rows": {"grad_steps": 2, "tokens_per_pass": 32},
     "frontier": {"lora_alpha": 8.0, "beta2": 0.99, "weight_decay": 0.5},
+    "fixed_a": {"train_a": False, "grad_steps": 2},
 }
 
 
 def reference_chunk_nll(model, tokens: torch.Tensor, doc: Document, lora: BatchedLoRA, cfg: EvalConfig) -> list[float]:
     """Summed NLL of each chunk of `doc`, scored before the adapter learns from it: the loop the scorer batches."""
     ttt = cfg.ttt
-    optimizer = torch.optim.AdamW(lora.parameters(), lr=ttt.lr, betas=(ttt.beta1, ttt.beta2), eps=ttt.eps,
+    lora.A.requires_grad_(ttt.train_a)
+    optimizer = torch.optim.AdamW([p for p in lora.parameters() if p.requires_grad], lr=ttt.lr, betas=(ttt.beta1, ttt.beta2), eps=ttt.eps,
                                   weight_decay=ttt.weight_decay)
     n, size = doc.num_targets, ttt.chunk_size
     chunks = -(-n // size)
@@ -102,3 +104,18 @@ def test_batched_scorer_matches_one_document_at_a_time(name):
     learned = [trace.chunk_nll[(docs[0].index, ci)] for ci in range(len(frozen))]
     assert learned[0] == pytest.approx(frozen[0], rel=1e-9)  # scored before any step
     assert all(a != pytest.approx(b, rel=1e-4) for a, b in zip(learned[1:], frozen[1:], strict=True))  # it learns
+
+
+@pytest.mark.parametrize("train_a", [True, False])
+def test_train_a_false_leaves_a_as_drawn_while_b_learns(train_a):
+    tokens = synthetic_val(LENGTHS, seed=5)
+    cfg = small_eval_config(ttt={"lr": 3e-3, "batch_docs": len(LENGTHS), "train_a": train_a})
+    model = tiny_model().eval().requires_grad_(False)
+    docs = sorted(find_documents(tokens, BOS), key=lambda d: -d.num_targets)
+    scorer = DocumentBatchScorer(model, ValSet.build(tokens, synthetic_luts(), "cpu"), cfg, BitsPerByte(), None)
+    scorer.score(docs)
+    drawn = BatchedLoRA(model, len(docs), cfg.ttt.lora_rank, cfg.ttt.lora_targets, cfg.ttt.lora_alpha)
+    drawn.reset(torch.Generator().manual_seed(docs[0].index))
+    kept = [torch.equal(a, d) for a, d in zip(scorer.lora.A.parameters(), drawn.A.parameters(), strict=True)]
+    assert all(kept) if not train_a else not any(kept)
+    assert all(b.abs().sum() > 0 for b in scorer.lora.B.parameters())

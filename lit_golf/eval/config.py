@@ -95,6 +95,10 @@ class TTTConfig:
     warm_start_a: bool = False
     """At each batch only the adapters' B is zeroed; A (trained) carries over per row slot, and is drawn afresh
     at the first batch of each phase (the 04-14 record draws A for every batch)."""
+    train_a: bool = True
+    """The adapters' A learn as B does (the records). False: A stays as drawn and only B learns. AdamW with
+    `beta1 = 0` steps every coordinate by about the learning rate however small its gradient, so a trained A,
+    carried over by `warm_start_a`, drifts batch after batch."""
     window_bucket: int = 64
     """Context windows are padded up to a multiple of this (capped at `context_len`): few shapes to compile."""
     tokens_per_pass: int = 131072

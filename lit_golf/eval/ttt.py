@@ -126,8 +126,9 @@ class DocumentBatchScorer:
         self.rows = cfg.ttt.batch_docs
         self.lora = BatchedLoRA(model, self.rows, cfg.ttt.lora_rank, cfg.ttt.lora_targets, cfg.ttt.lora_alpha)
         self.draw_a = True  # the next batch draws the adapters' A (always, unless A is warm-started)
+        self.lora.A.requires_grad_(cfg.ttt.train_a)
         self.optimizer = torch.optim.AdamW(
-            self.lora.parameters(), lr=cfg.ttt.lr, betas=(cfg.ttt.beta1, cfg.ttt.beta2), eps=cfg.ttt.eps,
+            [p for p in self.lora.parameters() if p.requires_grad], lr=cfg.ttt.lr, betas=(cfg.ttt.beta1, cfg.ttt.beta2), eps=cfg.ttt.eps,
             weight_decay=cfg.ttt.weight_decay, fused=val.device.type == "cuda",
         )
         self.generator = torch.Generator(device=val.device)
