@@ -45,8 +45,8 @@ def reference_chunk_nll(model, tokens: torch.Tensor, doc: Document, lora: Batche
     """Summed NLL of each chunk of `doc`, scored before the adapter learns from it: the loop the scorer batches."""
     ttt = cfg.ttt
     lora.A.requires_grad_(ttt.train_a)
-    optimizer = torch.optim.AdamW([p for p in lora.parameters() if p.requires_grad], lr=ttt.lr, betas=(ttt.beta1, ttt.beta2), eps=ttt.eps,
-                                  weight_decay=ttt.weight_decay)
+    optimizer = torch.optim.AdamW([p for p in lora.parameters() if p.requires_grad], lr=ttt.lr,
+                                  betas=(ttt.beta1, ttt.beta2), eps=ttt.eps, weight_decay=ttt.weight_decay)
     n, size = doc.num_targets, ttt.chunk_size
     chunks = -(-n // size)
 

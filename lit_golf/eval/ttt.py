@@ -4,7 +4,8 @@ Legality is the whole design: a token is scored before any update that has seen 
 left-to-right pass, with the model's normalized softmax.
 
 * Per document: a fresh adapter (one row of a `BatchedLoRA`; with `ttt.warm_start_a` only its `B` is
-  fresh, its `A` carries over from the row's previous document of the phase). The document's targets are cut into
+  fresh, its `A` carries over from the row's previous document of the phase; with `ttt.train_a` false only
+  `B` learns). The document's targets are cut into
   chunks of `ttt.chunk_size`; chunk k is scored with up to `ttt.context_len` tokens of the same
   document ending at the chunk (never another document's), then the adapter takes `ttt.grad_steps`
   AdamW steps on that chunk's loss alone and, with `ttt.replay_chunks` = k, one step on each of the
@@ -128,8 +129,8 @@ class DocumentBatchScorer:
         self.draw_a = True  # the next batch draws the adapters' A (always, unless A is warm-started)
         self.lora.A.requires_grad_(cfg.ttt.train_a)
         self.optimizer = torch.optim.AdamW(
-            [p for p in self.lora.parameters() if p.requires_grad], lr=cfg.ttt.lr, betas=(cfg.ttt.beta1, cfg.ttt.beta2), eps=cfg.ttt.eps,
-            weight_decay=cfg.ttt.weight_decay, fused=val.device.type == "cuda",
+            [p for p in self.lora.parameters() if p.requires_grad], lr=cfg.ttt.lr, betas=(cfg.ttt.beta1, cfg.ttt.beta2),
+            eps=cfg.ttt.eps, weight_decay=cfg.ttt.weight_decay, fused=val.device.type == "cuda",
         )
         self.generator = torch.Generator(device=val.device)
         self.compiled = cfg.ttt.compile and val.device.type == "cuda"
