@@ -6,7 +6,7 @@ evaluator the GPU runs (`lit_golf.eval.runner.evaluate`), with the TTT settings 
 `configs/frontier.yaml` and these differences, each for speed on 2 cores and each stated in the result:
 fp32 (CUDA evaluates under bf16 autocast), no compile, no global SGD (neutral on the H100 screens, and its
 prefix would be a few documents here), `--batch-docs` rows, and only documents of `--min-tokens` to
-`--max-tokens` tokens (long ones cost quadratically). About 420 positions/s: 80 documents of 150-900 tokens
+`--max-tokens` tokens (long ones cost quadratically). About 400 positions/s: 80 documents of 150-900 tokens
 (252k positions) take ~10 minutes per setting.
 
     xz -dc ../shared/corpora/enwiki2015/sp8192/fineweb_val_000000.bin.xz > /tmp/val.bin
