@@ -32,7 +32,6 @@ from pathlib import Path
 
 import sentencepiece as spm
 import torch
-import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -41,54 +40,41 @@ sys.path.insert(0, str(REPO / "bench"))
 from provenance import commit  # noqa: E402
 
 from lit_golf import artifact  # noqa: E402
-from lit_golf.data.documents import find_documents  # noqa: E402
+from lit_golf.cli import one_line  # noqa: E402
 from lit_golf.data.shards import BOS_ID, ShardError, file_sha256, read_shard  # noqa: E402
 from lit_golf.data.tokenizer import build_byte_luts  # noqa: E402
 from lit_golf.eval.config import EvalConfig  # noqa: E402
 from lit_golf.eval.runner import evaluate  # noqa: E402
-from lit_golf.eval.ttt import planned_positions  # noqa: E402
 from lit_golf.files import write_atomic  # noqa: E402
+from lit_golf.lightning_cli import printed_config  # noqa: E402
 
-CONFIGS = ("configs/record.yaml", "configs/frontier.yaml")
-CPU_CHANGES = {"ttt": {"compile": False, "tokens_per_pass": 16384}, "global_sgd": {"enabled": False},
-               "plain": {"batch_seqs": 4}}
-
-
-def merged(base: dict, change: dict) -> dict:
-    out = dict(base)
-    for key, value in change.items():
-        out[key] = merged(out.get(key, {}), value) if isinstance(value, dict) else value
-    return out
-
-
-def parsed(raw: str):
-    """A --set value as YAML reads it, but `1e-6` a float (YAML 1.1 reads an exponent without a dot as text)."""
-    value = yaml.safe_load(raw)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    return value
+CPU_CHANGES = {"ttt.compile": "false", "ttt.tokens_per_pass": 16384, "global_sgd.enabled": "false",
+               "plain.batch_seqs": 4}
 
 
 def screen_config(sets: list[str], batch_docs: int) -> tuple[EvalConfig, dict]:
-    """The frontier's evaluation settings, the CPU's changes, then `sets` (`group.field=value`)."""
-    values: dict = {}
-    for name in CONFIGS:
-        values = merged(values, yaml.safe_load((REPO / name).read_text())["model"].get("evaluation", {}))
-    values = merged(merged(values, CPU_CHANGES), {"ttt": {"batch_docs": batch_docs}})
-    changed: dict = {}
+    """The evaluation settings `lit-golf test --config record --config frontier` resolves to (the CLI's own parse,
+    types and defaults), with the CPU's changes and then `sets` (`group.field=value`) as its flags; and what `sets`
+    changed, as resolved."""
+    flags, keys = [], []
     for item in sets:
         key, sep, raw = item.partition("=")
         group, dot, field = key.partition(".")
         if not (sep and dot and field):
             raise SystemExit(f"ttt_cpu_screen: --set {item!r} is not group.field=value (e.g. ttt.eps=1e-6)")
-        changed = merged(changed, {group: {field: parsed(raw)}})
+        flags.append(f"--model.evaluation.{key}={raw}")
+        keys.append((group, field))
+    cpu = [f"--model.evaluation.{key}={value}" for key, value in {**CPU_CHANGES, "ttt.batch_docs": batch_docs}.items()]
     try:
-        return EvalConfig.from_dict(merged(values, changed)), changed
-    except (TypeError, ValueError) as err:
-        raise SystemExit(f"ttt_cpu_screen: {err}") from None
+        resolved = printed_config(["test", "--config", "record", "--config", "frontier", *cpu, *flags])
+        cfg = EvalConfig.from_dict(resolved["model"]["evaluation"])
+    except (argparse.ArgumentError, TypeError, ValueError) as err:
+        raise SystemExit(f"ttt_cpu_screen: {one_line(str(err))}") from None
+    changed: dict = {}
+    for group, field in keys:
+        value = getattr(getattr(cfg, group), field)
+        changed.setdefault(group, {})[field] = list(value) if isinstance(value, tuple) else value
+    return cfg, changed
 
 
 def screen_tokens(path: Path, docs: int, min_tokens: int, max_tokens: int) -> torch.Tensor:
@@ -144,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
         "command": shlex.join(["python", "bench/ttt_cpu_screen.py", *(argv if argv is not None else sys.argv[1:])]),
         "artifact": f"sha256:{file_sha256(args.artifact)}", "docs": args.docs,
         "docs_sha": hashlib.sha256(tokens.numpy().tobytes()).hexdigest()[:16],
-        "positions": planned_positions(find_documents(tokens, BOS_ID), cfg), "seconds": round(time.time() - start, 1),
+        "positions": res["ttt_positions"], "seconds": round(time.time() - start, 1),
         "val_bpb": res["val_bpb"], "ttt_bpb": res["ttt_bpb"], "ttt_gain": res["ttt_gain"],
     })
     print(f"{args.name}: plain {res['val_bpb']:.5f} TTT {res['ttt_bpb']:.5f} ({time.time() - start:.0f} s)")

@@ -25,6 +25,8 @@ def test_frontier_settings_with_the_cpu_changes_and_sets():
 @pytest.mark.parametrize("item, message", [
     ("eps=1e-6", r"--set 'eps=1e-6' is not group\.field=value"),
     ("ttt.chunk_size=0", r"evaluation\.ttt\.chunk_size=0 must be positive"),
+    ("ttt.nope=1", r"unrecognized arguments: --model\.evaluation\.ttt\.nope=1"),
+    ("ttt.eps=abc", r"model\.evaluation\.ttt\.eps.*Expected a <class 'float'>"),
 ])
 def test_a_bad_set_is_one_line(item, message):
     with pytest.raises(SystemExit, match=message):
